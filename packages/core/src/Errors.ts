@@ -1,0 +1,153 @@
+/**
+ * The typed failures of the event store. Each carries the domain facts a caller
+ * needs to recover (`Effect.catchTag`), and infrastructure failures keep their cause.
+ *
+ * @since 0.1.0
+ */
+import * as Schema from "effect/Schema"
+import { ExpectedVersion } from "./ExpectedVersion.js"
+
+/**
+ * The stream was not at the expected version: another writer got there first.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConcurrencyError extends Schema.TaggedError<ConcurrencyError>()("ConcurrencyError", {
+  aggregateId: Schema.String,
+  aggregateType: Schema.String,
+  expectedVersion: ExpectedVersion,
+  actualVersion: Schema.Number
+}) {
+  override get message(): string {
+    return `${this.aggregateType} ${this.aggregateId}: expected ${
+      formatExpected(this.expectedVersion)
+    }, but the stream is at version ${this.actualVersion}`
+  }
+}
+
+const formatExpected = (expected: ExpectedVersion): string => {
+  switch (expected._tag) {
+    case "Any":
+      return "any version"
+    case "NoStream":
+      return "no stream"
+    case "StreamExists":
+      return "an existing stream"
+    case "Exact":
+      return `version ${expected.version}`
+  }
+}
+
+/**
+ * An event id is already stored at another place in the log.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class DuplicateEventError extends Schema.TaggedError<DuplicateEventError>()("DuplicateEventError", {
+  eventId: Schema.String,
+  aggregateId: Schema.String,
+  aggregateType: Schema.String
+}) {
+  override get message(): string {
+    return `event ${this.eventId} is already stored elsewhere than ${this.aggregateType} ${this.aggregateId} at these versions`
+  }
+}
+
+/**
+ * A stored or appended `event_type` has no schema in the registry.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class UnknownEventTypeError extends Schema.TaggedError<UnknownEventTypeError>()("UnknownEventTypeError", {
+  eventType: Schema.String,
+  eventId: Schema.optional(Schema.String),
+  globalPosition: Schema.optional(Schema.BigIntFromSelf)
+}) {
+  override get message(): string {
+    return this.eventId === undefined
+      ? `unknown event type "${this.eventType}": register it in the EventRegistry`
+      : `event ${this.eventId} at position ${this.globalPosition} has unknown type "${this.eventType}"`
+  }
+}
+
+/**
+ * A stored payload does not decode with its event type's schema.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class EventDecodeError extends Schema.TaggedError<EventDecodeError>()("EventDecodeError", {
+  eventId: Schema.String,
+  eventType: Schema.String,
+  globalPosition: Schema.BigIntFromSelf,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * The input of an append is not valid: an empty batch, a malformed id, an event
+ * that does not match its schema. Nothing was written.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidEventError extends Schema.TaggedError<InvalidEventError>()("InvalidEventError", {
+  reason: Schema.String,
+  eventType: Schema.optional(Schema.String),
+  cause: Schema.optional(Schema.Defect)
+}) {
+  override get message(): string {
+    return this.reason
+  }
+}
+
+/**
+ * The store itself failed (connection lost, SQL error). The cause is kept.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class EventStoreError extends Schema.TaggedError<EventStoreError>()("EventStoreError", {
+  method: Schema.String,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * A stream that must exist has no events.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StreamNotFoundError extends Schema.TaggedError<StreamNotFoundError>()("StreamNotFoundError", {
+  aggregateId: Schema.String,
+  aggregateType: Schema.String
+}) {
+  override get message(): string {
+    return `${this.aggregateType} ${this.aggregateId} has no events`
+  }
+}
+
+/**
+ * Everything an append can fail with.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type AppendError =
+  | ConcurrencyError
+  | DuplicateEventError
+  | UnknownEventTypeError
+  | InvalidEventError
+  | EventStoreError
+
+/**
+ * Everything a read can fail with.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export type ReadError = UnknownEventTypeError | EventDecodeError | InvalidEventError | EventStoreError

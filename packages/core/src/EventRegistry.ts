@@ -1,0 +1,104 @@
+/**
+ * The registry maps a stored `event_type` to its schema. It is the one place
+ * where stored rows become typed events and typed events become stored rows.
+ *
+ * @since 0.1.0
+ */
+import * as Either from "effect/Either"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
+import { EventDecodeError, InvalidEventError, UnknownEventTypeError } from "./Errors.js"
+import type * as Event from "./Event.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface EventRegistry {
+  readonly types: ReadonlyMap<string, Event.AnyEventType>
+  /** Encodes an event value to the JSON payload stored for it. */
+  readonly encode: (event: Event.Any) => Either.Either<unknown, UnknownEventTypeError | InvalidEventError>
+  /** Decodes a stored payload of the given type; `meta` names the stored event in errors. */
+  readonly decode: (
+    eventType: string,
+    payload: unknown,
+    meta: { readonly eventId: string; readonly globalPosition: bigint }
+  ) => Either.Either<Event.Any, UnknownEventTypeError | EventDecodeError>
+}
+
+/**
+ * Builds a registry from event definitions. Two definitions of one event type are a
+ * programming error and throw at once, when the registry is made.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRegistry => {
+  const types = new Map<string, Event.AnyEventType>()
+  const encoders = new Map<string, (u: unknown) => Either.Either<unknown, ParseResult.ParseError>>()
+  const decoders = new Map<string, (u: unknown) => Either.Either<{ readonly [k: string]: unknown }, ParseResult.ParseError>>()
+  for (const definition of definitions) {
+    const existing = types.get(definition.type)
+    if (existing !== undefined) {
+      if (existing === definition) continue
+      throw new Error(`EventRegistry: event type "${definition.type}" is defined twice`)
+    }
+    types.set(definition.type, definition)
+    encoders.set(definition.type, Schema.encodeUnknownEither(definition.payload))
+    decoders.set(definition.type, Schema.decodeUnknownEither(definition.decodePayload))
+  }
+
+  const encode = (event: Event.Any) => {
+    const encoder = typeof event?._tag === "string" ? encoders.get(event._tag) : undefined
+    if (encoder === undefined) {
+      return Either.left(new UnknownEventTypeError({ eventType: String(event?._tag) }))
+    }
+    // The tag lives in the event_type column; the payload holds the other fields only.
+    const { _tag, ...fields } = event
+    return encoder(fields).pipe(
+      Either.mapLeft((error) =>
+        new InvalidEventError({
+          reason: `event ${_tag} does not match its schema: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
+          eventType: _tag,
+          cause: error
+        })
+      )
+    )
+  }
+
+  const decode = (
+    eventType: string,
+    payload: unknown,
+    meta: { readonly eventId: string; readonly globalPosition: bigint }
+  ): Either.Either<Event.Any, UnknownEventTypeError | EventDecodeError> => {
+    const decoder = decoders.get(eventType)
+    if (decoder === undefined) {
+      return Either.left(
+        new UnknownEventTypeError({ eventType, eventId: meta.eventId, globalPosition: meta.globalPosition })
+      )
+    }
+    return decoder(payload).pipe(
+      Either.map((fields): Event.Any => ({ ...fields, _tag: eventType })),
+      Either.mapLeft((error) =>
+        new EventDecodeError({
+          eventId: meta.eventId,
+          eventType,
+          globalPosition: meta.globalPosition,
+          message: ParseResult.TreeFormatter.formatErrorSync(error),
+          cause: error
+        })
+      )
+    )
+  }
+
+  return { types, encode, decode }
+}
+
+/**
+ * A registry that merges several (e.g. one per aggregate).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const merge = (...registries: ReadonlyArray<EventRegistry>): EventRegistry =>
+  make(...registries.flatMap((registry) => [...registry.types.values()]))

@@ -1,0 +1,392 @@
+/**
+ * The event store: append to a stream under an expected version, read one stream,
+ * read the global log. One contract, with a memory layer here and a PostgreSQL
+ * layer in `@eventfold/pg`; the shared conformance suite holds both to it.
+ *
+ * @since 0.1.0
+ */
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
+import type {
+  AppendError,
+  ConcurrencyError,
+  DuplicateEventError,
+  EventDecodeError,
+  ReadError,
+  UnknownEventTypeError
+} from "./Errors.js"
+import { EventStoreError, InvalidEventError } from "./Errors.js"
+import type * as Event from "./Event.js"
+import type { EventRegistry } from "./EventRegistry.js"
+import type { ExpectedVersion } from "./ExpectedVersion.js"
+import * as MemoryEventStore from "./internal/memoryEventStore.js"
+import * as validate from "./internal/validate.js"
+import { Attributes, Spans } from "./Telemetry.js"
+
+/**
+ * A stream: the events of one aggregate.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StreamId {
+  readonly aggregateId: string
+  readonly aggregateType: string
+}
+
+/**
+ * An event to append, with the optional identity a caller may fix. A caller that
+ * retries an append should fix `eventId`: re-appending the same ids at the same
+ * versions is idempotent.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface EventToAppend {
+  readonly event: Event.Any
+  /** UUID; generated when absent. */
+  readonly eventId?: string
+  /** When the event occurred in the domain; the clock's time when absent. */
+  readonly timestamp?: Date
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AppendOptions {
+  readonly expectedVersion: ExpectedVersion
+  /** UUID of the tenant the events belong to. */
+  readonly tenantId?: string | null
+  /** Who caused the events (a user id, a service name). */
+  readonly actorId?: string | null
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AppendResult {
+  /** The stream's version after the append. */
+  readonly version: number
+  /** Global position of the first event appended. */
+  readonly firstPosition: bigint
+  /** Global position of the last event appended. */
+  readonly lastPosition: bigint
+}
+
+/**
+ * A stored event with its envelope. Positions are exact integers (`bigint`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface RecordedEvent<E extends Event.Any = Event.Any> {
+  readonly eventId: string
+  readonly eventType: string
+  readonly aggregateId: string
+  readonly aggregateType: string
+  readonly version: number
+  readonly tenantId: string | null
+  readonly actorId: string | null
+  /** When the event occurred in the domain. */
+  readonly timestamp: Date
+  readonly globalPosition: bigint
+  /** When the store wrote it. */
+  readonly createdAt: Date
+  readonly event: E
+}
+
+/**
+ * A stored event before decoding: what a backend returns.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StoredEvent extends Omit<RecordedEvent, "event"> {
+  readonly payload: unknown
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export type Direction = "forward" | "backward"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ReadStreamOptions {
+  /** First version to read (inclusive); default 1. */
+  readonly fromVersion?: number
+  /** Last version to read (inclusive); default: the stream's end. */
+  readonly toVersion?: number
+  readonly direction?: Direction
+}
+
+/**
+ * Filters and bounds of a read of the global log. Every filter is applied by the
+ * store (in SQL for PostgreSQL), never after loading.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ReadAllOptions {
+  /** Only events with a global position greater than this. */
+  readonly after?: bigint
+  /** Only events with a global position less than this. */
+  readonly before?: bigint
+  readonly direction?: Direction
+  /** At most this many events. */
+  readonly limit?: number
+  readonly tenantId?: string
+  readonly aggregateTypes?: ReadonlyArray<string>
+  readonly eventTypes?: ReadonlyArray<string>
+  /** Only events whose domain timestamp is at or after this. */
+  readonly since?: Date
+  /** Only events whose domain timestamp is before this. */
+  readonly until?: Date
+}
+
+/**
+ * An append after validation and encoding: what a backend receives.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PreparedAppend {
+  readonly stream: StreamId
+  readonly expectedVersion: ExpectedVersion
+  readonly tenantId: string | null
+  readonly actorId: string | null
+  readonly events: ReadonlyArray<PreparedEvent>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface PreparedEvent {
+  readonly eventId: string
+  readonly eventType: string
+  readonly timestamp: Date
+  /** The encoded payload, serialized as JSON once for every backend. */
+  readonly payloadJson: string
+}
+
+/**
+ * What a storage backend implements. Validation, encoding, decoding and spans are
+ * done once, by {@link make}, for every backend.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Backend {
+  readonly name: string
+  readonly append: (
+    input: PreparedAppend
+  ) => Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError>
+  readonly readStream: (
+    stream: StreamId,
+    options: Required<Pick<ReadStreamOptions, "direction" | "fromVersion">> & Pick<ReadStreamOptions, "toVersion">
+  ) => Stream.Stream<StoredEvent, EventStoreError>
+  readonly readAll: (
+    options: ReadAllOptions & { readonly direction: Direction }
+  ) => Stream.Stream<StoredEvent, EventStoreError>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** Appends events to one stream, atomically, if the stream is at the expected version. */
+  readonly append: (
+    stream: StreamId,
+    events: ReadonlyArray<EventToAppend>,
+    options: AppendOptions
+  ) => Effect.Effect<AppendResult, AppendError>
+  /** The events of one stream in version order, decoded. */
+  readonly readStream: (
+    stream: StreamId,
+    options?: ReadStreamOptions
+  ) => Stream.Stream<RecordedEvent, ReadError>
+  /** The global log in position order, filtered, decoded, read in pages. */
+  readonly readAll: (options?: ReadAllOptions) => Stream.Stream<RecordedEvent, ReadError>
+  readonly registry: EventRegistry
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export class EventStore extends Context.Tag("@eventfold/core/EventStore")<EventStore, Service>() {}
+
+/**
+ * Builds the service from a backend: validates and encodes appends, decodes reads
+ * through the registry, and names every operation's span.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (backend: Backend, registry: EventRegistry): Service => {
+  const append = Effect.fn(Spans.append)(function*(
+    stream: StreamId,
+    events: ReadonlyArray<EventToAppend>,
+    options: AppendOptions
+  ) {
+    yield* Effect.annotateCurrentSpan({
+      [Attributes.backend]: backend.name,
+      [Attributes.aggregateType]: stream.aggregateType,
+      [Attributes.aggregateId]: stream.aggregateId,
+      [Attributes.eventCount]: events.length,
+      [Attributes.expectedVersion]: options.expectedVersion._tag === "Exact"
+        ? String(options.expectedVersion.version)
+        : options.expectedVersion._tag
+    })
+    const prepared = yield* prepareAppend(registry, stream, events, options)
+    return yield* backend.append(prepared)
+  })
+
+  const decodeChunk = (
+    chunk: Chunk.Chunk<StoredEvent>
+  ): Stream.Stream<RecordedEvent, UnknownEventTypeError | EventDecodeError> => {
+    const decoded: Array<RecordedEvent> = []
+    for (const stored of chunk) {
+      const result = registry.decode(stored.eventType, stored.payload, stored)
+      if (Either.isLeft(result)) {
+        // Hand out what decoded before the bad event, then fail naming it: a reader
+        // can resume after `globalPosition`.
+        return Stream.concat(Stream.fromIterable(decoded), Stream.fail(result.left))
+      }
+      const { payload: _, ...envelope } = stored
+      decoded.push({ ...envelope, event: result.right })
+    }
+    return Stream.fromChunk(Chunk.unsafeFromArray(decoded))
+  }
+
+  const decodeStream = (stored: Stream.Stream<StoredEvent, EventStoreError>) =>
+    stored.pipe(Stream.chunks, Stream.flatMap(decodeChunk))
+
+  const readStream = (stream: StreamId, options?: ReadStreamOptions) =>
+    Effect.gen(function*() {
+      yield* validate.stream(stream)
+      const fromVersion = options?.fromVersion ?? 1
+      const toVersion = options?.toVersion
+      if (!Number.isSafeInteger(fromVersion) || (toVersion !== undefined && !Number.isSafeInteger(toVersion))) {
+        return yield* new InvalidEventError({ reason: "fromVersion and toVersion must be integers" })
+      }
+      return decodeStream(backend.readStream(
+        { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
+        { direction: options?.direction ?? "forward", fromVersion, ...(toVersion === undefined ? {} : { toVersion }) }
+      ))
+    }).pipe(
+      Stream.unwrap,
+      Stream.withSpan(Spans.readStream, {
+        attributes: {
+          [Attributes.backend]: backend.name,
+          [Attributes.aggregateType]: stream.aggregateType,
+          [Attributes.aggregateId]: stream.aggregateId,
+          [Attributes.fromVersion]: options?.fromVersion ?? 1
+        }
+      })
+    )
+
+  const readAll = (options?: ReadAllOptions) =>
+    Effect.gen(function*() {
+      const normalized = yield* validate.readAllOptions(options ?? {})
+      return decodeStream(backend.readAll(normalized))
+    }).pipe(
+      Stream.unwrap,
+      Stream.withSpan(Spans.readAll, {
+        attributes: {
+          [Attributes.backend]: backend.name,
+          [Attributes.direction]: options?.direction ?? "forward",
+          ...(options?.after === undefined ? {} : { [Attributes.fromPosition]: String(options.after) }),
+          ...(options?.tenantId === undefined ? {} : { [Attributes.tenantId]: options.tenantId })
+        }
+      })
+    )
+
+  return EventStore.of({ append, readStream, readAll, registry })
+}
+
+const prepareAppend = (
+  registry: EventRegistry,
+  stream: StreamId,
+  events: ReadonlyArray<EventToAppend>,
+  options: AppendOptions
+) =>
+  Effect.gen(function*() {
+    yield* validate.stream(stream)
+    if (events.length === 0) {
+      return yield* new InvalidEventError({ reason: "append needs at least one event" })
+    }
+    const tenantId = options.tenantId ?? null
+    const actorId = options.actorId ?? null
+    if (tenantId !== null) yield* validate.uuid("tenantId", tenantId)
+    if (actorId !== null) yield* validate.text("actorId", actorId)
+    const now = new Date(yield* Effect.clockWith((clock) => clock.currentTimeMillis))
+    const seen = new Set<string>()
+    const prepared: Array<PreparedEvent> = []
+    for (const item of events) {
+      const payload = registry.encode(item.event)
+      if (Either.isLeft(payload)) return yield* payload.left
+      const eventId = item.eventId === undefined ? crypto.randomUUID() : item.eventId.toLowerCase()
+      yield* validate.uuid("eventId", eventId)
+      if (seen.has(eventId)) {
+        return yield* new InvalidEventError({ reason: `event id ${eventId} appears twice in one append` })
+      }
+      seen.add(eventId)
+      const timestamp = item.timestamp ?? now
+      if (Number.isNaN(timestamp.getTime())) {
+        return yield* new InvalidEventError({ reason: `event ${eventId} has an invalid timestamp` })
+      }
+      const payloadJson = yield* validate.payloadJson(item.event._tag, payload.right)
+      prepared.push({ eventId, eventType: item.event._tag, timestamp, payloadJson })
+    }
+    return {
+      stream: { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
+      expectedVersion: options.expectedVersion,
+      tenantId: tenantId?.toLowerCase() ?? null,
+      actorId,
+      events: prepared
+    } satisfies PreparedAppend
+  })
+
+/**
+ * An event store kept in memory, for unit tests and prototypes. Same contract,
+ * same validation and decoding as PostgreSQL; its data lives as long as the layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory = (options: { readonly registry: EventRegistry }): Layer.Layer<EventStore> =>
+  Layer.sync(EventStore, () => make(MemoryEventStore.make(), options.registry))
+
+/**
+ * A memory backend whose data can be shared by several stores (e.g. a writer and a
+ * reader built with different registries).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeMemoryBackend: () => Backend = MemoryEventStore.make
+
+/**
+ * Wraps an infrastructure failure of `method`, keeping its cause.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const storeError = (method: string) => (cause: unknown): EventStoreError =>
+  new EventStoreError({
+    method,
+    message: `EventStore.${method} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
+    cause
+  })

@@ -1,0 +1,159 @@
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
+import { ConcurrencyError, DuplicateEventError } from "../Errors.js"
+import type { AppendResult, Backend, PreparedAppend, ReadAllOptions, StoredEvent } from "../EventStore.js"
+import * as ExpectedVersion from "../ExpectedVersion.js"
+
+const PAGE = 512
+
+interface State {
+  /** The global log; index i holds position i + 1. */
+  readonly log: Array<StoredEvent>
+  readonly streams: Map<string, Array<StoredEvent>>
+  readonly byId: Map<string, StoredEvent>
+}
+
+const key = (aggregateType: string, aggregateId: string) => `${aggregateType}\u0000${aggregateId}`
+
+/**
+ * The memory backend. Appends are checked and applied in one synchronous step, so
+ * they are atomic with respect to each other, as PostgreSQL's are.
+ */
+export const make = (): Backend => {
+  const state: State = { log: [], streams: new Map(), byId: new Map() }
+
+  const append: Backend["append"] = (input: PreparedAppend) =>
+    Effect.suspend((): ReturnType<Backend["append"]> => {
+      const streamKey = key(input.stream.aggregateType, input.stream.aggregateId)
+      const events = state.streams.get(streamKey) ?? []
+      const actual = events.length
+
+      const replay = idempotentReplay(state, input)
+      if (replay !== undefined) return replay
+
+      if (!ExpectedVersion.isSatisfiedBy(input.expectedVersion, actual)) {
+        return Effect.fail(
+          new ConcurrencyError({
+            aggregateId: input.stream.aggregateId,
+            aggregateType: input.stream.aggregateType,
+            expectedVersion: input.expectedVersion,
+            actualVersion: actual
+          })
+        )
+      }
+      const createdAt = new Date()
+      const firstPosition = BigInt(state.log.length + 1)
+      input.events.forEach((event, i) => {
+        const stored: StoredEvent = {
+          eventId: event.eventId,
+          eventType: event.eventType,
+          aggregateId: input.stream.aggregateId,
+          aggregateType: input.stream.aggregateType,
+          version: actual + i + 1,
+          tenantId: input.tenantId,
+          actorId: input.actorId,
+          timestamp: event.timestamp,
+          globalPosition: firstPosition + BigInt(i),
+          createdAt,
+          // Parsed from the JSON text, as jsonb would: the stored payload is a copy.
+          payload: JSON.parse(event.payloadJson)
+        }
+        state.log.push(stored)
+        events.push(stored)
+        state.byId.set(event.eventId, stored)
+      })
+      state.streams.set(streamKey, events)
+      return Effect.succeed<AppendResult>({
+        version: actual + input.events.length,
+        firstPosition,
+        lastPosition: firstPosition + BigInt(input.events.length - 1)
+      })
+    })
+
+  const readStream: Backend["readStream"] = (stream, options) =>
+    Stream.suspend(() => {
+      const events = state.streams.get(key(stream.aggregateType, stream.aggregateId)) ?? []
+      const to = options.toVersion ?? Number.MAX_SAFE_INTEGER
+      const selected = events.filter((e) => e.version >= options.fromVersion && e.version <= to)
+      if (options.direction === "backward") selected.reverse()
+      return Stream.fromIterable(selected).pipe(Stream.rechunk(PAGE))
+    })
+
+  const readAll: Backend["readAll"] = (options) =>
+    Stream.suspend(() => {
+      const matches = matcher(options)
+      const forward = options.direction === "forward"
+      const limit = options.limit ?? Number.POSITIVE_INFINITY
+      const start = forward ? (options.after ?? 0n) : (options.before ?? BigInt(state.log.length + 1))
+      // Pages by position, like the SQL store: a long read sees events appended meanwhile.
+      return Stream.paginateChunkEffect({ cursor: start, taken: 0 }, ({ cursor, taken }) =>
+        Effect.sync(() => {
+          const page: Array<StoredEvent> = []
+          const want = Math.min(PAGE, limit - taken)
+          let position = cursor
+          let end = want <= 0
+          while (!end && page.length < want) {
+            const next = forward ? position + 1n : position - 1n
+            end = next < 1n || next > BigInt(state.log.length) ||
+              (options.before !== undefined && next >= options.before) ||
+              (options.after !== undefined && next <= options.after)
+            if (end) break
+            position = next
+            const event = state.log[Number(next) - 1]!
+            if (matches(event)) page.push(event)
+          }
+          const done = end || taken + page.length >= limit
+          return [
+            Chunk.unsafeFromArray(page),
+            done ? Option.none() : Option.some({ cursor: position, taken: taken + page.length })
+          ] as const
+        }))
+    })
+
+  return { name: "memory", append, readStream, readAll }
+}
+
+/**
+ * Re-appending event ids that are already stored at the same stream positions
+ * returns the original result; an id stored anywhere else is a duplicate.
+ */
+const idempotentReplay = (state: State, input: PreparedAppend) => {
+  const found = input.events.map((e) => state.byId.get(e.eventId))
+  if (found.every((e) => e === undefined)) return undefined
+  const first = found[0]
+  const samePlaces = first !== undefined && found.every((stored, i) =>
+    stored !== undefined &&
+    stored.aggregateId === input.stream.aggregateId &&
+    stored.aggregateType === input.stream.aggregateType &&
+    stored.version === first.version + i
+  ) && ExpectedVersion.isSatisfiedBy(input.expectedVersion, first.version - 1)
+  if (samePlaces) {
+    const last = found[found.length - 1]!
+    return Effect.succeed<AppendResult>({
+      version: last.version,
+      firstPosition: first.globalPosition,
+      lastPosition: last.globalPosition
+    })
+  }
+  const duplicate = input.events.find((_, i) => found[i] !== undefined)!
+  return Effect.fail(
+    new DuplicateEventError({
+      eventId: duplicate.eventId,
+      aggregateId: input.stream.aggregateId,
+      aggregateType: input.stream.aggregateType
+    })
+  )
+}
+
+const matcher = (options: ReadAllOptions) => {
+  const aggregateTypes = options.aggregateTypes && new Set(options.aggregateTypes)
+  const eventTypes = options.eventTypes && new Set(options.eventTypes)
+  return (event: StoredEvent) =>
+    (options.tenantId === undefined || event.tenantId === options.tenantId) &&
+    (aggregateTypes === undefined || aggregateTypes.has(event.aggregateType)) &&
+    (eventTypes === undefined || eventTypes.has(event.eventType)) &&
+    (options.since === undefined || event.timestamp.getTime() >= options.since.getTime()) &&
+    (options.until === undefined || event.timestamp.getTime() < options.until.getTime())
+}

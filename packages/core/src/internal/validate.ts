@@ -1,0 +1,87 @@
+import * as Effect from "effect/Effect"
+import { InvalidEventError } from "../Errors.js"
+import type { Direction, ReadAllOptions, StreamId } from "../EventStore.js"
+
+// Checks done once in core, before any backend sees the input, so that memory and
+// PostgreSQL reject the same inputs with the same typed error and nothing is written.
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+/** Text columns are VARCHAR(255); PostgreSQL rejects NUL and a lone surrogate would be mangled. */
+const MAX_TEXT = 255
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is exactly what we reject
+const BAD_TEXT = /\u0000|\p{Surrogate}/u
+
+/** In JSON text: a NUL escape or a lone surrogate escape (jsonb rejects both), not preceded by an escaped backslash. */
+const BAD_JSON = /(?<!\\)(?:\\\\)*\\u(?:0000|d[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})|(?<!\\ud[89ab][0-9a-f]{2})d[c-f][0-9a-f]{2})/i
+
+export const uuid = (name: string, value: unknown) =>
+  typeof value === "string" && UUID.test(value)
+    ? Effect.void
+    : Effect.fail(new InvalidEventError({ reason: `${name} must be a UUID, got ${describe(value)}` }))
+
+export const text = (name: string, value: unknown) => {
+  if (typeof value !== "string" || value.length === 0) {
+    return Effect.fail(new InvalidEventError({ reason: `${name} must be a non-empty string, got ${describe(value)}` }))
+  }
+  if (value.length > MAX_TEXT) {
+    return Effect.fail(new InvalidEventError({ reason: `${name} is longer than ${MAX_TEXT} characters` }))
+  }
+  if (BAD_TEXT.test(value)) {
+    return Effect.fail(new InvalidEventError({ reason: `${name} contains a NUL character or a lone surrogate` }))
+  }
+  return Effect.void
+}
+
+export const stream = (stream: StreamId) =>
+  Effect.zipRight(uuid("aggregateId", stream?.aggregateId), text("aggregateType", stream?.aggregateType))
+
+export const payloadJson = (eventType: string, payload: unknown) =>
+  Effect.suspend(() => {
+    let json: string
+    try {
+      json = JSON.stringify(payload)
+    } catch (cause) {
+      return Effect.fail(
+        new InvalidEventError({ reason: `event ${eventType}: payload is not serializable as JSON`, eventType, cause })
+      )
+    }
+    if (typeof json !== "string" || json[0] !== "{") {
+      return Effect.fail(
+        new InvalidEventError({ reason: `event ${eventType}: the encoded payload must be a JSON object`, eventType })
+      )
+    }
+    if (json.includes("\\u") && BAD_JSON.test(json)) {
+      return Effect.fail(
+        new InvalidEventError({
+          reason: `event ${eventType}: payload contains a NUL character or a lone surrogate, which PostgreSQL cannot store`,
+          eventType
+        })
+      )
+    }
+    return Effect.succeed(json)
+  })
+
+export const readAllOptions = (options: ReadAllOptions) =>
+  Effect.gen(function*() {
+    if (options.limit !== undefined && (!Number.isSafeInteger(options.limit) || options.limit < 0)) {
+      return yield* new InvalidEventError({ reason: `limit must be a non-negative integer, got ${options.limit}` })
+    }
+    if (options.tenantId !== undefined) yield* uuid("tenantId", options.tenantId)
+    for (const type of options.aggregateTypes ?? []) yield* text("aggregateTypes", type)
+    for (const type of options.eventTypes ?? []) yield* text("eventTypes", type)
+    for (const [name, date] of [["since", options.since], ["until", options.until]] as const) {
+      if (date !== undefined && Number.isNaN(date.getTime())) {
+        return yield* new InvalidEventError({ reason: `${name} is an invalid date` })
+      }
+    }
+    const direction: Direction = options.direction ?? "forward"
+    return {
+      ...options,
+      direction,
+      ...(options.tenantId === undefined ? {} : { tenantId: options.tenantId.toLowerCase() })
+    }
+  })
+
+const describe = (value: unknown): string =>
+  typeof value === "string" ? JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value) : String(value)

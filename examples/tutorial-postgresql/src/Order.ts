@@ -46,9 +46,11 @@ export class OrderError extends Data.TaggedError("OrderError")<{ readonly messag
 export const createOrder = Aggregate.command(Order, (_state, input: { customerId: string; total: number }, root) =>
   root.version > 0
     ? Effect.fail(new OrderError({ message: "Order already exists" }))
-    : Effect.succeed([OrderCreated.make({ customer_id: input.customerId, total: input.total })]))
+    : Effect.succeed([OrderCreated.make({ customer_id: input.customerId, total: input.total })])
+)
 
 export const shipOrder = Aggregate.command(Order, (state, input: { trackingNumber: string }) =>
   state.status !== "created"
     ? Effect.fail(new OrderError({ message: "Cannot ship order in current state" }))
-    : Effect.succeed([OrderShipped.make({ tracking_number: input.trackingNumber })]))
+    : Effect.succeed([OrderShipped.make({ tracking_number: input.trackingNumber })])
+)

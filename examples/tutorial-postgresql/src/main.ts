@@ -6,14 +6,15 @@
  *
  * Run with: npm start
  */
+
+import * as Path from "node:path"
+import { NodeRuntime } from "@effect/platform-node"
 import { AggregateRepository, EventStore } from "@eventfold/core"
 import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
-import { NodeRuntime } from "@effect/platform-node"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
-import * as Path from "node:path"
 import { createOrder, Order, registry, shipOrder } from "./Order.js"
 
 const rule = "=".repeat(70)
@@ -26,7 +27,7 @@ const PoolLive = PgPool.layerConfig(
 )
 const EventStoreLive = PgEventStore.layer({ registry }).pipe(Layer.provideMerge(PoolLive))
 
-const tutorial = Effect.gen(function*() {
+const tutorial = Effect.gen(function* () {
   yield* Console.log("2. Setting up database schema...")
   yield* PgMigrations.run
   yield* Console.log("Database schema created successfully!")
@@ -36,10 +37,9 @@ const tutorial = Effect.gen(function*() {
 
   yield* Console.log("\n4. Creating an order...")
   const orderId = crypto.randomUUID()
-  const order = yield* repo.create(orderId).pipe(
-    createOrder({ customerId: "customer-456", total: 299.99 }),
-    Effect.flatMap(repo.save)
-  )
+  const order = yield* repo
+    .create(orderId)
+    .pipe(createOrder({ customerId: "customer-456", total: 299.99 }), Effect.flatMap(repo.save))
   yield* Console.log(`   Order created: ${orderId}`)
   yield* Console.log(`   Version: ${order.version}`)
   yield* Console.log(`   Status: ${order.state.status}`)
@@ -47,10 +47,9 @@ const tutorial = Effect.gen(function*() {
   yield* Console.log(`   Total: $${order.state.total}`)
 
   yield* Console.log("\n5. Loading and shipping order...")
-  const shipped = yield* repo.load(orderId).pipe(
-    shipOrder({ trackingNumber: "TRACK-123456" }),
-    Effect.flatMap(repo.save)
-  )
+  const shipped = yield* repo
+    .load(orderId)
+    .pipe(shipOrder({ trackingNumber: "TRACK-123456" }), Effect.flatMap(repo.save))
   yield* Console.log("   Order shipped!")
   yield* Console.log(`   Version: ${shipped.version}`)
   yield* Console.log(`   Status: ${shipped.state.status}`)
@@ -81,7 +80,7 @@ const tutorial = Effect.gen(function*() {
   yield* Console.log(rule)
 })
 
-const main = Effect.gen(function*() {
+const main = Effect.gen(function* () {
   yield* Console.log(rule)
   yield* Console.log("Tutorial 11: PostgreSQL Event Store")
   yield* Console.log(rule)

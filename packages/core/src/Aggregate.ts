@@ -79,8 +79,10 @@ export const empty = <State, E extends Event.Any>(aggregate: Aggregate<State, E>
  * @since 0.1.0
  * @category utils
  */
-export const isEventOf = <State, E extends Event.Any>(aggregate: Aggregate<State, E>) =>
-(event: Event.Any): event is E => aggregate.eventTypes.has(event._tag)
+export const isEventOf =
+  <State, E extends Event.Any>(aggregate: Aggregate<State, E>) =>
+  (event: Event.Any): event is E =>
+    aggregate.eventTypes.has(event._tag)
 
 /**
  * Folds stored events into a root (used when loading); they are not pending.
@@ -110,13 +112,15 @@ export const apply = <State, E extends Event.Any>(
   aggregate: Aggregate<State, E>,
   root: Root<State, E>,
   events: ReadonlyArray<E>
-): Root<State, E> =>
-  events.reduce<Root<State, E>>((current, event) => ({
-    ...current,
-    state: aggregate.evolve(current.state, event),
-    version: current.version + 1,
-    pending: [...current.pending, { eventId: crypto.randomUUID(), event }]
-  }), root)
+): Root<State, E> => {
+  let state = root.state
+  const pending = [...root.pending]
+  for (const event of events) {
+    state = aggregate.evolve(state, event)
+    pending.push({ eventId: crypto.randomUUID(), event })
+  }
+  return { ...root, state, version: root.version + events.length, pending }
+}
 
 /**
  * A command: from the current root and an input, decide the events (or fail with a
@@ -135,10 +139,13 @@ export const apply = <State, E extends Event.Any>(
  * @since 0.1.0
  * @category constructors
  */
-export const command = <State, E extends Event.Any, Input, Err = never, R = never>(
-  aggregate: Aggregate<State, E>,
-  decide: (state: State, input: Input, root: Root<State, E>) => Effect.Effect<ReadonlyArray<E>, Err, R>
-) =>
-(input: Input) =>
-<E2, R2>(self: Effect.Effect<Root<State, E>, E2, R2>): Effect.Effect<Root<State, E>, Err | E2, R | R2> =>
-  Effect.flatMap(self, (root) => Effect.map(decide(root.state, input, root), (events) => apply(aggregate, root, events)))
+export const command =
+  <State, E extends Event.Any, Input, Err = never, R = never>(
+    aggregate: Aggregate<State, E>,
+    decide: (state: State, input: Input, root: Root<State, E>) => Effect.Effect<ReadonlyArray<E>, Err, R>
+  ) =>
+  (input: Input) =>
+  <E2, R2>(self: Effect.Effect<Root<State, E>, E2, R2>): Effect.Effect<Root<State, E>, Err | E2, R | R2> =>
+    Effect.flatMap(self, (root) =>
+      Effect.map(decide(root.state, input, root), (events) => apply(aggregate, root, events))
+    )

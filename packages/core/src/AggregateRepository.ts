@@ -23,9 +23,7 @@ export interface AggregateRepository<State, E extends Event.Any> {
   /** A new instance at version 0; nothing is stored until `save`. */
   readonly create: (id: string) => Effect.Effect<Aggregate.Root<State, E>>
   /** Folds the stream into the current state; fails if the stream has no events. */
-  readonly load: (
-    id: string
-  ) => Effect.Effect<Aggregate.Root<State, E>, StreamNotFoundError | ReadError>
+  readonly load: (id: string) => Effect.Effect<Aggregate.Root<State, E>, StreamNotFoundError | ReadError>
   /**
    * Appends the pending events, expecting the stream still at the version it was
    * loaded at: a concurrent writer makes it fail with `ConcurrencyError`. Saving the
@@ -53,7 +51,7 @@ export const make = <State, E extends Event.Any>(
   aggregate: Aggregate.Aggregate<State, E>,
   options: Options = {}
 ): Effect.Effect<AggregateRepository<State, E>, never, EventStore> =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const store = yield* EventStore
     for (const definition of aggregate.events) {
       // A registry that decodes this aggregate's types with other schemas would hand
@@ -66,19 +64,20 @@ export const make = <State, E extends Event.Any>(
     }
     const isOwnEvent = Aggregate.isEventOf(aggregate)
 
-    const load = Effect.fn(Spans.repositoryLoad)(function*(id: string) {
+    const load = Effect.fn(Spans.repositoryLoad)(function* (id: string) {
       yield* Effect.annotateCurrentSpan({ [Attributes.aggregateType]: aggregate.type, [Attributes.aggregateId]: id })
       const root = yield* store.readStream({ aggregateId: id, aggregateType: aggregate.type }).pipe(
         Stream.runFoldEffect(Aggregate.empty(aggregate, id), (root, recorded) =>
           isOwnEvent(recorded.event)
             ? Effect.succeed(Aggregate.replay(aggregate, root, recorded.event, recorded.version))
             : Effect.fail(
-              new UnknownEventTypeError({
-                eventType: recorded.eventType,
-                eventId: recorded.eventId,
-                globalPosition: recorded.globalPosition
-              })
-            ))
+                new UnknownEventTypeError({
+                  eventType: recorded.eventType,
+                  eventId: recorded.eventId,
+                  globalPosition: recorded.globalPosition
+                })
+              )
+        )
       )
       if (root.version === 0) {
         return yield* new StreamNotFoundError({ aggregateId: id, aggregateType: aggregate.type })
@@ -87,24 +86,19 @@ export const make = <State, E extends Event.Any>(
       return root
     })
 
-    const save = Effect.fn(Spans.repositorySave)(function*(root: Aggregate.Root<State, E>) {
+    const save = Effect.fn(Spans.repositorySave)(function* (root: Aggregate.Root<State, E>) {
       yield* Effect.annotateCurrentSpan({
         [Attributes.aggregateType]: aggregate.type,
         [Attributes.aggregateId]: root.id,
         [Attributes.eventCount]: root.pending.length
       })
       if (root.pending.length === 0) return root
-      const result = yield* store.append(
-        { aggregateId: root.id, aggregateType: aggregate.type },
-        root.pending,
-        {
-          expectedVersion: root.persistedVersion === 0
-            ? ExpectedVersion.noStream
-            : ExpectedVersion.exact(root.persistedVersion),
-          ...(options.tenantId === undefined ? {} : { tenantId: options.tenantId }),
-          ...(options.actorId === undefined ? {} : { actorId: options.actorId })
-        }
-      )
+      const result = yield* store.append({ aggregateId: root.id, aggregateType: aggregate.type }, root.pending, {
+        expectedVersion:
+          root.persistedVersion === 0 ? ExpectedVersion.noStream : ExpectedVersion.exact(root.persistedVersion),
+        ...(options.tenantId === undefined ? {} : { tenantId: options.tenantId }),
+        ...(options.actorId === undefined ? {} : { actorId: options.actorId })
+      })
       return { ...root, version: result.version, persistedVersion: result.version, pending: [] }
     })
 

@@ -20,9 +20,9 @@ export class ConcurrencyError extends Schema.TaggedError<ConcurrencyError>()("Co
   actualVersion: Schema.Number
 }) {
   override get message(): string {
-    return `${this.aggregateType} ${this.aggregateId}: expected ${
-      formatExpected(this.expectedVersion)
-    }, but the stream is at version ${this.actualVersion}`
+    return `${this.aggregateType} ${this.aggregateId}: expected ${formatExpected(
+      this.expectedVersion
+    )}, but the stream is at version ${this.actualVersion}`
   }
 }
 

@@ -32,11 +32,13 @@ export interface Any {
  * @category models
  */
 export interface EventType<Tag extends string, Fields extends Schema.Struct.Fields>
-  extends Schema.TaggedStruct<Tag, Fields>
-{
+  extends Schema.TaggedStruct<Tag, Fields> {
   readonly type: Tag
   /** Encodes an event's fields to the stored payload (always the current shape). */
-  readonly payload: Schema.Schema<Schema.Schema.Type<Schema.Struct<Fields>>, Schema.Schema.Encoded<Schema.Struct<Fields>>>
+  readonly payload: Schema.Schema<
+    Schema.Schema.Type<Schema.Struct<Fields>>,
+    Schema.Schema.Encoded<Schema.Struct<Fields>>
+  >
   /** Decodes a stored payload: the current shape first, then each upcast in order. */
   readonly decodePayload: Schema.Schema<Schema.Schema.Type<Schema.Struct<Fields>>, unknown>
 }
@@ -91,11 +93,15 @@ export const make = <const Tag extends string, Fields extends Schema.Struct.Fiel
   options?: Options<Fields>
 ): EventType<Tag, Fields> => {
   // Event fields are plain data: their schemas need no services, so R is never.
-  const payload: EventType<Tag, Fields>["payload"] = Schema.Struct(fields) as unknown as EventType<Tag, Fields>["payload"]
+  const payload: EventType<Tag, Fields>["payload"] = Schema.Struct(fields) as unknown as EventType<
+    Tag,
+    Fields
+  >["payload"]
   const upcasts = options?.upcasts ?? []
   // Decoding accepts the current shape or any older one an upcast knows.
-  const decodePayload = (
-    upcasts.length === 0 ? payload : Schema.Union(payload, ...upcasts)
-  ) as EventType<Tag, Fields>["decodePayload"]
+  const decodePayload = (upcasts.length === 0 ? payload : Schema.Union(payload, ...upcasts)) as EventType<
+    Tag,
+    Fields
+  >["decodePayload"]
   return Object.assign(Schema.TaggedStruct(type, fields), { type, payload, decodePayload })
 }

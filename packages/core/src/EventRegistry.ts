@@ -36,7 +36,10 @@ export interface EventRegistry {
 export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRegistry => {
   const types = new Map<string, Event.AnyEventType>()
   const encoders = new Map<string, (u: unknown) => Either.Either<unknown, ParseResult.ParseError>>()
-  const decoders = new Map<string, (u: unknown) => Either.Either<{ readonly [k: string]: unknown }, ParseResult.ParseError>>()
+  const decoders = new Map<
+    string,
+    (u: unknown) => Either.Either<{ readonly [k: string]: unknown }, ParseResult.ParseError>
+  >()
   for (const definition of definitions) {
     const existing = types.get(definition.type)
     if (existing !== undefined) {
@@ -56,12 +59,13 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
     // The tag lives in the event_type column; the payload holds the other fields only.
     const { _tag, ...fields } = event
     return encoder(fields).pipe(
-      Either.mapLeft((error) =>
-        new InvalidEventError({
-          reason: `event ${_tag} does not match its schema: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
-          eventType: _tag,
-          cause: error
-        })
+      Either.mapLeft(
+        (error) =>
+          new InvalidEventError({
+            reason: `event ${_tag} does not match its schema: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
+            eventType: _tag,
+            cause: error
+          })
       )
     )
   }
@@ -79,14 +83,15 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
     }
     return decoder(payload).pipe(
       Either.map((fields): Event.Any => ({ ...fields, _tag: eventType })),
-      Either.mapLeft((error) =>
-        new EventDecodeError({
-          eventId: meta.eventId,
-          eventType,
-          globalPosition: meta.globalPosition,
-          message: ParseResult.TreeFormatter.formatErrorSync(error),
-          cause: error
-        })
+      Either.mapLeft(
+        (error) =>
+          new EventDecodeError({
+            eventId: meta.eventId,
+            eventType,
+            globalPosition: meta.globalPosition,
+            message: ParseResult.TreeFormatter.formatErrorSync(error),
+            cause: error
+          })
       )
     )
   }

@@ -212,10 +212,7 @@ export interface Service {
     options: AppendOptions
   ) => Effect.Effect<AppendResult, AppendError>
   /** The events of one stream in version order, decoded. */
-  readonly readStream: (
-    stream: StreamId,
-    options?: ReadStreamOptions
-  ) => Stream.Stream<RecordedEvent, ReadError>
+  readonly readStream: (stream: StreamId, options?: ReadStreamOptions) => Stream.Stream<RecordedEvent, ReadError>
   /** The global log in position order, filtered, decoded, read in pages. */
   readonly readAll: (options?: ReadAllOptions) => Stream.Stream<RecordedEvent, ReadError>
   readonly registry: EventRegistry
@@ -235,7 +232,7 @@ export class EventStore extends Context.Tag("@eventfold/core/EventStore")<EventS
  * @category constructors
  */
 export const make = (backend: Backend, registry: EventRegistry): Service => {
-  const append = Effect.fn(Spans.append)(function*(
+  const append = Effect.fn(Spans.append)(function* (
     stream: StreamId,
     events: ReadonlyArray<EventToAppend>,
     options: AppendOptions
@@ -245,9 +242,10 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       [Attributes.aggregateType]: stream.aggregateType,
       [Attributes.aggregateId]: stream.aggregateId,
       [Attributes.eventCount]: events.length,
-      [Attributes.expectedVersion]: options.expectedVersion._tag === "Exact"
-        ? String(options.expectedVersion.version)
-        : options.expectedVersion._tag
+      [Attributes.expectedVersion]:
+        options.expectedVersion._tag === "Exact"
+          ? String(options.expectedVersion.version)
+          : options.expectedVersion._tag
     })
     const prepared = yield* prepareAppend(registry, stream, events, options)
     return yield* backend.append(prepared)
@@ -274,17 +272,19 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
     stored.pipe(Stream.chunks, Stream.flatMap(decodeChunk))
 
   const readStream = (stream: StreamId, options?: ReadStreamOptions) =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       yield* validate.stream(stream)
       const fromVersion = options?.fromVersion ?? 1
       const toVersion = options?.toVersion
       if (!Number.isSafeInteger(fromVersion) || (toVersion !== undefined && !Number.isSafeInteger(toVersion))) {
         return yield* new InvalidEventError({ reason: "fromVersion and toVersion must be integers" })
       }
-      return decodeStream(backend.readStream(
-        { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
-        { direction: options?.direction ?? "forward", fromVersion, ...(toVersion === undefined ? {} : { toVersion }) }
-      ))
+      return decodeStream(
+        backend.readStream(
+          { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
+          { direction: options?.direction ?? "forward", fromVersion, ...(toVersion === undefined ? {} : { toVersion }) }
+        )
+      )
     }).pipe(
       Stream.unwrap,
       Stream.withSpan(Spans.readStream, {
@@ -298,7 +298,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
     )
 
   const readAll = (options?: ReadAllOptions) =>
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const normalized = yield* validate.readAllOptions(options ?? {})
       return decodeStream(backend.readAll(normalized))
     }).pipe(
@@ -322,7 +322,7 @@ const prepareAppend = (
   events: ReadonlyArray<EventToAppend>,
   options: AppendOptions
 ) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     yield* validate.stream(stream)
     if (events.length === 0) {
       return yield* new InvalidEventError({ reason: "append needs at least one event" })
@@ -384,9 +384,11 @@ export const makeMemoryBackend: () => Backend = MemoryEventStore.make
  * @since 0.1.0
  * @category errors
  */
-export const storeError = (method: string) => (cause: unknown): EventStoreError =>
-  new EventStoreError({
-    method,
-    message: `EventStore.${method} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
-    cause
-  })
+export const storeError =
+  (method: string) =>
+  (cause: unknown): EventStoreError =>
+    new EventStoreError({
+      method,
+      message: `EventStore.${method} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
+      cause
+    })

@@ -9,11 +9,12 @@
  *
  * @since 0.1.0
  */
+
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import { ConcurrencyError, DuplicateEventError, type EventStoreError } from "@eventfold/core/Errors"
 import type { EventRegistry } from "@eventfold/core/EventRegistry"
 import * as EventStore from "@eventfold/core/EventStore"
-import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -90,14 +91,17 @@ const expectedArgs = (expected: EventStore.PreparedAppend["expectedVersion"]) =>
 
 /** The batch as one JSON document; payloads are embedded as the JSON text core produced. */
 const eventsDocument = (events: EventStore.PreparedAppend["events"]) =>
-  `[${
-    events.map((e) =>
-      `{"event_id":"${e.eventId}","event_type":${JSON.stringify(e.eventType)},"timestamp":"${e.timestamp.toISOString()}","payload":${e.payloadJson}}`
-    ).join(",")
-  }]`
+  `[${events
+    .map(
+      (e) =>
+        `{"event_id":"${e.eventId}","event_type":${JSON.stringify(e.eventType)},"timestamp":"${e.timestamp.toISOString()}","payload":${e.payloadJson}}`
+    )
+    .join(",")}]`
 
 /** The fields of pg's DatabaseError that tell which constraint failed. */
-const pgError = (error: SqlError): { readonly code?: unknown; readonly constraint?: unknown; readonly detail?: unknown } =>
+const pgError = (
+  error: SqlError
+): { readonly code?: unknown; readonly constraint?: unknown; readonly detail?: unknown } =>
   typeof error.cause === "object" && error.cause !== null ? error.cause : {}
 
 /**
@@ -107,16 +111,16 @@ const pgError = (error: SqlError): { readonly code?: unknown; readonly constrain
  * @category constructors
  */
 export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const pageSize = options.pageSize ?? 1000
 
     const append: EventStore.Backend["append"] = (input) => {
       const [expected, expectedVersion] = expectedArgs(input.expectedVersion)
       const { aggregateId, aggregateType } = input.stream
-      return sql`SELECT * FROM eventfold_append(${aggregateId}::uuid, ${aggregateType}, ${expected}, ${expectedVersion}::integer, ${input.tenantId}::uuid, ${input.actorId}, ${
-        eventsDocument(input.events)
-      }::jsonb)`.pipe(
+      return sql`SELECT * FROM eventfold_append(${aggregateId}::uuid, ${aggregateType}, ${expected}, ${expectedVersion}::integer, ${input.tenantId}::uuid, ${input.actorId}, ${eventsDocument(
+        input.events
+      )}::jsonb)`.pipe(
         Effect.flatMap(decodeAppendRows),
         Effect.flatMap((rows): ReturnType<EventStore.Backend["append"]> => {
           const row = rows[0]
@@ -176,11 +180,12 @@ export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
     }
 
     const currentVersion = (aggregateId: string, aggregateType: string) =>
-      sql<{ version: number }>`SELECT coalesce(max(version), 0)::integer AS version FROM events WHERE aggregate_id = ${aggregateId}::uuid AND aggregate_type = ${aggregateType}`
-        .pipe(
-          Effect.map((rows) => rows[0]?.version ?? 0),
-          Effect.mapError(EventStore.storeError("append"))
-        )
+      sql<{
+        version: number
+      }>`SELECT coalesce(max(version), 0)::integer AS version FROM events WHERE aggregate_id = ${aggregateId}::uuid AND aggregate_type = ${aggregateType}`.pipe(
+        Effect.map((rows) => rows[0]?.version ?? 0),
+        Effect.mapError(EventStore.storeError("append"))
+      )
 
     const page = (method: string, query: Effect.Effect<ReadonlyArray<unknown>, SqlError>) =>
       query.pipe(
@@ -204,15 +209,18 @@ export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
                   WHERE aggregate_id = ${stream.aggregateId}::uuid AND aggregate_type = ${stream.aggregateType}
                     AND version <= ${cursor} AND version >= ${options.fromVersion}
                   ORDER BY version DESC LIMIT ${pageSize}`
-        ).pipe(Effect.map((events) => {
-          const last = events[events.length - 1]
-          return [
-            Chunk.unsafeFromArray(events),
-            events.length < pageSize || last === undefined
-              ? Option.none()
-              : Option.some(forward ? last.version + 1 : last.version - 1)
-          ] as const
-        })))
+        ).pipe(
+          Effect.map((events) => {
+            const last = events[events.length - 1]
+            return [
+              Chunk.unsafeFromArray(events),
+              events.length < pageSize || last === undefined
+                ? Option.none()
+                : Option.some(forward ? last.version + 1 : last.version - 1)
+            ] as const
+          })
+        )
+      )
     }
 
     const readAll: EventStore.Backend["readAll"] = (options) => {
@@ -240,15 +248,17 @@ export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
         const query = forward
           ? sql`SELECT ${sql.literal(COLUMNS)} FROM events WHERE ${where} ORDER BY global_position ASC LIMIT ${size}`
           : sql`SELECT ${sql.literal(COLUMNS)} FROM events WHERE ${where} ORDER BY global_position DESC LIMIT ${size}`
-        return page("readAll", query).pipe(Effect.map((events) => {
-          const last = events[events.length - 1]
-          return [
-            Chunk.unsafeFromArray(events),
-            events.length < size || last === undefined || taken + events.length >= limit
-              ? Option.none()
-              : Option.some({ cursor: last.globalPosition, taken: taken + events.length })
-          ] as const
-        }))
+        return page("readAll", query).pipe(
+          Effect.map((events) => {
+            const last = events[events.length - 1]
+            return [
+              Chunk.unsafeFromArray(events),
+              events.length < size || last === undefined || taken + events.length >= limit
+                ? Option.none()
+                : Option.some({ cursor: last.globalPosition, taken: taken + events.length })
+            ] as const
+          })
+        )
       })
     }
 

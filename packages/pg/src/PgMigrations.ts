@@ -7,10 +7,10 @@
  */
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
+import { Spans } from "@eventfold/core/Telemetry"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
-import { Spans } from "@eventfold/core/Telemetry"
 import { migrations, migrationsTable } from "./internal/migrations.js"
 
 /**
@@ -25,10 +25,9 @@ export class MigrationError extends Schema.TaggedError<MigrationError>()("Migrat
 }) {}
 
 const loader = Migrator.fromRecord(
-  Object.fromEntries(migrations.map((m) => [
-    `${m.id}_${m.name}`,
-    Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(m.sql))
-  ]))
+  Object.fromEntries(
+    migrations.map((m) => [`${m.id}_${m.name}`, Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(m.sql))])
+  )
 )
 
 const runMigrator = Migrator.make({})
@@ -39,23 +38,27 @@ const runMigrator = Migrator.make({})
  * @since 0.1.0
  * @category constructors
  */
-export const run: Effect.Effect<ReadonlyArray<readonly [id: number, name: string]>, MigrationError, SqlClient.SqlClient> =
-  runMigrator({ loader, table: migrationsTable }).pipe(
-    // The Migrator reports a failing migration as a defect: users get a typed error.
-    Effect.catchAllDefect((defect) =>
-      Effect.fail(
-        new MigrationError({
-          message: defect instanceof Migrator.MigrationError ? defect.message : "migration failed",
-          cause: defect instanceof Migrator.MigrationError && defect.cause !== undefined ? defect.cause : defect
-        })
-      )
-    ),
-    Effect.catchTags({
-      MigrationError: (error) => Effect.fail(new MigrationError({ message: error.message, cause: error })),
-      SqlError: (error) => Effect.fail(new MigrationError({ message: `migration failed: ${error.message}`, cause: error }))
-    }),
-    Effect.withSpan(Spans.migrate)
-  )
+export const run: Effect.Effect<
+  ReadonlyArray<readonly [id: number, name: string]>,
+  MigrationError,
+  SqlClient.SqlClient
+> = runMigrator({ loader, table: migrationsTable }).pipe(
+  // The Migrator reports a failing migration as a defect: users get a typed error.
+  Effect.catchAllDefect((defect) =>
+    Effect.fail(
+      new MigrationError({
+        message: defect instanceof Migrator.MigrationError ? defect.message : "migration failed",
+        cause: defect instanceof Migrator.MigrationError && defect.cause !== undefined ? defect.cause : defect
+      })
+    )
+  ),
+  Effect.catchTags({
+    MigrationError: (error) => Effect.fail(new MigrationError({ message: error.message, cause: error })),
+    SqlError: (error) =>
+      Effect.fail(new MigrationError({ message: `migration failed: ${error.message}`, cause: error }))
+  }),
+  Effect.withSpan(Spans.migrate)
+)
 
 /**
  * Runs the migrations when the layer is built.

@@ -12,9 +12,10 @@
  *
  * @since 0.1.0
  */
-import * as PgClient from "@effect/sql-pg/PgClient"
-import * as SqlClient from "@effect/sql/SqlClient"
+
+import type * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
@@ -99,12 +100,20 @@ export interface PoolStats {
  * @since 0.1.0
  * @category models
  */
-export class PgPool extends Context.Tag("@eventfold/pg/PgPool")<PgPool, {
-  readonly stats: Effect.Effect<PoolStats>
-  readonly options: Options
-}>() {}
+export class PgPool extends Context.Tag("@eventfold/pg/PgPool")<
+  PgPool,
+  {
+    readonly stats: Effect.Effect<PoolStats>
+    readonly options: Options
+  }
+>() {}
 
-const defaults = { poolSize: 5, maxOverflow: 10, acquireTimeout: Duration.seconds(30), idleTimeout: Duration.seconds(10) }
+const defaults = {
+  poolSize: 5,
+  maxOverflow: 10,
+  acquireTimeout: Duration.seconds(30),
+  idleTimeout: Duration.seconds(10)
+}
 
 /**
  * A pg pool that can validate connections on checkout. pg-pool only verifies new
@@ -113,7 +122,10 @@ const defaults = { poolSize: 5, maxOverflow: 10, acquireTimeout: Duration.second
  */
 class ValidatingPool extends Pg.Pool {
   private readonly releasedAt = new WeakMap<Pg.PoolClient, number>()
-  constructor(config: Pg.PoolConfig, private readonly pingAfterMillis: number | undefined) {
+  constructor(
+    config: Pg.PoolConfig,
+    private readonly pingAfterMillis: number | undefined
+  ) {
     super(config)
     if (pingAfterMillis !== undefined) {
       this.on("release", (_error, client) => this.releasedAt.set(client, Date.now()))
@@ -128,7 +140,9 @@ class ValidatingPool extends Pg.Pool {
     callback?: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
   ): Promise<Pg.PoolClient> | undefined {
     if (callback === undefined) {
-      return new Promise((resolve, reject) => this.connect((err, client) => (err || !client ? reject(err) : resolve(client))))
+      return new Promise((resolve, reject) =>
+        this.connect((err, client) => (err || !client ? reject(err) : resolve(client)))
+      )
     }
     const threshold = this.pingAfterMillis
     super.connect((err, client, done) => {
@@ -152,12 +166,10 @@ class ValidatingPool extends Pg.Pool {
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options): Effect.Effect<
-  { readonly pool: Pg.Pool; readonly stats: Effect.Effect<PoolStats> },
-  SqlError,
-  Scope.Scope
-> =>
-  Effect.gen(function*() {
+export const make = (
+  options: Options
+): Effect.Effect<{ readonly pool: Pg.Pool; readonly stats: Effect.Effect<PoolStats> }, SqlError, Scope.Scope> =>
+  Effect.gen(function* () {
     const poolSize = options.poolSize ?? defaults.poolSize
     const max = poolSize + (options.maxOverflow ?? defaults.maxOverflow)
     const config: Pg.PoolConfig = {
@@ -188,15 +200,17 @@ export const make = (options: Options): Effect.Effect<
       }),
       () => Effect.promise(() => pool.end())
     )
-    const stats = Effect.sync((): PoolStats => ({
-      size: poolSize,
-      max,
-      open: pool.totalCount,
-      checkedOut: pool.totalCount - pool.idleCount,
-      idle: pool.idleCount,
-      overflow: Math.max(0, pool.totalCount - poolSize),
-      waiting: pool.waitingCount
-    }))
+    const stats = Effect.sync(
+      (): PoolStats => ({
+        size: poolSize,
+        max,
+        open: pool.totalCount,
+        checkedOut: pool.totalCount - pool.idleCount,
+        idle: pool.idleCount,
+        overflow: Math.max(0, pool.totalCount - poolSize),
+        waiting: pool.waitingCount
+      })
+    )
     return { pool, stats }
   })
 
@@ -208,11 +222,17 @@ export const make = (options: Options): Effect.Effect<
  * @category layers
  */
 export const layer = (options: Options): Layer.Layer<PgPool | PgClient.PgClient | SqlClient.SqlClient, SqlError> =>
-  Layer.unwrapScoped(Effect.map(make(options), ({ pool, stats }) =>
-    Layer.merge(
-      PgClient.layerFromPool({ acquire: Effect.succeed(pool), applicationName: options.applicationName ?? "eventfold" }),
-      Layer.succeed(PgPool, { stats, options })
-    )))
+  Layer.unwrapScoped(
+    Effect.map(make(options), ({ pool, stats }) =>
+      Layer.merge(
+        PgClient.layerFromPool({
+          acquire: Effect.succeed(pool),
+          applicationName: options.applicationName ?? "eventfold"
+        }),
+        Layer.succeed(PgPool, { stats, options })
+      )
+    )
+  )
 
 /**
  * The pool's settings from the environment:
@@ -238,11 +258,13 @@ export const config = (defaultOptions: PoolOptions = {}): Config.Config<Options>
     acquireTimeout: optional(Config.duration("DATABASE_POOL_TIMEOUT")),
     recycle: optional(Config.duration("DATABASE_POOL_RECYCLE")),
     prePing: optional(Config.boolean("DATABASE_POOL_PRE_PING"))
-  }).pipe(Config.map((values) => {
-    const options: Record<string, unknown> = { ...defaultOptions }
-    for (const [key, value] of Object.entries(values)) if (value !== undefined) options[key] = value
-    return options as Options
-  }))
+  }).pipe(
+    Config.map((values) => {
+      const options: Record<string, unknown> = { ...defaultOptions }
+      for (const [key, value] of Object.entries(values)) if (value !== undefined) options[key] = value
+      return options as Options
+    })
+  )
 }
 
 /**
@@ -269,9 +291,11 @@ export const layerConfig = (
   PgPool | PgClient.PgClient | SqlClient.SqlClient,
   SqlError | ConfigError.ConfigError | EmbeddedPostgres.EmbeddedPostgresError
 > =>
-  Layer.unwrapScoped(Effect.gen(function*() {
-    const options = yield* config(defaultOptions)
-    if (hasServer(options) || fallback === undefined) return layer(options)
-    const server = yield* EmbeddedPostgres.start(fallback.embedded)
-    return layer({ ...options, url: server.url })
-  }))
+  Layer.unwrapScoped(
+    Effect.gen(function* () {
+      const options = yield* config(defaultOptions)
+      if (hasServer(options) || fallback === undefined) return layer(options)
+      const server = yield* EmbeddedPostgres.start(fallback.embedded)
+      return layer({ ...options, url: server.url })
+    })
+  )

@@ -96,7 +96,9 @@ export const make = (): Backend => {
           let end = want <= 0
           while (!end && page.length < want) {
             const next = forward ? position + 1n : position - 1n
-            end = next < 1n || next > BigInt(state.log.length) ||
+            end =
+              next < 1n ||
+              next > BigInt(state.log.length) ||
               (options.before !== undefined && next >= options.before) ||
               (options.after !== undefined && next <= options.after)
             if (end) break
@@ -109,7 +111,8 @@ export const make = (): Backend => {
             Chunk.unsafeFromArray(page),
             done ? Option.none() : Option.some({ cursor: position, taken: taken + page.length })
           ] as const
-        }))
+        })
+      )
     })
 
   return { name: "memory", append, readStream, readAll }
@@ -123,12 +126,16 @@ const idempotentReplay = (state: State, input: PreparedAppend) => {
   const found = input.events.map((e) => state.byId.get(e.eventId))
   if (found.every((e) => e === undefined)) return undefined
   const first = found[0]
-  const samePlaces = first !== undefined && found.every((stored, i) =>
-    stored !== undefined &&
-    stored.aggregateId === input.stream.aggregateId &&
-    stored.aggregateType === input.stream.aggregateType &&
-    stored.version === first.version + i
-  ) && ExpectedVersion.isSatisfiedBy(input.expectedVersion, first.version - 1)
+  const samePlaces =
+    first !== undefined &&
+    found.every(
+      (stored, i) =>
+        stored !== undefined &&
+        stored.aggregateId === input.stream.aggregateId &&
+        stored.aggregateType === input.stream.aggregateType &&
+        stored.version === first.version + i
+    ) &&
+    ExpectedVersion.isSatisfiedBy(input.expectedVersion, first.version - 1)
   if (samePlaces) {
     const last = found[found.length - 1]!
     return Effect.succeed<AppendResult>({

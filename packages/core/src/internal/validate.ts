@@ -13,7 +13,8 @@ const MAX_TEXT = 255
 const BAD_TEXT = /\u0000|\p{Surrogate}/u
 
 /** In JSON text: a NUL escape or a lone surrogate escape (jsonb rejects both), not preceded by an escaped backslash. */
-const BAD_JSON = /(?<!\\)(?:\\\\)*\\u(?:0000|d[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})|(?<!\\ud[89ab][0-9a-f]{2})d[c-f][0-9a-f]{2})/i
+const BAD_JSON =
+  /(?<!\\)(?:\\\\)*\\u(?:0000|d[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})|(?<!\\ud[89ab][0-9a-f]{2})d[c-f][0-9a-f]{2})/i
 
 export const uuid = (name: string, value: unknown) =>
   typeof value === "string" && UUID.test(value)
@@ -40,10 +41,14 @@ export const payloadJson = (eventType: string, payload: unknown) =>
   Effect.suspend(() => {
     let json: string
     try {
-      json = JSON.stringify(payload)
+      json = JSON.stringify(payload, rejectNonJson)
     } catch (cause) {
       return Effect.fail(
-        new InvalidEventError({ reason: `event ${eventType}: payload is not serializable as JSON`, eventType, cause })
+        new InvalidEventError({
+          reason: `event ${eventType}: payload is not representable as JSON (${cause instanceof Error ? cause.message : cause})`,
+          eventType,
+          cause
+        })
       )
     }
     if (typeof json !== "string" || json[0] !== "{") {
@@ -62,15 +67,25 @@ export const payloadJson = (eventType: string, payload: unknown) =>
     return Effect.succeed(json)
   })
 
+/** JSON.stringify would silently turn these into null or drop them: the stored event would not decode. */
+const rejectNonJson = (key: string, value: unknown) => {
+  if (typeof value === "number" && !Number.isFinite(value)) throw new Error(`${key || "value"} is ${value}`)
+  if (typeof value === "bigint") throw new Error(`${key || "value"} is a bigint: encode it (e.g. Schema.BigInt) first`)
+  return value
+}
+
 export const readAllOptions = (options: ReadAllOptions) =>
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     if (options.limit !== undefined && (!Number.isSafeInteger(options.limit) || options.limit < 0)) {
       return yield* new InvalidEventError({ reason: `limit must be a non-negative integer, got ${options.limit}` })
     }
     if (options.tenantId !== undefined) yield* uuid("tenantId", options.tenantId)
     for (const type of options.aggregateTypes ?? []) yield* text("aggregateTypes", type)
     for (const type of options.eventTypes ?? []) yield* text("eventTypes", type)
-    for (const [name, date] of [["since", options.since], ["until", options.until]] as const) {
+    for (const [name, date] of [
+      ["since", options.since],
+      ["until", options.until]
+    ] as const) {
       if (date !== undefined && Number.isNaN(date.getTime())) {
         return yield* new InvalidEventError({ reason: `${name} is an invalid date` })
       }

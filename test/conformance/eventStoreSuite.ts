@@ -1,0 +1,691 @@
+/**
+ * The EventStore contract (DESIGN §3), run against every backend. A backend counts
+ * once it passes this suite unchanged.
+ */
+
+import { assert, describe, layer } from "@effect/vitest"
+import { type Errors, Event, EventRegistry, type EventStore, ExpectedVersion } from "@eventfold/core"
+import * as Arr from "effect/Array"
+import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as FastCheck from "effect/FastCheck"
+import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
+
+/** What a backend gives the suite: stores over one shared storage, and its transactions if it has any. */
+export class Harness extends Context.Tag("test/conformance/Harness")<
+  Harness,
+  {
+    readonly store: (registry: EventRegistry.EventRegistry) => Effect.Effect<EventStore.Service>
+    /** Runs an effect in one database transaction; none for backends without transactions. */
+    readonly transaction: Option.Option<
+      <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<A, E | Errors.EventStoreError>
+    >
+    /** Runs a statement of the backend's own in the current transaction (to prove the store joined it). */
+    readonly sideWrite: Option.Option<(value: string) => Effect.Effect<void, Errors.EventStoreError>>
+    readonly sideRead: Option.Option<(value: string) => Effect.Effect<boolean, Errors.EventStoreError>>
+  }
+>() {}
+
+export const ItemAdded = Event.make("ItemAdded", {
+  sku: Schema.String,
+  quantity: Schema.Int,
+  price: Schema.Number
+})
+export const NoteWritten = Event.make("NoteWritten", { text: Schema.String })
+export const registry = EventRegistry.make(ItemAdded, NoteWritten)
+
+const uuid = () => crypto.randomUUID()
+const stream = (aggregateType = "Cart") => ({ aggregateId: uuid(), aggregateType })
+const note = (text: string): EventStore.EventToAppend => ({ event: NoteWritten.make({ text }) })
+const notes = (n: number, prefix = "n") => Arr.makeBy(n, (i) => note(`${prefix}${i + 1}`))
+const collect = <A, E>(s: Stream.Stream<A, E>) => Effect.map(Stream.runCollect(s), Chunk.toReadonlyArray)
+
+export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
+  layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(`EventStore conformance: ${name}`, (it) => {
+    const withStore = Effect.flatMap(Harness, (h) => h.store(registry))
+
+    describe("append and readStream", () => {
+      it.effect("appends to a new stream and reads it back decoded, with its envelope", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          const tenantId = uuid()
+          const timestamp = new Date("2024-05-06T07:08:09.123Z")
+          const eventId = uuid()
+          const result = yield* store.append(
+            s,
+            [
+              { event: ItemAdded.make({ sku: "A-1", quantity: 2, price: 9.99 }), eventId, timestamp },
+              note("gift wrap")
+            ],
+            { expectedVersion: ExpectedVersion.noStream, tenantId, actorId: "user-7" }
+          )
+          assert.strictEqual(result.version, 2)
+          assert.strictEqual(result.lastPosition - result.firstPosition, 1n)
+
+          const events = yield* collect(store.readStream(s))
+          assert.deepStrictEqual(
+            events.map((e) => e.version),
+            [1, 2]
+          )
+          const [first, second] = events
+          assert.deepStrictEqual(first!.event, { _tag: "ItemAdded", sku: "A-1", quantity: 2, price: 9.99 })
+          assert.deepStrictEqual(second!.event, { _tag: "NoteWritten", text: "gift wrap" })
+          assert.strictEqual(first!.eventId, eventId)
+          assert.strictEqual(first!.eventType, "ItemAdded")
+          assert.strictEqual(first!.aggregateId, s.aggregateId)
+          assert.strictEqual(first!.aggregateType, "Cart")
+          assert.strictEqual(first!.tenantId, tenantId)
+          assert.strictEqual(first!.actorId, "user-7")
+          assert.strictEqual(first!.timestamp.toISOString(), timestamp.toISOString())
+          assert.strictEqual(first!.globalPosition, result.firstPosition)
+          assert.strictEqual(second!.globalPosition, result.lastPosition)
+          assert.strictEqual(typeof first!.globalPosition, "bigint")
+          assert.instanceOf(first!.createdAt, Date)
+        })
+      )
+
+      it.effect("reads a range of versions, in both directions", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          yield* store.append(s, notes(10), { expectedVersion: ExpectedVersion.noStream })
+          const range = yield* collect(store.readStream(s, { fromVersion: 3, toVersion: 6 }))
+          assert.deepStrictEqual(
+            range.map((e) => e.version),
+            [3, 4, 5, 6]
+          )
+          const back = yield* collect(store.readStream(s, { fromVersion: 8, direction: "backward" }))
+          assert.deepStrictEqual(
+            back.map((e) => e.version),
+            [10, 9, 8]
+          )
+          const none = yield* collect(store.readStream(stream()))
+          assert.strictEqual(none.length, 0)
+        })
+      )
+
+      it.effect("streams are told apart by aggregate type as well as id", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const id = uuid()
+          yield* store.append({ aggregateId: id, aggregateType: "Cart" }, notes(2), {
+            expectedVersion: ExpectedVersion.noStream
+          })
+          const other = yield* store.append({ aggregateId: id, aggregateType: "Invoice" }, notes(1), {
+            expectedVersion: ExpectedVersion.noStream
+          })
+          assert.strictEqual(other.version, 1)
+        })
+      )
+
+      it.effect("reads a stream longer than a page, in order", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          for (let i = 0; i < 6; i++) {
+            yield* store.append(s, notes(200, `b${i}-`), { expectedVersion: ExpectedVersion.exact(i * 200) })
+          }
+          const events = yield* collect(store.readStream(s))
+          assert.strictEqual(events.length, 1200)
+          assert.isTrue(events.every((e, i) => e.version === i + 1))
+        })
+      )
+    })
+
+    describe("expected version", () => {
+      it.effect("noStream, streamExists, exact and any are each enforced", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          const missing = yield* Effect.flip(
+            store.append(s, notes(1), { expectedVersion: ExpectedVersion.streamExists })
+          )
+          assert.strictEqual(missing._tag, "ConcurrencyError")
+          assert.strictEqual((missing as Errors.ConcurrencyError).actualVersion, 0)
+
+          yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.noStream })
+          const again = yield* Effect.flip(store.append(s, notes(1), { expectedVersion: ExpectedVersion.noStream }))
+          assert.deepInclude(again, { _tag: "ConcurrencyError", actualVersion: 1, aggregateId: s.aggregateId })
+
+          assert.strictEqual(
+            (yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.streamExists })).version,
+            2
+          )
+          assert.strictEqual(
+            (yield* store.append(s, notes(2), { expectedVersion: ExpectedVersion.exact(2) })).version,
+            4
+          )
+
+          const stale = yield* Effect.flip(store.append(s, notes(1), { expectedVersion: ExpectedVersion.exact(2) }))
+          assert.deepInclude(stale, { _tag: "ConcurrencyError", actualVersion: 4 })
+          assert.deepStrictEqual((stale as Errors.ConcurrencyError).expectedVersion, ExpectedVersion.exact(2))
+          assert.include(stale.message, "version 4")
+
+          const ahead = yield* Effect.flip(store.append(s, notes(1), { expectedVersion: ExpectedVersion.exact(9) }))
+          assert.deepInclude(ahead, { _tag: "ConcurrencyError", actualVersion: 4 })
+
+          assert.strictEqual((yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.any })).version, 5)
+          assert.strictEqual(
+            (yield* store.append(stream(), notes(1), { expectedVersion: ExpectedVersion.any })).version,
+            1
+          )
+          assert.strictEqual(
+            (yield* store.append(stream(), notes(1), { expectedVersion: ExpectedVersion.exact(0) })).version,
+            1
+          )
+          // The failed appends wrote nothing.
+          const events = yield* collect(store.readStream(s))
+          assert.deepStrictEqual(
+            events.map((e) => e.version),
+            [1, 2, 3, 4, 5]
+          )
+        })
+      )
+
+      it.effect("a race of appends with the same expectation: exactly one wins, versions have no gap", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          yield* store.append(s, notes(3), { expectedVersion: ExpectedVersion.noStream })
+          const results = yield* Effect.all(
+            Arr.makeBy(12, (i) =>
+              Effect.either(store.append(s, notes(2, `w${i}-`), { expectedVersion: ExpectedVersion.exact(3) }))
+            ),
+            { concurrency: "unbounded" }
+          )
+          const wins = results.filter(Either.isRight)
+          const losses = results.filter(Either.isLeft).map((r) => r.left)
+          assert.strictEqual(wins.length, 1)
+          assert.strictEqual(losses.length, 11)
+          for (const loss of losses) assert.deepInclude(loss, { _tag: "ConcurrencyError", actualVersion: 5 })
+          const events = yield* collect(store.readStream(s))
+          assert.deepStrictEqual(
+            events.map((e) => e.version),
+            [1, 2, 3, 4, 5]
+          )
+          // Both events of the winner, none of a loser.
+          const prefixes = new Set(events.slice(3).map((e) => (e.event as { text: string }).text.split("-")[0]))
+          assert.strictEqual(prefixes.size, 1)
+        })
+      )
+
+      it.effect.prop(
+        "concurrent writers with `any` and retried exact expectations never duplicate or skip a version",
+        [FastCheck.array(FastCheck.integer({ min: 1, max: 4 }), { minLength: 2, maxLength: 10 })],
+        ([batches]) =>
+          Effect.gen(function* () {
+            const store = yield* withStore
+            const s = stream()
+            const writer = (size: number, i: number) =>
+              i % 2 === 0
+                ? store.append(s, notes(size), { expectedVersion: ExpectedVersion.any })
+                : // An optimistic writer: read the version, append exactly after it, retry on conflict.
+                  collect(store.readStream(s)).pipe(
+                    Effect.flatMap((events) =>
+                      store.append(s, notes(size), { expectedVersion: ExpectedVersion.exact(events.length) })
+                    ),
+                    Effect.retry({ while: (e) => e._tag === "ConcurrencyError", times: 50 })
+                  )
+            yield* Effect.all(batches.map(writer), { concurrency: "unbounded" })
+            const events = yield* collect(store.readStream(s))
+            const total = batches.reduce((a, b) => a + b, 0)
+            assert.deepStrictEqual(
+              events.map((e) => e.version),
+              Arr.makeBy(total, (i) => i + 1)
+            )
+          }),
+        { fastCheck: { numRuns: 15 } }
+      )
+    })
+
+    describe("idempotent append", () => {
+      it.effect("re-appending the same event ids at the same versions returns the original result", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          yield* store.append(s, notes(2), { expectedVersion: ExpectedVersion.noStream })
+          const batch = [
+            { ...note("x"), eventId: uuid() },
+            { ...note("y"), eventId: uuid() }
+          ]
+          const first = yield* store.append(s, batch, { expectedVersion: ExpectedVersion.exact(2) })
+          const replay = yield* store.append(s, batch, { expectedVersion: ExpectedVersion.exact(2) })
+          assert.deepStrictEqual(replay, first)
+          const anyReplay = yield* store.append(s, batch, { expectedVersion: ExpectedVersion.any })
+          assert.deepStrictEqual(anyReplay, first)
+          assert.strictEqual((yield* collect(store.readStream(s))).length, 4)
+        })
+      )
+
+      it.effect("an event id stored elsewhere is a DuplicateEventError and nothing is written", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          const eventId = uuid()
+          yield* store.append(s, [{ ...note("a"), eventId }], { expectedVersion: ExpectedVersion.noStream })
+          // Same id, another stream.
+          const other = stream()
+          const elsewhere = yield* Effect.flip(
+            store.append(other, [note("b"), { ...note("c"), eventId }], { expectedVersion: ExpectedVersion.any })
+          )
+          assert.deepInclude(elsewhere, { _tag: "DuplicateEventError", eventId })
+          assert.strictEqual((yield* collect(store.readStream(other))).length, 0)
+          // Same id, same stream, another version.
+          const shifted = yield* Effect.flip(
+            store.append(s, [note("d"), { ...note("a"), eventId }], { expectedVersion: ExpectedVersion.exact(1) })
+          )
+          assert.strictEqual(shifted._tag, "DuplicateEventError")
+          // Same id twice in one batch.
+          const twice = yield* Effect.flip(
+            store.append(
+              stream(),
+              [{ ...note("e"), eventId: uuid().toUpperCase() }].flatMap((e) => [e, e]),
+              {
+                expectedVersion: ExpectedVersion.any
+              }
+            )
+          )
+          assert.strictEqual(twice._tag, "InvalidEventError")
+          assert.strictEqual((yield* collect(store.readStream(s))).length, 1)
+        })
+      )
+    })
+
+    describe("global log", () => {
+      it.effect("readAll is in one increasing order, resumable after a position, in both directions", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const aggregateType = `Log${uuid().slice(0, 8)}`
+          const streams = Arr.makeBy(4, () => stream(aggregateType))
+          for (let round = 0; round < 3; round++) {
+            for (const s of streams)
+              yield* store.append(s, notes(2, `r${round}-`), { expectedVersion: ExpectedVersion.any })
+          }
+          const all = yield* collect(store.readAll({ aggregateTypes: [aggregateType] }))
+          assert.strictEqual(all.length, 24)
+          for (let i = 1; i < all.length; i++) assert.isTrue(all[i]!.globalPosition > all[i - 1]!.globalPosition)
+          const again = yield* collect(store.readAll({ aggregateTypes: [aggregateType] }))
+          assert.deepStrictEqual(
+            again.map((e) => e.eventId),
+            all.map((e) => e.eventId)
+          )
+
+          const after = yield* collect(
+            store.readAll({ aggregateTypes: [aggregateType], after: all[9]!.globalPosition })
+          )
+          assert.deepStrictEqual(
+            after.map((e) => e.eventId),
+            all.slice(10).map((e) => e.eventId)
+          )
+          const limited = yield* collect(store.readAll({ aggregateTypes: [aggregateType], limit: 5 }))
+          assert.deepStrictEqual(
+            limited.map((e) => e.eventId),
+            all.slice(0, 5).map((e) => e.eventId)
+          )
+          const window = yield* collect(
+            store.readAll({
+              aggregateTypes: [aggregateType],
+              after: all[2]!.globalPosition,
+              before: all[7]!.globalPosition
+            })
+          )
+          assert.deepStrictEqual(
+            window.map((e) => e.eventId),
+            all.slice(3, 7).map((e) => e.eventId)
+          )
+          const backward = yield* collect(
+            store.readAll({
+              aggregateTypes: [aggregateType],
+              direction: "backward",
+              before: all[20]!.globalPosition,
+              limit: 6
+            })
+          )
+          assert.deepStrictEqual(
+            backward.map((e) => e.eventId),
+            all
+              .slice(14, 20)
+              .reverse()
+              .map((e) => e.eventId)
+          )
+          const zero = yield* collect(store.readAll({ aggregateTypes: [aggregateType], limit: 0 }))
+          assert.strictEqual(zero.length, 0)
+        })
+      )
+
+      it.effect("filters by tenant, aggregate type, event type and time window", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const tenantA = uuid()
+          const tenantB = uuid()
+          const typeX = `X${uuid().slice(0, 8)}`
+          const typeY = `Y${uuid().slice(0, 8)}`
+          const t = (day: number) => new Date(Date.UTC(2023, 0, day))
+          const item = (day: number): EventStore.EventToAppend => ({
+            event: ItemAdded.make({ sku: `s${day}`, quantity: 1, price: 1 }),
+            timestamp: t(day)
+          })
+          yield* store.append(stream(typeX), [item(1), { ...note("n"), timestamp: t(2) }], {
+            expectedVersion: ExpectedVersion.noStream,
+            tenantId: tenantA
+          })
+          yield* store.append(stream(typeY), [item(3)], {
+            expectedVersion: ExpectedVersion.noStream,
+            tenantId: tenantA
+          })
+          yield* store.append(stream(typeX), [item(4)], {
+            expectedVersion: ExpectedVersion.noStream,
+            tenantId: tenantB
+          })
+          yield* store.append(stream(typeX), [item(5)], { expectedVersion: ExpectedVersion.noStream })
+
+          const types = [typeX, typeY]
+          const byTenant = yield* collect(store.readAll({ tenantId: tenantA }))
+          assert.deepStrictEqual(
+            byTenant.map((e) => e.timestamp.getUTCDate()),
+            [1, 2, 3]
+          )
+          const byTenantUpper = yield* collect(store.readAll({ tenantId: tenantA.toUpperCase() }))
+          assert.strictEqual(byTenantUpper.length, 3)
+          const byType = yield* collect(store.readAll({ aggregateTypes: [typeY] }))
+          assert.deepStrictEqual(
+            byType.map((e) => e.timestamp.getUTCDate()),
+            [3]
+          )
+          const byEventType = yield* collect(store.readAll({ aggregateTypes: types, eventTypes: ["NoteWritten"] }))
+          assert.deepStrictEqual(
+            byEventType.map((e) => e.eventType),
+            ["NoteWritten"]
+          )
+          const window = yield* collect(store.readAll({ aggregateTypes: types, since: t(2), until: t(5) }))
+          assert.deepStrictEqual(
+            window.map((e) => e.timestamp.getUTCDate()),
+            [2, 3, 4]
+          )
+          const combined = yield* collect(
+            store.readAll({ aggregateTypes: [typeX], tenantId: tenantA, eventTypes: ["ItemAdded"] })
+          )
+          assert.deepStrictEqual(
+            combined.map((e) => e.timestamp.getUTCDate()),
+            [1]
+          )
+          const noTypes = yield* collect(store.readAll({ aggregateTypes: [] }))
+          assert.strictEqual(noTypes.length, 0)
+        })
+      )
+
+      it.effect("reads a log longer than a page, sparse filters included", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const typeDense = `D${uuid().slice(0, 8)}`
+          const typeSparse = `S${uuid().slice(0, 8)}`
+          for (let i = 0; i < 7; i++) {
+            yield* store.append(stream(typeDense), notes(150), { expectedVersion: ExpectedVersion.noStream })
+            yield* store.append(stream(typeSparse), notes(1), { expectedVersion: ExpectedVersion.noStream })
+          }
+          const dense = yield* collect(store.readAll({ aggregateTypes: [typeDense] }))
+          assert.strictEqual(dense.length, 1050)
+          const sparse = yield* collect(store.readAll({ aggregateTypes: [typeSparse] }))
+          assert.strictEqual(sparse.length, 7)
+          const limited = yield* collect(store.readAll({ aggregateTypes: [typeDense], limit: 1001 }))
+          assert.strictEqual(limited.length, 1001)
+        })
+      )
+    })
+
+    describe("decoding", () => {
+      // A writer whose schema is looser than the reader's: it can store what the reader rejects.
+      const Loose = Event.make("ItemAdded", { sku: Schema.String, quantity: Schema.Unknown, price: Schema.Unknown })
+      const Mystery = Event.make("Mystery", { clue: Schema.String })
+      const looseRegistry = EventRegistry.make(Loose, NoteWritten, Mystery)
+
+      it.effect("a malformed payload is an EventDecodeError naming the event; other reads go on", () =>
+        Effect.gen(function* () {
+          const h = yield* Harness
+          const writer = yield* h.store(looseRegistry)
+          const store = yield* withStore
+          const aggregateType = `Bad${uuid().slice(0, 8)}`
+          const bad = stream(aggregateType)
+          const good = stream(aggregateType)
+          yield* writer.append(good, notes(1), { expectedVersion: ExpectedVersion.noStream })
+          const eventId = uuid()
+          const written = yield* writer.append(
+            bad,
+            [
+              note("ok"),
+              {
+                event: Loose.make({ sku: "s", quantity: "three", price: null }),
+                eventId
+              }
+            ],
+            { expectedVersion: ExpectedVersion.noStream }
+          )
+          yield* writer.append(good, notes(1), { expectedVersion: ExpectedVersion.any })
+
+          const error = yield* Effect.flip(collect(store.readStream(bad)))
+          assert.strictEqual(error._tag, "EventDecodeError")
+          const decodeError = error as Errors.EventDecodeError
+          assert.strictEqual(decodeError.eventId, eventId)
+          assert.strictEqual(decodeError.eventType, "ItemAdded")
+          assert.strictEqual(decodeError.globalPosition, written.lastPosition)
+          assert.include(decodeError.message, "quantity")
+
+          // The events before the bad one are delivered, then the error.
+          const seen: Array<string> = []
+          yield* store.readAll({ aggregateTypes: [aggregateType] }).pipe(
+            Stream.runForEach((e) => Effect.sync(() => seen.push(e.eventId))),
+            Effect.flip
+          )
+          assert.strictEqual(seen.length, 2)
+          // Another stream reads fine, and the log resumes after the bad event.
+          assert.strictEqual((yield* collect(store.readStream(good))).length, 2)
+          const rest = yield* collect(
+            store.readAll({ aggregateTypes: [aggregateType], after: decodeError.globalPosition })
+          )
+          assert.strictEqual(rest.length, 1)
+          // And nothing was lost: a reader that knows the loose shape gets it all.
+          assert.strictEqual((yield* collect(writer.readAll({ aggregateTypes: [aggregateType] }))).length, 4)
+        })
+      )
+
+      it.effect("an unknown stored event type is an UnknownEventTypeError naming the event", () =>
+        Effect.gen(function* () {
+          const h = yield* Harness
+          const writer = yield* h.store(looseRegistry)
+          const store = yield* withStore
+          const s = stream(`Unk${uuid().slice(0, 8)}`)
+          const eventId = uuid()
+          yield* writer.append(s, [{ event: Mystery.make({ clue: "?" }), eventId }], {
+            expectedVersion: ExpectedVersion.noStream
+          })
+          const error = yield* Effect.flip(collect(store.readStream(s)))
+          assert.deepInclude(error, { _tag: "UnknownEventTypeError", eventType: "Mystery", eventId })
+        })
+      )
+
+      it.effect("an older stored shape decodes into today's type through an upcast", () =>
+        Effect.gen(function* () {
+          const h = yield* Harness
+          // v1 stored the price in cents as "amount"; v2 has "price" in units.
+          const V1 = Event.make("PriceSet", { amount: Schema.Int })
+          const fields = { price: Schema.Number, currency: Schema.String }
+          const V2 = Event.make("PriceSet", fields, {
+            upcasts: [
+              Schema.transform(Schema.Struct({ amount: Schema.Int }), Schema.Struct(fields), {
+                strict: true,
+                decode: ({ amount }) => ({ price: amount / 100, currency: "EUR" }),
+                encode: ({ price }) => ({ amount: Math.round(price * 100) })
+              })
+            ]
+          })
+          const old = yield* h.store(EventRegistry.make(V1))
+          const current = yield* h.store(EventRegistry.make(V2))
+          const s = stream("Product")
+          yield* old.append(s, [{ event: V1.make({ amount: 1250 }) }], { expectedVersion: ExpectedVersion.noStream })
+          yield* current.append(s, [{ event: V2.make({ price: 3, currency: "USD" }) }], {
+            expectedVersion: ExpectedVersion.exact(1)
+          })
+          const events = yield* collect(current.readStream(s))
+          assert.deepStrictEqual(
+            events.map((e) => e.event),
+            [
+              { _tag: "PriceSet", price: 12.5, currency: "EUR" },
+              { _tag: "PriceSet", price: 3, currency: "USD" }
+            ]
+          )
+        })
+      )
+
+      it.effect.prop(
+        "any event the schema accepts round-trips unchanged, or is rejected whole with InvalidEventError",
+        [ItemAdded, NoteWritten],
+        ([item, written]) =>
+          Effect.gen(function* () {
+            const store = yield* withStore
+            const s = stream()
+            // Strings with NUL or lone surrogates are rejected on append (PostgreSQL cannot store them).
+            // biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is what PostgreSQL rejects
+            const storable = (text: string) => !/\u0000|\p{Surrogate}/u.test(text)
+            const result = yield* Effect.either(
+              store.append(s, [{ event: item }, { event: written }], { expectedVersion: ExpectedVersion.noStream })
+            )
+            // Non-finite numbers have no JSON form: rejected too, never stored as null.
+            if (!storable(item.sku) || !storable(written.text) || !Number.isFinite(item.price)) {
+              assert.isTrue(Either.isLeft(result) && result.left._tag === "InvalidEventError")
+              return
+            }
+            assert.isTrue(Either.isRight(result))
+            const events = yield* collect(store.readStream(s))
+            // -0 becomes 0 in JSON; every other number and string is kept exactly.
+            assert.deepStrictEqual(
+              events.map((e) => e.event),
+              [{ ...item, price: item.price === 0 ? 0 : item.price }, written]
+            )
+          }),
+        { fastCheck: { numRuns: 40 } }
+      )
+    })
+
+    describe("bad input", () => {
+      it.effect("is rejected with InvalidEventError or UnknownEventTypeError, and nothing is written", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          const expectInvalid = (
+            target: EventStore.StreamId,
+            events: ReadonlyArray<EventStore.EventToAppend>,
+            options: EventStore.AppendOptions = { expectedVersion: ExpectedVersion.any },
+            tag = "InvalidEventError"
+          ) =>
+            Effect.gen(function* () {
+              const error = yield* Effect.flip(store.append(target, events, options))
+              assert.strictEqual(error._tag, tag, error.message)
+              assert.isAbove(error.message.length, 10)
+            })
+          yield* expectInvalid(s, [])
+          yield* expectInvalid({ aggregateId: "not-a-uuid", aggregateType: "Cart" }, notes(1))
+          yield* expectInvalid({ aggregateId: "'; DROP TABLE events; --", aggregateType: "Cart" }, notes(1))
+          yield* expectInvalid({ aggregateId: s.aggregateId, aggregateType: "" }, notes(1))
+          yield* expectInvalid({ aggregateId: s.aggregateId, aggregateType: "x".repeat(256) }, notes(1))
+          yield* expectInvalid({ aggregateId: s.aggregateId, aggregateType: "Ca\u0000rt" }, notes(1))
+          yield* expectInvalid(s, [{ ...note("a"), eventId: "123" }])
+          yield* expectInvalid(s, notes(1), { expectedVersion: ExpectedVersion.any, tenantId: "tenant-1" })
+          yield* expectInvalid(s, notes(1), { expectedVersion: ExpectedVersion.any, actorId: "a\u0000b" })
+          yield* expectInvalid(s, [note("ok"), note("nul \u0000 inside")])
+          yield* expectInvalid(s, [note("ok"), note("lone \ud800 surrogate")])
+          yield* expectInvalid(s, [
+            note("ok"),
+            { event: { _tag: "NoteWritten", text: 42 } as unknown as typeof NoteWritten.Type }
+          ])
+          yield* expectInvalid(s, [{ ...note("late"), timestamp: new Date(Number.NaN) }])
+          yield* expectInvalid(s, [{ event: ItemAdded.make({ sku: "nan", quantity: 1, price: Number.NaN }) }])
+          yield* expectInvalid(s, [
+            { event: ItemAdded.make({ sku: "inf", quantity: 1, price: Number.POSITIVE_INFINITY }) }
+          ])
+          yield* expectInvalid(s, [note("ok"), { event: { _tag: "Nope" } }], undefined, "UnknownEventTypeError")
+          assert.strictEqual((yield* collect(store.readStream(s))).length, 0)
+
+          // Hostile but valid text is stored and read back verbatim.
+          const hostile = "'; DROP TABLE events; -- \" \\ \n ☃ 𝄞 \\u0000"
+          const h = { aggregateId: uuid(), aggregateType: hostile.slice(0, 40) }
+          yield* store.append(h, [note(hostile)], { expectedVersion: ExpectedVersion.noStream, actorId: hostile })
+          const [back] = yield* collect(store.readStream(h))
+          assert.deepStrictEqual(back!.event, { _tag: "NoteWritten", text: hostile })
+          assert.strictEqual(back!.actorId, hostile)
+          assert.strictEqual(back!.aggregateType, hostile.slice(0, 40))
+        })
+      )
+
+      it.effect("accepts upper-case UUIDs and returns them in canonical lower case", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const id = uuid().toUpperCase()
+          yield* store.append({ aggregateId: id, aggregateType: "Cart" }, notes(1), {
+            expectedVersion: ExpectedVersion.noStream
+          })
+          const [event] = yield* collect(store.readStream({ aggregateId: id, aggregateType: "Cart" }))
+          assert.strictEqual(event!.aggregateId, id.toLowerCase())
+        })
+      )
+
+      it.effect("invalid read options are rejected", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const a = yield* Effect.flip(collect(store.readAll({ tenantId: "nope" })))
+          assert.strictEqual(a._tag, "InvalidEventError")
+          const b = yield* Effect.flip(collect(store.readAll({ limit: -1 })))
+          assert.strictEqual(b._tag, "InvalidEventError")
+          const c = yield* Effect.flip(collect(store.readStream({ aggregateId: "x", aggregateType: "Cart" })))
+          assert.strictEqual(c._tag, "InvalidEventError")
+        })
+      )
+    })
+
+    describe("transactions", () => {
+      it.effect("append joins the caller's transaction: a rollback leaves nothing, a commit keeps both", () =>
+        Effect.gen(function* () {
+          const h = yield* Harness
+          const store = yield* withStore
+          if (Option.isNone(h.transaction) || Option.isNone(h.sideWrite) || Option.isNone(h.sideRead)) return
+          const transaction = h.transaction.value
+          const sideWrite = h.sideWrite.value
+          const sideRead = h.sideRead.value
+          const s = stream()
+          const marker = uuid()
+          const failed = yield* Effect.flip(
+            transaction(
+              Effect.gen(function* () {
+                yield* sideWrite(marker)
+                yield* store.append(s, notes(3), { expectedVersion: ExpectedVersion.noStream })
+                return yield* Effect.fail("boom" as const)
+              })
+            )
+          )
+          assert.strictEqual(failed, "boom")
+          assert.strictEqual((yield* collect(store.readStream(s))).length, 0)
+          assert.isFalse(yield* sideRead(marker))
+
+          yield* transaction(
+            Effect.gen(function* () {
+              yield* sideWrite(marker)
+              yield* store.append(s, notes(2), { expectedVersion: ExpectedVersion.noStream })
+              // A conflict inside the transaction is a typed error and does not poison it.
+              const conflict = yield* Effect.flip(
+                store.append(s, notes(1), { expectedVersion: ExpectedVersion.noStream })
+              )
+              assert.strictEqual(conflict._tag, "ConcurrencyError")
+              yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.exact(2) })
+            })
+          )
+          assert.strictEqual((yield* collect(store.readStream(s))).length, 3)
+          assert.isTrue(yield* sideRead(marker))
+        })
+      )
+    })
+  })

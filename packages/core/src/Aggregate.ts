@@ -142,7 +142,7 @@ export const apply = <State, E extends Event.Any>(
 export const command =
   <State, E extends Event.Any, Input, Err = never, R = never>(
     aggregate: Aggregate<State, E>,
-    decide: (state: State, input: Input, root: Root<State, E>) => Effect.Effect<ReadonlyArray<E>, Err, R>
+    decide: (state: State, input: Input, root: Root<State, E>) => Effect.Effect<ReadonlyArray<NoInfer<E>>, Err, R>
   ) =>
   (input: Input) =>
   <E2, R2>(self: Effect.Effect<Root<State, E>, E2, R2>): Effect.Effect<Root<State, E>, Err | E2, R | R2> =>

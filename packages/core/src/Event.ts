@@ -44,13 +44,21 @@ export interface EventType<Tag extends string, Fields extends Schema.Struct.Fiel
 }
 
 /**
- * Any event definition, whatever its fields.
+ * Any event definition, whatever its fields: what registries and aggregates accept.
+ * Structural, so that every `EventType<Tag, Fields>` is one (schemas are invariant in
+ * their types, so `EventType<string, any>` would not do).
  *
  * @since 0.1.0
  * @category models
  */
-// biome-ignore lint/suspicious/noExplicitAny: the fields of an arbitrary event are unknown here
-export type AnyEventType = EventType<string, any>
+export interface AnyEventType {
+  readonly type: string
+  readonly Type: Any
+  // biome-ignore lint/suspicious/noExplicitAny: the fields of an arbitrary event are unknown here
+  readonly payload: Schema.Schema<any, any>
+  // biome-ignore lint/suspicious/noExplicitAny: the fields of an arbitrary event are unknown here
+  readonly decodePayload: Schema.Schema<any, unknown>
+}
 
 /**
  * The event value type of a definition.
@@ -58,7 +66,7 @@ export type AnyEventType = EventType<string, any>
  * @since 0.1.0
  * @category models
  */
-export type Type<T extends AnyEventType> = Schema.Schema.Type<T> & { readonly _tag: T["type"] }
+export type Type<T extends AnyEventType> = T["Type"]
 
 /**
  * Options of {@link make}.

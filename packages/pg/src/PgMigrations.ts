@@ -33,6 +33,24 @@ const loader = Migrator.fromRecord(
 const runMigrator = Migrator.make({})
 
 /**
+ * The Migrator creates its table outside its locked transaction, so two processes
+ * starting at once on a new database both try to create it and one fails. Creating
+ * it first under a transaction-scoped advisory lock makes that step serial.
+ */
+const ensureMigrationsTable = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql.withTransaction(
+    Effect.zipRight(
+      sql`SELECT pg_advisory_xact_lock(hashtextextended(${migrationsTable}, 0))`,
+      sql.unsafe(`CREATE TABLE IF NOT EXISTS ${migrationsTable} (
+  migration_id integer primary key,
+  created_at timestamp with time zone not null default now(),
+  name text not null
+)`)
+    )
+  )
+)
+
+/**
  * Applies the pending migrations and returns those it applied.
  *
  * @since 0.1.0
@@ -42,7 +60,7 @@ export const run: Effect.Effect<
   ReadonlyArray<readonly [id: number, name: string]>,
   MigrationError,
   SqlClient.SqlClient
-> = runMigrator({ loader, table: migrationsTable }).pipe(
+> = Effect.zipRight(ensureMigrationsTable, runMigrator({ loader, table: migrationsTable })).pipe(
   // The Migrator reports a failing migration as a defect: users get a typed error.
   Effect.catchAllDefect((defect) =>
     Effect.fail(

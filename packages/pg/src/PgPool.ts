@@ -192,7 +192,9 @@ export const make = (
       options.prePing === true ? Duration.toMillis(options.prePingAfterIdle ?? Duration.seconds(5)) : undefined
     )
     // An idle connection the server closed: pg-pool already removes it; we report it.
-    pool.on("error", (error) => Effect.runFork(Effect.logWarning("PostgreSQL pool: idle connection lost", error)))
+    pool.on("error", (error) =>
+      Effect.runFork(Effect.logWarning(`PostgreSQL pool: idle connection lost: ${error.message}`))
+    )
     yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: () => pool.query("SELECT 1"),

@@ -1,0 +1,16 @@
+/**
+ * @since 0.1.0
+ */
+export * as EmbeddedPostgres from "./EmbeddedPostgres.js"
+/**
+ * @since 0.1.0
+ */
+export * as PgEventStore from "./PgEventStore.js"
+/**
+ * @since 0.1.0
+ */
+export * as PgMigrations from "./PgMigrations.js"
+/**
+ * @since 0.1.0
+ */
+export * as PgPool from "./PgPool.js"

@@ -1,0 +1,137 @@
+import * as SqlClient from "@effect/sql/SqlClient"
+import { assert, describe, it } from "@effect/vitest"
+import { Event, EventRegistry, ExpectedVersion } from "@eventfold/core"
+import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import * as TestDatabase from "../../../test/support/TestDatabase.js"
+
+const Noted = Event.make("Noted", { text: Schema.String })
+const registry = EventRegistry.make(Noted)
+const stream = () => ({ aggregateId: crypto.randomUUID(), aggregateType: "Note" })
+const note = [{ event: Noted.make({ text: "x" }) }]
+
+const pool = (options: Omit<PgPool.Options, "url">) =>
+  Effect.gen(function* () {
+    const url = yield* TestDatabase.fresh
+    const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), ...options }))
+    yield* PgMigrations.run.pipe(Effect.provide(context))
+    const store = yield* PgEventStore.make({ registry }).pipe(Effect.provide(context))
+    return { context, store, url }
+  })
+
+describe("PgPool", () => {
+  it.effect("reads its settings from the environment, with defaults where it says nothing", () =>
+    Effect.gen(function* () {
+      const options = yield* PgPool.config({ poolSize: 5, prePing: false }).pipe(
+        Effect.withConfigProvider(
+          ConfigProvider.fromMap(
+            new Map([
+              ["DATABASE_URL", "postgres://app:s3cret@db.internal:6543/orders"],
+              ["DATABASE_MAX_OVERFLOW", "20"],
+              ["DATABASE_POOL_TIMEOUT", "45 seconds"],
+              ["DATABASE_POOL_PRE_PING", "true"]
+            ])
+          )
+        )
+      )
+      assert.strictEqual(Redacted.value(options.url!), "postgres://app:s3cret@db.internal:6543/orders")
+      assert.notInclude(String(options.url), "s3cret")
+      assert.strictEqual(options.poolSize, 5)
+      assert.strictEqual(options.maxOverflow, 20)
+      assert.isTrue(Duration.equals(Duration.decode(options.acquireTimeout!), Duration.seconds(45)))
+      assert.isTrue(options.prePing)
+      assert.isTrue(PgPool.hasServer(options))
+      const none = yield* PgPool.config().pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))
+      assert.isFalse(PgPool.hasServer(none))
+      const bad = yield* Effect.flip(
+        PgPool.config().pipe(
+          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_POOL_SIZE", "many"]])))
+        )
+      )
+      assert.include(String(bad), "DATABASE_POOL_SIZE")
+    })
+  )
+
+  it.scopedLive("reports size, checked out, idle, overflow and waiting as the spec's pool does", () =>
+    Effect.gen(function* () {
+      const { context } = yield* pool({ poolSize: 2, maxOverflow: 2, acquireTimeout: "5 seconds" })
+      const { stats } = yield* PgPool.PgPool.pipe(Effect.provide(context))
+      const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+      const idle = yield* stats
+      assert.strictEqual(idle.size, 2)
+      assert.strictEqual(idle.max, 4)
+      assert.strictEqual(idle.checkedOut, 0)
+      // Five sessions at once: four connections busy, one caller waiting.
+      const busy = yield* Effect.forkScoped(
+        Effect.all(
+          Array.from({ length: 5 }, () => sql`SELECT pg_sleep(0.5)`),
+          { concurrency: "unbounded" }
+        )
+      )
+      yield* Effect.sleep("200 millis")
+      const loaded = yield* stats
+      assert.strictEqual(loaded.checkedOut, 4)
+      assert.strictEqual(loaded.overflow, 2)
+      assert.strictEqual(loaded.waiting, 1)
+      yield* Fiber.join(busy)
+      const after = yield* stats
+      assert.strictEqual(after.checkedOut, 0)
+      assert.strictEqual(after.waiting, 0)
+    })
+  )
+
+  it.scopedLive("an exhausted pool fails the caller after the acquire timeout with a typed error", () =>
+    Effect.gen(function* () {
+      const { context, store } = yield* pool({ poolSize: 1, maxOverflow: 0, acquireTimeout: "300 millis" })
+      const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+      const holder = yield* Effect.forkScoped(sql.withTransaction(sql`SELECT pg_sleep(1.5)`))
+      yield* Effect.sleep("100 millis")
+      const error = yield* Effect.flip(store.append(stream(), note, { expectedVersion: ExpectedVersion.any }))
+      assert.strictEqual(error._tag, "EventStoreError")
+      assert.include(error.message.toLowerCase(), "timeout")
+      yield* Fiber.join(holder)
+      assert.strictEqual((yield* store.append(stream(), note, { expectedVersion: ExpectedVersion.any })).version, 1)
+    })
+  )
+
+  it.scopedLive(
+    "a connection dropped mid-append is a typed EventStoreError; nothing is half-written and the pool recovers",
+    () =>
+      Effect.gen(function* () {
+        const { context, store, url } = yield* pool({ poolSize: 2, maxOverflow: 2, prePing: true, prePingAfterIdle: 0 })
+        const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+        const s = stream()
+        // The append waits on the stream's lock held by another session, which we then kill.
+        const admin = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 1, maxOverflow: 0 }))
+        const adminSql = yield* SqlClient.SqlClient.pipe(Effect.provide(admin))
+        const lockHolder = yield* Effect.forkScoped(
+          adminSql.withTransaction(
+            adminSql`SELECT pg_advisory_xact_lock(hashtextextended(${`Note/${s.aggregateId}`}, 0)), pg_sleep(3)`
+          )
+        )
+        yield* Effect.sleep("200 millis")
+        const appending = yield* Effect.forkScoped(
+          Effect.flip(store.append(s, note, { expectedVersion: ExpectedVersion.any }))
+        )
+        yield* Effect.sleep("300 millis")
+        yield* sql`SELECT pg_terminate_backend(pid) FROM pg_locks
+                 WHERE locktype = 'advisory' AND NOT granted AND pid <> pg_backend_pid()`
+        const error = yield* Fiber.join(appending)
+        assert.strictEqual(error._tag, "EventStoreError")
+        yield* Fiber.interrupt(lockHolder)
+        // The next append gets a healthy connection.
+        assert.strictEqual((yield* store.append(s, note, { expectedVersion: ExpectedVersion.noStream })).version, 1)
+        // Every pooled connection killed while idle: pre-ping replaces them unseen.
+        yield* adminSql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE application_name = 'eventfold' AND pid <> pg_backend_pid() AND datname = current_database()`
+        yield* Effect.sleep("100 millis")
+        assert.strictEqual((yield* store.append(s, note, { expectedVersion: ExpectedVersion.exact(1) })).version, 2)
+      })
+  )
+})

@@ -262,8 +262,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
         // can resume after `globalPosition`.
         return Stream.concat(Stream.fromIterable(decoded), Stream.fail(result.left))
       }
-      const { payload: _, ...envelope } = stored
-      decoded.push({ ...envelope, event: result.right })
+      decoded.push(recorded(stored, result.right))
     }
     return Stream.fromChunk(Chunk.unsafeFromArray(decoded))
   }
@@ -315,6 +314,21 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
 
   return EventStore.of({ append, readStream, readAll, registry })
 }
+
+/** The envelope of a stored event with its decoded event (built field by field: this runs per event read). */
+const recorded = (stored: StoredEvent, event: Event.Any): RecordedEvent => ({
+  eventId: stored.eventId,
+  eventType: stored.eventType,
+  aggregateId: stored.aggregateId,
+  aggregateType: stored.aggregateType,
+  version: stored.version,
+  tenantId: stored.tenantId,
+  actorId: stored.actorId,
+  timestamp: stored.timestamp,
+  globalPosition: stored.globalPosition,
+  createdAt: stored.createdAt,
+  event
+})
 
 const prepareAppend = (
   registry: EventRegistry,

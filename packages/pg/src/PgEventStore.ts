@@ -21,6 +21,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
+import * as EventRows from "./internal/eventRows.js"
 
 /**
  * @since 0.1.0
@@ -32,49 +33,15 @@ export interface Options {
   readonly pageSize?: number
 }
 
-const Position = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
-
-const EventRow = Schema.Struct({
-  global_position: Position,
-  event_id: Schema.String,
-  event_type: Schema.String,
-  aggregate_id: Schema.String,
-  aggregate_type: Schema.String,
-  version: Schema.Number,
-  tenant_id: Schema.NullOr(Schema.String),
-  actor_id: Schema.NullOr(Schema.String),
-  timestamp: Schema.DateFromSelf,
-  created_at: Schema.DateFromSelf,
-  payload: Schema.Unknown
-})
-
 const AppendRow = Schema.Struct({
   status: Schema.Literal("appended", "replayed", "conflict", "duplicate"),
   stream_version: Schema.NullOr(Schema.Number),
-  first_position: Schema.NullOr(Position),
-  last_position: Schema.NullOr(Position),
+  first_position: Schema.NullOr(EventRows.Int8),
+  last_position: Schema.NullOr(EventRows.Int8),
   duplicate_event_id: Schema.NullOr(Schema.String)
 })
 
-const decodeEventRows = Schema.decodeUnknown(Schema.Array(EventRow))
 const decodeAppendRows = Schema.decodeUnknown(Schema.Array(AppendRow))
-
-const toStored = (row: typeof EventRow.Type): EventStore.StoredEvent => ({
-  eventId: row.event_id,
-  eventType: row.event_type,
-  aggregateId: row.aggregate_id,
-  aggregateType: row.aggregate_type,
-  version: row.version,
-  tenantId: row.tenant_id,
-  actorId: row.actor_id,
-  timestamp: row.timestamp,
-  globalPosition: row.global_position,
-  createdAt: row.created_at,
-  payload: row.payload
-})
-
-const COLUMNS =
-  "global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id, timestamp, created_at, payload"
 
 const expectedArgs = (expected: EventStore.PreparedAppend["expectedVersion"]) => {
   switch (expected._tag) {
@@ -187,12 +154,8 @@ export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
         Effect.mapError(EventStore.storeError("append"))
       )
 
-    const page = (method: string, query: Effect.Effect<ReadonlyArray<unknown>, SqlError>) =>
-      query.pipe(
-        Effect.flatMap(decodeEventRows),
-        Effect.map((rows) => rows.map(toStored)),
-        Effect.mapError(EventStore.storeError(method))
-      )
+    const page = (method: string, query: Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError>) =>
+      query.pipe(Effect.flatMap(EventRows.decodeRows), Effect.mapError(EventStore.storeError(method)))
 
     const readStream: EventStore.Backend["readStream"] = (stream, options) => {
       const forward = options.direction === "forward"
@@ -201,11 +164,11 @@ export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
         page(
           "readStream",
           forward
-            ? sql`SELECT ${sql.literal(COLUMNS)} FROM events
+            ? sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events
                   WHERE aggregate_id = ${stream.aggregateId}::uuid AND aggregate_type = ${stream.aggregateType}
                     AND version >= ${cursor} AND version <= ${to}
                   ORDER BY version ASC LIMIT ${pageSize}`
-            : sql`SELECT ${sql.literal(COLUMNS)} FROM events
+            : sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events
                   WHERE aggregate_id = ${stream.aggregateId}::uuid AND aggregate_type = ${stream.aggregateType}
                     AND version <= ${cursor} AND version >= ${options.fromVersion}
                   ORDER BY version DESC LIMIT ${pageSize}`
@@ -246,8 +209,8 @@ export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
             : [forward ? sql`global_position > ${cursor}` : sql`global_position < ${cursor}`])
         ])
         const query = forward
-          ? sql`SELECT ${sql.literal(COLUMNS)} FROM events WHERE ${where} ORDER BY global_position ASC LIMIT ${size}`
-          : sql`SELECT ${sql.literal(COLUMNS)} FROM events WHERE ${where} ORDER BY global_position DESC LIMIT ${size}`
+          ? sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events WHERE ${where} ORDER BY global_position ASC LIMIT ${size}`
+          : sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events WHERE ${where} ORDER BY global_position DESC LIMIT ${size}`
         return page("readAll", query).pipe(
           Effect.map((events) => {
             const last = events[events.length - 1]

@@ -1,0 +1,77 @@
+import type * as EventStore from "@eventfold/core/EventStore"
+import * as Either from "effect/Either"
+import * as Schema from "effect/Schema"
+
+/**
+ * An int8 column: a bigint when the pool maps OID 20, a string otherwise (pg's default).
+ * Either way an exact integer, never a lossy number.
+ */
+export const Int8 = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
+
+/** The columns of `events` a stored event is read from, in the order `decodeRows` expects. */
+export const COLUMNS =
+  "global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id, timestamp, created_at, payload"
+
+/** A row that does not have the shape of an `events` row. */
+export class MalformedRowError extends Schema.TaggedError<MalformedRowError>()("MalformedRowError", {
+  message: Schema.String
+}) {}
+
+const text = (row: Record<string, unknown>, column: string): string => {
+  const value = row[column]
+  if (typeof value !== "string") throw new MalformedRowError({ message: `events.${column} is not text` })
+  return value
+}
+
+const nullableText = (row: Record<string, unknown>, column: string): string | null =>
+  row[column] === null ? null : text(row, column)
+
+const date = (row: Record<string, unknown>, column: string): Date => {
+  const value = row[column]
+  if (!(value instanceof Date)) throw new MalformedRowError({ message: `events.${column} is not a timestamp` })
+  return value
+}
+
+const position = (value: unknown): bigint => {
+  if (typeof value === "bigint") return value
+  if (typeof value === "string" && /^\d+$/.test(value)) return BigInt(value)
+  throw new MalformedRowError({ message: "events.global_position is not an int8" })
+}
+
+/**
+ * Decodes `events` rows (selected with {@link COLUMNS}) into stored events.
+ *
+ * This is the read path's hottest loop (every event of every read), so the row is
+ * checked field by field rather than through a Schema: the same checks a Struct of
+ * these column types makes, without its per-row allocations. The payload is left
+ * for the registry, which decodes it with the event's own Schema.
+ */
+export const decodeRows = (
+  rows: ReadonlyArray<Record<string, unknown>>
+): Either.Either<Array<EventStore.StoredEvent>, MalformedRowError> => {
+  const events = new Array<EventStore.StoredEvent>(rows.length)
+  try {
+    for (let i = 0; i < rows.length; i++) {
+      const row = rows[i]!
+      const version = row.version
+      if (typeof version !== "number") throw new MalformedRowError({ message: "events.version is not an integer" })
+      events[i] = {
+        eventId: text(row, "event_id"),
+        eventType: text(row, "event_type"),
+        aggregateId: text(row, "aggregate_id"),
+        aggregateType: text(row, "aggregate_type"),
+        version,
+        tenantId: nullableText(row, "tenant_id"),
+        actorId: nullableText(row, "actor_id"),
+        timestamp: date(row, "timestamp"),
+        globalPosition: position(row.global_position),
+        createdAt: date(row, "created_at"),
+        payload: row.payload
+      }
+    }
+  } catch (error) {
+    if (error instanceof MalformedRowError) return Either.left(error)
+    throw error
+  }
+  return Either.right(events)
+}

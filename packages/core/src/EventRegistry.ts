@@ -56,9 +56,10 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
     if (encoder === undefined) {
       return Either.left(new UnknownEventTypeError({ eventType: String(event?._tag) }))
     }
-    // The tag lives in the event_type column; the payload holds the other fields only.
-    const { _tag, ...fields } = event
-    return encoder(fields).pipe(
+    // The tag lives in the event_type column; the payload's Struct has no _tag field, so
+    // encoding drops it (excess properties are ignored) and keeps the other fields only.
+    const _tag = event._tag
+    return encoder(event).pipe(
       Either.mapLeft(
         (error) =>
           new InvalidEventError({
@@ -82,7 +83,7 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
       )
     }
     return decoder(payload).pipe(
-      Either.map((fields): Event.Any => ({ ...fields, _tag: eventType })),
+      Either.map((fields): Event.Any => ({ _tag: eventType, ...fields })),
       Either.mapLeft(
         (error) =>
           new EventDecodeError({

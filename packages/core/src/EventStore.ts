@@ -6,6 +6,7 @@
  * @since 0.1.0
  */
 import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -25,6 +26,7 @@ import type { EventRegistry } from "./EventRegistry.js"
 import type { ExpectedVersion } from "./ExpectedVersion.js"
 import * as MemoryEventStore from "./internal/memoryEventStore.js"
 import * as validate from "./internal/validate.js"
+import type * as Subscription from "./Subscription.js"
 import { Attributes, Spans } from "./Telemetry.js"
 
 /**
@@ -198,6 +200,10 @@ export interface Backend {
   readonly readAll: (
     options: ReadAllOptions & { readonly direction: Direction }
   ) => Stream.Stream<StoredEvent, EventStoreError>
+  /** Catch up, then follow live; never past the settled horizon (see `Subscription`). */
+  readonly subscribe: (
+    options: Subscription.BackendOptions
+  ) => Stream.Stream<Subscription.BackendMessage, EventStoreError>
 }
 
 /**
@@ -215,6 +221,19 @@ export interface Service {
   readonly readStream: (stream: StreamId, options?: ReadStreamOptions) => Stream.Stream<RecordedEvent, ReadError>
   /** The global log in position order, filtered, decoded, read in pages. */
   readonly readAll: (options?: ReadAllOptions) => Stream.Stream<RecordedEvent, ReadError>
+  /**
+   * Catches up from `after`, then follows the log live, in `readAll`'s order. Never
+   * skips an event committed late at a lower position and never delivers a rolled-back
+   * one. Fails on an event that does not decode, naming it.
+   */
+  readonly subscribe: (options?: Subscription.Options) => Stream.Stream<RecordedEvent, ReadError>
+  /**
+   * {@link Service.subscribe} with its progress, stalls and undecodable events as
+   * messages, for checkpointing consumers such as projection runners.
+   */
+  readonly subscribeMessages: (
+    options?: Subscription.Options
+  ) => Stream.Stream<Subscription.Message, InvalidEventError | EventStoreError>
   readonly registry: EventRegistry
 }
 
@@ -232,24 +251,29 @@ export class EventStore extends Context.Tag("@eventfold/core/EventStore")<EventS
  * @category constructors
  */
 export const make = (backend: Backend, registry: EventRegistry): Service => {
-  const append = Effect.fn(Spans.append)(function* (
-    stream: StreamId,
-    events: ReadonlyArray<EventToAppend>,
-    options: AppendOptions
-  ) {
-    yield* Effect.annotateCurrentSpan({
-      [Attributes.backend]: backend.name,
-      [Attributes.aggregateType]: stream.aggregateType,
-      [Attributes.aggregateId]: stream.aggregateId,
-      [Attributes.eventCount]: events.length,
-      [Attributes.expectedVersion]:
-        options.expectedVersion._tag === "Exact"
-          ? String(options.expectedVersion.version)
-          : options.expectedVersion._tag
-    })
-    const prepared = yield* prepareAppend(registry, stream, events, options)
-    return yield* backend.append(prepared)
-  })
+  // The hottest call of the library: a plain function with one span (no per-call stack
+  // capture, as Effect.fn would do), and synchronous validation and encoding.
+  const append = (stream: StreamId, events: ReadonlyArray<EventToAppend>, options: AppendOptions) =>
+    Effect.withSpan(
+      Effect.flatMap(Clock.currentTimeMillis, (now): Effect.Effect<AppendResult, AppendError> => {
+        const prepared = prepareAppend(registry, stream, events, options, now)
+        return Either.isLeft(prepared) ? Effect.fail(prepared.left) : backend.append(prepared.right)
+      }),
+      Spans.append,
+      {
+        captureStackTrace: false,
+        attributes: {
+          [Attributes.backend]: backend.name,
+          [Attributes.aggregateType]: stream?.aggregateType,
+          [Attributes.aggregateId]: stream?.aggregateId,
+          [Attributes.eventCount]: events.length,
+          [Attributes.expectedVersion]:
+            options.expectedVersion._tag === "Exact"
+              ? String(options.expectedVersion.version)
+              : options.expectedVersion._tag
+        }
+      }
+    )
 
   const decodeChunk = (
     chunk: Chunk.Chunk<StoredEvent>
@@ -312,7 +336,39 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       })
     )
 
-  return EventStore.of({ append, readStream, readAll, registry })
+  const subscribeMessages = (
+    options?: Subscription.Options
+  ): Stream.Stream<Subscription.Message, InvalidEventError | EventStoreError> =>
+    Effect.map(validate.subscribeOptions(options ?? {}), (normalized) =>
+      backend.subscribe(normalized).pipe(
+        Stream.map((message): Subscription.Message => {
+          if (message._tag !== "Event") return message
+          const stored = message.event
+          const result = registry.decode(stored.eventType, stored.payload, stored)
+          if (Either.isLeft(result)) return { _tag: "Undecodable", stored, error: result.left }
+          const { payload: _, ...envelope } = stored
+          return { _tag: "Event", event: { ...envelope, event: result.right } }
+        })
+      )
+    ).pipe(Stream.unwrap)
+
+  const subscribe = (options?: Subscription.Options): Stream.Stream<RecordedEvent, ReadError> =>
+    subscribeMessages(options).pipe(
+      Stream.chunks,
+      Stream.flatMap((chunk): Stream.Stream<RecordedEvent, ReadError> => {
+        const events: Array<RecordedEvent> = []
+        for (const message of chunk) {
+          if (message._tag === "Event") events.push(message.event)
+          // What decoded before the bad event is handed out first, as readAll does.
+          else if (message._tag === "Undecodable") {
+            return Stream.concat(Stream.fromIterable(events), Stream.fail(message.error))
+          }
+        }
+        return Stream.fromChunk(Chunk.unsafeFromArray(events))
+      })
+    )
+
+  return EventStore.of({ append, readStream, readAll, subscribe, subscribeMessages, registry })
 }
 
 /** The envelope of a stored event with its decoded event (built field by field: this runs per event read). */
@@ -334,44 +390,48 @@ const prepareAppend = (
   registry: EventRegistry,
   stream: StreamId,
   events: ReadonlyArray<EventToAppend>,
-  options: AppendOptions
-) =>
-  Effect.gen(function* () {
-    yield* validate.stream(stream)
-    if (events.length === 0) {
-      return yield* new InvalidEventError({ reason: "append needs at least one event" })
+  options: AppendOptions,
+  now: number
+): Either.Either<PreparedAppend, InvalidEventError | UnknownEventTypeError> => {
+  const invalid = validate.streamError(stream)
+  if (invalid !== undefined) return Either.left(invalid)
+  if (events.length === 0) return Either.left(new InvalidEventError({ reason: "append needs at least one event" }))
+  const tenantId = options.tenantId ?? null
+  const actorId = options.actorId ?? null
+  const invalidOption =
+    (tenantId === null ? undefined : validate.uuidError("tenantId", tenantId)) ??
+    (actorId === null ? undefined : validate.textError("actorId", actorId))
+  if (invalidOption !== undefined) return Either.left(invalidOption)
+  const defaultTimestamp = new Date(now)
+  const seen = new Set<string>()
+  const prepared = new Array<PreparedEvent>(events.length)
+  for (let i = 0; i < events.length; i++) {
+    const item = events[i]!
+    const payload = registry.encode(item.event)
+    if (Either.isLeft(payload)) return Either.left(payload.left)
+    const eventId = item.eventId === undefined ? crypto.randomUUID() : item.eventId.toLowerCase()
+    const invalidId = item.eventId === undefined ? undefined : validate.uuidError("eventId", eventId)
+    if (invalidId !== undefined) return Either.left(invalidId)
+    if (seen.has(eventId)) {
+      return Either.left(new InvalidEventError({ reason: `event id ${eventId} appears twice in one append` }))
     }
-    const tenantId = options.tenantId ?? null
-    const actorId = options.actorId ?? null
-    if (tenantId !== null) yield* validate.uuid("tenantId", tenantId)
-    if (actorId !== null) yield* validate.text("actorId", actorId)
-    const now = new Date(yield* Effect.clockWith((clock) => clock.currentTimeMillis))
-    const seen = new Set<string>()
-    const prepared: Array<PreparedEvent> = []
-    for (const item of events) {
-      const payload = registry.encode(item.event)
-      if (Either.isLeft(payload)) return yield* payload.left
-      const eventId = item.eventId === undefined ? crypto.randomUUID() : item.eventId.toLowerCase()
-      yield* validate.uuid("eventId", eventId)
-      if (seen.has(eventId)) {
-        return yield* new InvalidEventError({ reason: `event id ${eventId} appears twice in one append` })
-      }
-      seen.add(eventId)
-      const timestamp = item.timestamp ?? now
-      if (Number.isNaN(timestamp.getTime())) {
-        return yield* new InvalidEventError({ reason: `event ${eventId} has an invalid timestamp` })
-      }
-      const payloadJson = yield* validate.payloadJson(item.event._tag, payload.right)
-      prepared.push({ eventId, eventType: item.event._tag, timestamp, payloadJson })
+    seen.add(eventId)
+    const timestamp = item.timestamp ?? defaultTimestamp
+    if (Number.isNaN(timestamp.getTime())) {
+      return Either.left(new InvalidEventError({ reason: `event ${eventId} has an invalid timestamp` }))
     }
-    return {
-      stream: { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
-      expectedVersion: options.expectedVersion,
-      tenantId: tenantId?.toLowerCase() ?? null,
-      actorId,
-      events: prepared
-    } satisfies PreparedAppend
+    const payloadJson = validate.payloadJson(item.event._tag, payload.right)
+    if (Either.isLeft(payloadJson)) return Either.left(payloadJson.left)
+    prepared[i] = { eventId, eventType: item.event._tag, timestamp, payloadJson: payloadJson.right }
+  }
+  return Either.right({
+    stream: { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
+    expectedVersion: options.expectedVersion,
+    tenantId: tenantId?.toLowerCase() ?? null,
+    actorId,
+    events: prepared
   })
+}
 
 /**
  * An event store kept in memory, for unit tests and prototypes. Same contract,

@@ -23,7 +23,19 @@ export const Attributes = {
   fromVersion: "eventfold.read.from_version",
   fromPosition: "eventfold.read.after_position",
   streamVersion: "eventfold.stream.version",
-  backend: "eventfold.backend"
+  backend: "eventfold.backend",
+  subscription: "eventfold.subscription.name",
+  projection: "eventfold.projection.name",
+  position: "eventfold.position",
+  deadLetterId: "eventfold.dead_letter.id",
+  messagingSystem: "messaging.system",
+  messagingDestination: "messaging.destination.name",
+  messageCount: "messaging.batch.message_count",
+  outboxOwner: "eventfold.outbox.owner",
+  outboxClaimed: "eventfold.outbox.claimed",
+  outboxPublished: "eventfold.outbox.published",
+  outboxFailed: "eventfold.outbox.failed",
+  outboxReleased: "eventfold.outbox.released"
 } as const
 
 /**
@@ -38,5 +50,39 @@ export const Spans = {
   readAll: "EventStore.readAll",
   repositoryLoad: "AggregateRepository.load",
   repositorySave: "AggregateRepository.save",
-  migrate: "PgMigrations.run"
+  migrate: "PgMigrations.run",
+  checkpointSave: "CheckpointStore.save",
+  checkpointGet: "CheckpointStore.get",
+  checkpointLag: "CheckpointStore.lag",
+  checkpointReset: "CheckpointStore.reset",
+  checkpointList: "CheckpointStore.list",
+  deadLetterAdd: "DeadLetterQueue.add",
+  deadLetterList: "DeadLetterQueue.list",
+  deadLetterGet: "DeadLetterQueue.get",
+  deadLetterResolve: "DeadLetterQueue.resolve",
+  deadLetterRetry: "DeadLetterQueue.retry",
+  projectionBatch: "Projection.handleBatch",
+  projectionRebuild: "Projection.rebuild",
+  publish: "Publisher.publish",
+  outboxClaim: "Outbox.claim",
+  outboxSettle: "Outbox.settle",
+  relayBatch: "OutboxRelay.runOnce"
+} as const
+
+/**
+ * Metric names. Subscriptions (PostgreSQL): `horizonChecks` and
+ * `horizonCheckDuration` are what the no-skip guarantee costs, `heldBack` how long
+ * positions have been waiting for open transactions (milliseconds), `notifications`
+ * the NOTIFY wake-ups received.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const Metrics = {
+  horizonChecks: "eventfold.subscription.horizon_checks",
+  horizonCheckDuration: "eventfold.subscription.horizon_check_duration",
+  heldBack: "eventfold.subscription.held_back",
+  notifications: "eventfold.subscription.notifications",
+  projectionEvents: "eventfold.projection.events_handled",
+  deadLetters: "eventfold.projection.dead_letters"
 } as const

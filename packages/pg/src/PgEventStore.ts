@@ -6,6 +6,12 @@
  *   caller's transaction when it runs inside `sql.withTransaction`.
  * - `readStream` and `readAll` read in keyset pages (by version, by global
  *   position): constant memory, no connection held between pages.
+ * - `subscribe` never skips an event that commits late with a lower position: it
+ *   reads only up to the settled horizon, below which every transaction that wrote
+ *   to `events` has ended (the sequence's last value, then the write locks held on
+ *   `events`; see `internal/pgSubscription.ts`). It wakes on NOTIFY sent at commit
+ *   (only while a subscriber waits for one), polls as a fallback, and logs which
+ *   session holds it back after a threshold.
  *
  * @since 0.1.0
  */
@@ -15,13 +21,14 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { ConcurrencyError, DuplicateEventError, type EventStoreError } from "@eventfold/core/Errors"
 import type { EventRegistry } from "@eventfold/core/EventRegistry"
 import * as EventStore from "@eventfold/core/EventStore"
+import * as Subscription from "@eventfold/core/Subscription"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as EventRows from "./internal/eventRows.js"
+import * as PgSubscription from "./internal/pgSubscription.js"
 
 /**
  * @since 0.1.0
@@ -31,17 +38,17 @@ export interface Options {
   readonly registry: EventRegistry
   /** Rows per page for reads; default 1,000. */
   readonly pageSize?: number
+  /**
+   * Writes an `event_outbox` entry for every appended event, in the append's
+   * transaction, for the outbox relay (`PgOutbox`, `OutboxRelay`). Default false.
+   */
+  readonly outbox?: boolean
+  /** How subscriptions watch the log (polling, settling, stall reports). */
+  readonly subscriptions?: PgSubscription.WatchOptions
 }
 
-const AppendRow = Schema.Struct({
-  status: Schema.Literal("appended", "replayed", "conflict", "duplicate"),
-  stream_version: Schema.NullOr(Schema.Number),
-  first_position: Schema.NullOr(EventRows.Int8),
-  last_position: Schema.NullOr(EventRows.Int8),
-  duplicate_event_id: Schema.NullOr(Schema.String)
-})
-
-const decodeAppendRows = Schema.decodeUnknown(Schema.Array(AppendRow))
+/** One constant statement text: no template to compile per append. */
+const APPEND_SQL = "SELECT * FROM eventfold_append($1::uuid, $2, $3, $4::integer, $5::uuid, $6, $7::jsonb, $8::boolean)"
 
 const expectedArgs = (expected: EventStore.PreparedAppend["expectedVersion"]) => {
   switch (expected._tag) {
@@ -77,73 +84,91 @@ const pgError = (
  * @since 0.1.0
  * @category constructors
  */
-export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
+export const makeBackend = (
+  options: {
+    readonly pageSize?: number
+    readonly outbox?: boolean
+    readonly subscriptions?: PgSubscription.WatchOptions
+  } = {}
+) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const pageSize = options.pageSize ?? 1000
+    const outbox = options.outbox ?? false
 
     const append: EventStore.Backend["append"] = (input) => {
       const [expected, expectedVersion] = expectedArgs(input.expectedVersion)
       const { aggregateId, aggregateType } = input.stream
-      return sql`SELECT * FROM eventfold_append(${aggregateId}::uuid, ${aggregateType}, ${expected}, ${expectedVersion}::integer, ${input.tenantId}::uuid, ${input.actorId}, ${eventsDocument(
-        input.events
-      )}::jsonb)`.pipe(
-        Effect.flatMap(decodeAppendRows),
-        Effect.flatMap((rows): ReturnType<EventStore.Backend["append"]> => {
-          const row = rows[0]
-          switch (row?.status) {
-            case "appended":
-            case "replayed":
-              return Effect.succeed({
-                version: row.stream_version ?? 0,
-                firstPosition: row.first_position ?? 0n,
-                lastPosition: row.last_position ?? 0n
-              })
-            case "conflict":
-              return Effect.fail(
-                new ConcurrencyError({
-                  aggregateId,
-                  aggregateType,
-                  expectedVersion: input.expectedVersion,
-                  actualVersion: row.stream_version ?? 0
-                })
-              )
-            case "duplicate":
-              return Effect.fail(
-                new DuplicateEventError({ eventId: row.duplicate_event_id ?? "", aggregateId, aggregateType })
-              )
-            default:
-              return Effect.fail(EventStore.storeError("append")(new Error("eventfold_append returned no row")))
-          }
-        }),
-        Effect.catchTags({
-          SqlError: (error): Effect.Effect<never, ConcurrencyError | DuplicateEventError | EventStoreError> => {
-            const { code, constraint, detail } = pgError(error)
-            // Both can only come from writers racing outside eventfold_append's lock
-            // (another id stored concurrently, a caller in REPEATABLE READ).
-            if (code === "23505" && constraint === "uq_events_aggregate_version") {
-              return currentVersion(aggregateId, aggregateType).pipe(
-                Effect.flatMap((actualVersion) =>
-                  Effect.fail(
-                    new ConcurrencyError({
-                      aggregateId,
-                      aggregateType,
-                      expectedVersion: input.expectedVersion,
-                      actualVersion
-                    })
+      return sql
+        .unsafe<Record<string, unknown>>(APPEND_SQL, [
+          aggregateId,
+          aggregateType,
+          expected,
+          expectedVersion,
+          input.tenantId,
+          input.actorId,
+          eventsDocument(input.events),
+          outbox
+        ])
+        .pipe(
+          Effect.flatMap((rows): ReturnType<EventStore.Backend["append"]> => {
+            // eventfold_append returns one row; read by hand, as this runs once per append.
+            const row = rows[0]
+            const version = row?.stream_version
+            switch (row?.status) {
+              case "appended":
+              case "replayed": {
+                if (typeof version !== "number") break
+                const first = EventRows.int8(row.first_position)
+                const last = EventRows.int8(row.last_position)
+                if (first === undefined || last === undefined) break
+                return Effect.succeed({ version, firstPosition: first, lastPosition: last })
+              }
+              case "conflict":
+                if (typeof version !== "number") break
+                return Effect.fail(
+                  new ConcurrencyError(
+                    { aggregateId, aggregateType, expectedVersion: input.expectedVersion, actualVersion: version },
+                    // The fields are typed and checked already: skip the Schema validation (costly per conflict).
+                    true
                   )
                 )
-              )
+              case "duplicate":
+                return Effect.fail(
+                  new DuplicateEventError({ eventId: String(row.duplicate_event_id), aggregateId, aggregateType }, true)
+                )
             }
-            if (code === "23505" && constraint === "events_event_id_key") {
-              const eventId = /\(event_id\)=\(([0-9a-f-]+)\)/.exec(String(detail))?.[1] ?? ""
-              return Effect.fail(new DuplicateEventError({ eventId, aggregateId, aggregateType }))
+            return Effect.fail(
+              EventStore.storeError("append")(new Error(`eventfold_append returned ${JSON.stringify(row ?? null)}`))
+            )
+          }),
+          Effect.catchTags({
+            SqlError: (error): Effect.Effect<never, ConcurrencyError | DuplicateEventError | EventStoreError> => {
+              const { code, constraint, detail } = pgError(error)
+              // Both can only come from writers racing outside eventfold_append's lock
+              // (another id stored concurrently, a caller in REPEATABLE READ).
+              if (code === "23505" && constraint === "uq_events_aggregate_version") {
+                return currentVersion(aggregateId, aggregateType).pipe(
+                  Effect.flatMap((actualVersion) =>
+                    Effect.fail(
+                      new ConcurrencyError({
+                        aggregateId,
+                        aggregateType,
+                        expectedVersion: input.expectedVersion,
+                        actualVersion
+                      })
+                    )
+                  )
+                )
+              }
+              if (code === "23505" && constraint === "events_event_id_key") {
+                const eventId = /\(event_id\)=\(([0-9a-f-]+)\)/.exec(String(detail))?.[1] ?? ""
+                return Effect.fail(new DuplicateEventError({ eventId, aggregateId, aggregateType }))
+              }
+              return Effect.fail(EventStore.storeError("append")(error))
             }
-            return Effect.fail(EventStore.storeError("append")(error))
-          },
-          ParseError: (error) => Effect.fail(EventStore.storeError("append")(error))
-        })
-      )
+          })
+        )
     }
 
     const currentVersion = (aggregateId: string, aggregateType: string) =>
@@ -225,8 +250,42 @@ export const makeBackend = (options: { readonly pageSize?: number } = {}) =>
       })
     }
 
-    return { name: "postgresql", append, readStream, readAll } satisfies EventStore.Backend
+    // Subscriptions read up to the settled horizon (see internal/pgSubscription.ts): never
+    // past a position that a running transaction holds, so that none is skipped.
+    const watcher = yield* PgSubscription.makeWatcher(options.subscriptions)
+    const subscribe: EventStore.Backend["subscribe"] = (options) => {
+      const filters = [
+        ...(options.tenantId === undefined ? [] : [sql`tenant_id = ${options.tenantId}::uuid`]),
+        ...(options.aggregateTypes === undefined ? [] : [sql.in("aggregate_type", options.aggregateTypes)]),
+        ...(options.eventTypes === undefined ? [] : [sql.in("event_type", options.eventTypes)])
+      ]
+      return Subscription.follow(
+        {
+          horizon: watcher.horizon,
+          read: ({ after, upTo, limit }) =>
+            page(
+              "subscribe",
+              sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events
+                  WHERE ${sql.and([sql`global_position > ${after}`, sql`global_position <= ${upTo}`, ...filters])}
+                  ORDER BY global_position ASC LIMIT ${limit}`
+            )
+        },
+        options
+      )
+    }
+
+    return { name: "postgresql", append, readStream, readAll, subscribe } satisfies EventStore.Backend
   })
+
+/**
+ * The metrics of subscriptions: `horizonChecks` and `horizonCheckDuration` (the cost of
+ * never skipping), `heldBack` (milliseconds positions have waited for open transactions),
+ * `notifications` (NOTIFY wake-ups).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const subscriptionMetrics = PgSubscription.metrics
 
 /**
  * The PostgreSQL `EventStore` over the `SqlClient` in context.

@@ -5,6 +5,14 @@ export * as EmbeddedPostgres from "./EmbeddedPostgres.js"
 /**
  * @since 0.1.0
  */
+export * as PgCheckpointStore from "./PgCheckpointStore.js"
+/**
+ * @since 0.1.0
+ */
+export * as PgDeadLetterQueue from "./PgDeadLetterQueue.js"
+/**
+ * @since 0.1.0
+ */
 export * as PgEventStore from "./PgEventStore.js"
 /**
  * @since 0.1.0
@@ -13,4 +21,12 @@ export * as PgMigrations from "./PgMigrations.js"
 /**
  * @since 0.1.0
  */
+export * as PgOutbox from "./PgOutbox.js"
+/**
+ * @since 0.1.0
+ */
 export * as PgPool from "./PgPool.js"
+/**
+ * @since 0.1.0
+ */
+export * as PgProjection from "./PgProjection.js"

@@ -1,10 +1,14 @@
 import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import { ConcurrencyError, DuplicateEventError } from "../Errors.js"
 import type { AppendResult, Backend, PreparedAppend, ReadAllOptions, StoredEvent } from "../EventStore.js"
 import * as ExpectedVersion from "../ExpectedVersion.js"
+import * as Subscription from "../Subscription.js"
 
 const PAGE = 512
 
@@ -13,6 +17,8 @@ interface State {
   readonly log: Array<StoredEvent>
   readonly streams: Map<string, Array<StoredEvent>>
   readonly byId: Map<string, StoredEvent>
+  /** Completed (and replaced) by every append: subscribers wait on it. */
+  appended: Deferred.Deferred<void>
 }
 
 const key = (aggregateType: string, aggregateId: string) => `${aggregateType}\u0000${aggregateId}`
@@ -22,7 +28,7 @@ const key = (aggregateType: string, aggregateId: string) => `${aggregateType}\u0
  * they are atomic with respect to each other, as PostgreSQL's are.
  */
 export const make = (): Backend => {
-  const state: State = { log: [], streams: new Map(), byId: new Map() }
+  const state: State = { log: [], streams: new Map(), byId: new Map(), appended: Deferred.unsafeMake(FiberId.none) }
 
   const append: Backend["append"] = (input: PreparedAppend) =>
     Effect.suspend((): ReturnType<Backend["append"]> => {
@@ -65,6 +71,9 @@ export const make = (): Backend => {
         state.byId.set(event.eventId, stored)
       })
       state.streams.set(streamKey, events)
+      const appended = state.appended
+      state.appended = Deferred.unsafeMake(FiberId.none)
+      Deferred.unsafeDone(appended, Exit.void)
       return Effect.succeed<AppendResult>({
         version: actual + input.events.length,
         firstPosition,
@@ -115,7 +124,38 @@ export const make = (): Backend => {
       )
     })
 
-  return { name: "memory", append, readStream, readAll }
+  // Appends are atomic here, so the whole log is always settled: the horizon is its end.
+  const waitBeyond = (seen: bigint): Effect.Effect<bigint> =>
+    Effect.suspend(() => {
+      // Taken before looking, so that an append in between still wakes us.
+      const appended = state.appended
+      const end = BigInt(state.log.length)
+      return end > seen ? Effect.succeed(end) : Effect.zipRight(Deferred.await(appended), waitBeyond(seen))
+    })
+
+  const subscribe: Backend["subscribe"] = (options) => {
+    const matches = matcher(options)
+    return Subscription.follow(
+      {
+        horizon: Stream.unfoldEffect(-1n, (seen) =>
+          Effect.map(waitBeyond(seen), (end) => Option.some([{ settled: end, stall: Option.none() }, end] as const))
+        ),
+        read: ({ after, upTo, limit }) =>
+          Effect.sync(() => {
+            const page: Array<StoredEvent> = []
+            const end = Math.min(Number(upTo), state.log.length)
+            for (let i = Number(after); i < end && page.length < limit; i++) {
+              const event = state.log[i]!
+              if (matches(event)) page.push(event)
+            }
+            return page
+          })
+      },
+      options
+    )
+  }
+
+  return { name: "memory", append, readStream, readAll, subscribe }
 }
 
 /**

@@ -1,6 +1,8 @@
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import { InvalidEventError } from "../Errors.js"
 import type { Direction, ReadAllOptions, StreamId } from "../EventStore.js"
+import type * as Subscription from "../Subscription.js"
 
 // Checks done once in core, before any backend sees the input, so that memory and
 // PostgreSQL reject the same inputs with the same typed error and nothing is written.
@@ -16,56 +18,67 @@ const BAD_TEXT = /\u0000|\p{Surrogate}/u
 const BAD_JSON =
   /(?<!\\)(?:\\\\)*\\u(?:0000|d[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})|(?<!\\ud[89ab][0-9a-f]{2})d[c-f][0-9a-f]{2})/i
 
-export const uuid = (name: string, value: unknown) =>
-  typeof value === "string" && UUID.test(value)
-    ? Effect.void
-    : Effect.fail(new InvalidEventError({ reason: `${name} must be a UUID, got ${describe(value)}` }))
+// Each check returns the error, or undefined: the append path runs them per event,
+// synchronously; the Effect forms below serve the read options.
 
-export const text = (name: string, value: unknown) => {
+export const uuidError = (name: string, value: unknown): InvalidEventError | undefined =>
+  typeof value === "string" && UUID.test(value)
+    ? undefined
+    : new InvalidEventError({ reason: `${name} must be a UUID, got ${describe(value)}` })
+
+export const textError = (name: string, value: unknown): InvalidEventError | undefined => {
   if (typeof value !== "string" || value.length === 0) {
-    return Effect.fail(new InvalidEventError({ reason: `${name} must be a non-empty string, got ${describe(value)}` }))
+    return new InvalidEventError({ reason: `${name} must be a non-empty string, got ${describe(value)}` })
   }
   if (value.length > MAX_TEXT) {
-    return Effect.fail(new InvalidEventError({ reason: `${name} is longer than ${MAX_TEXT} characters` }))
+    return new InvalidEventError({ reason: `${name} is longer than ${MAX_TEXT} characters` })
   }
   if (BAD_TEXT.test(value)) {
-    return Effect.fail(new InvalidEventError({ reason: `${name} contains a NUL character or a lone surrogate` }))
+    return new InvalidEventError({ reason: `${name} contains a NUL character or a lone surrogate` })
   }
-  return Effect.void
+  return undefined
 }
 
-export const stream = (stream: StreamId) =>
-  Effect.zipRight(uuid("aggregateId", stream?.aggregateId), text("aggregateType", stream?.aggregateType))
+export const streamError = (stream: StreamId): InvalidEventError | undefined =>
+  uuidError("aggregateId", stream?.aggregateId) ?? textError("aggregateType", stream?.aggregateType)
 
-export const payloadJson = (eventType: string, payload: unknown) =>
-  Effect.suspend(() => {
-    let json: string
-    try {
-      json = JSON.stringify(payload, rejectNonJson)
-    } catch (cause) {
-      return Effect.fail(
-        new InvalidEventError({
-          reason: `event ${eventType}: payload is not representable as JSON (${cause instanceof Error ? cause.message : cause})`,
-          eventType,
-          cause
-        })
-      )
-    }
-    if (typeof json !== "string" || json[0] !== "{") {
-      return Effect.fail(
-        new InvalidEventError({ reason: `event ${eventType}: the encoded payload must be a JSON object`, eventType })
-      )
-    }
-    if (json.includes("\\u") && BAD_JSON.test(json)) {
-      return Effect.fail(
-        new InvalidEventError({
-          reason: `event ${eventType}: payload contains a NUL character or a lone surrogate, which PostgreSQL cannot store`,
-          eventType
-        })
-      )
-    }
-    return Effect.succeed(json)
-  })
+const check = (error: InvalidEventError | undefined) => (error === undefined ? Effect.void : Effect.fail(error))
+
+export const uuid = (name: string, value: unknown) => check(uuidError(name, value))
+
+export const text = (name: string, value: unknown) => check(textError(name, value))
+
+export const stream = (stream: StreamId) => check(streamError(stream))
+
+/** The payload as JSON text, or why PostgreSQL could not store it. */
+export const payloadJson = (eventType: string, payload: unknown): Either.Either<string, InvalidEventError> => {
+  let json: string
+  try {
+    json = JSON.stringify(payload, rejectNonJson)
+  } catch (cause) {
+    return Either.left(
+      new InvalidEventError({
+        reason: `event ${eventType}: payload is not representable as JSON (${cause instanceof Error ? cause.message : cause})`,
+        eventType,
+        cause
+      })
+    )
+  }
+  if (typeof json !== "string" || json[0] !== "{") {
+    return Either.left(
+      new InvalidEventError({ reason: `event ${eventType}: the encoded payload must be a JSON object`, eventType })
+    )
+  }
+  if (json.includes("\\u") && BAD_JSON.test(json)) {
+    return Either.left(
+      new InvalidEventError({
+        reason: `event ${eventType}: payload contains a NUL character or a lone surrogate, which PostgreSQL cannot store`,
+        eventType
+      })
+    )
+  }
+  return Either.right(json)
+}
 
 /** JSON.stringify would silently turn these into null or drop them: the stored event would not decode. */
 const rejectNonJson = (key: string, value: unknown) => {
@@ -96,6 +109,30 @@ export const readAllOptions = (options: ReadAllOptions) =>
       direction,
       ...(options.tenantId === undefined ? {} : { tenantId: options.tenantId.toLowerCase() })
     }
+  })
+
+export const subscribeOptions = (options: Subscription.Options) =>
+  Effect.gen(function* () {
+    const after = options.after ?? 0n
+    if (typeof after !== "bigint" || after < 0n) {
+      return yield* new InvalidEventError({ reason: `after must be a non-negative bigint, got ${String(after)}` })
+    }
+    const batchSize = options.batchSize ?? 1000
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
+      return yield* new InvalidEventError({ reason: `batchSize must be a positive integer, got ${batchSize}` })
+    }
+    const { tenantId, aggregateTypes, eventTypes } = yield* readAllOptions({
+      ...(options.tenantId === undefined ? {} : { tenantId: options.tenantId }),
+      ...(options.aggregateTypes === undefined ? {} : { aggregateTypes: options.aggregateTypes }),
+      ...(options.eventTypes === undefined ? {} : { eventTypes: options.eventTypes })
+    })
+    return {
+      after,
+      batchSize,
+      ...(tenantId === undefined ? {} : { tenantId }),
+      ...(aggregateTypes === undefined ? {} : { aggregateTypes }),
+      ...(eventTypes === undefined ? {} : { eventTypes })
+    } satisfies Subscription.BackendOptions
   })
 
 const describe = (value: unknown): string =>

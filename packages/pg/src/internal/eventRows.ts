@@ -32,10 +32,14 @@ const date = (row: Record<string, unknown>, column: string): Date => {
   return value
 }
 
+/** An int8 value as pg returns it (a string, or a bigint with a type parser), or undefined. */
+export const int8 = (value: unknown): bigint | undefined =>
+  typeof value === "bigint" ? value : typeof value === "string" && /^-?\d+$/.test(value) ? BigInt(value) : undefined
+
 const position = (value: unknown): bigint => {
-  if (typeof value === "bigint") return value
-  if (typeof value === "string" && /^\d+$/.test(value)) return BigInt(value)
-  throw new MalformedRowError({ message: "events.global_position is not an int8" })
+  const result = int8(value)
+  if (result === undefined) throw new MalformedRowError({ message: "events.global_position is not an int8" })
+  return result
 }
 
 /**

@@ -128,90 +128,106 @@ CREATE INDEX IF NOT EXISTS idx_snapshots_aggregate_type ON snapshots (aggregate_
   {
     id: 6,
     name: "eventfold_append",
-    // One round trip per append, whatever the batch size. Writers of one stream are
-    // serialized by a transaction-scoped advisory lock, so the version read after
-    // taking it is the committed one and the expectation is checked exactly: a
-    // conflict is a result row, not an exception, and never aborts a caller's
-    // transaction. The unique constraint on (aggregate_id, aggregate_type, version)
-    // stays the last line of defence against writers that bypass this function.
+    // The append function is defined in internal/functions.ts, the one place every SQL
+    // function lives, and applied after the migrations by PgMigrations.run. (Before the
+    // first release this migration created it; the id stays so the sequence is unbroken.)
+    sql: "SELECT 1;"
+  },
+  {
+    id: 7,
+    name: "outbox_relay",
+    // What the outbox relay needs (see @eventfold/core/Outbox and OutboxRelay): the
+    // event's position and version for per-aggregate order, a lease (claimed_by,
+    // lease_until) so that no lock is held while publishing, and next_attempt_at for
+    // retry backoff. Entries written before this migration get position and version
+    // from their events. (eventfold_append's p_outbox, which writes the entries, is in
+    // internal/functions.ts.)
     sql: `
-CREATE OR REPLACE FUNCTION eventfold_append(
-  p_aggregate_id UUID,
-  p_aggregate_type VARCHAR,
-  p_expected TEXT,
-  p_expected_version INTEGER,
-  p_tenant_id UUID,
-  p_actor_id VARCHAR,
-  p_events JSONB
-) RETURNS TABLE (
-  status TEXT,
-  stream_version INTEGER,
-  first_position BIGINT,
-  last_position BIGINT,
-  duplicate_event_id UUID
-) LANGUAGE plpgsql AS $fn$
+ALTER TABLE event_outbox
+  ADD COLUMN IF NOT EXISTS global_position BIGINT,
+  ADD COLUMN IF NOT EXISTS version INTEGER,
+  ADD COLUMN IF NOT EXISTS actor_id VARCHAR(255),
+  ADD COLUMN IF NOT EXISTS occurred_at TIMESTAMP WITH TIME ZONE,
+  ADD COLUMN IF NOT EXISTS claimed_by VARCHAR(255),
+  ADD COLUMN IF NOT EXISTS lease_until TIMESTAMP WITH TIME ZONE,
+  ADD COLUMN IF NOT EXISTS next_attempt_at TIMESTAMP WITH TIME ZONE;
+UPDATE event_outbox o
+   SET global_position = e.global_position, version = e.version, actor_id = e.actor_id, occurred_at = e.timestamp
+  FROM events e
+ WHERE e.event_id = o.event_id AND o.global_position IS NULL;
+-- Entries whose event is gone: first in line, outside any ordering.
+UPDATE event_outbox SET global_position = 0, version = 0 WHERE global_position IS NULL;
+CREATE INDEX IF NOT EXISTS idx_outbox_claim ON event_outbox (global_position) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS idx_outbox_aggregate_unpublished ON event_outbox (aggregate_id, aggregate_type, version)
+  WHERE status <> 'published';
+CREATE INDEX IF NOT EXISTS idx_outbox_published_at ON event_outbox (published_at) WHERE status = 'published';
+`
+  },
+  {
+    id: 8,
+    name: "subscriptions",
+    // What gap-free subscriptions need (see PgEventStore: "Subscriptions"). Readers
+    // only pass positions below which every transaction that wrote to the log has
+    // ended: eventfold_log_horizon() returns the last position taken and then the
+    // transactions still holding a write lock on events (in that order: a writer
+    // that took a position up to the first is sure to be in the second). Appends
+    // wake subscribers through a statement trigger whose notification is delivered
+    // at commit only, and only while a subscriber waits for one (a row of
+    // eventfold_listeners): NOTIFY serializes the commits of the transactions that
+    // send it, so busy subscribers, which poll anyway, switch it off. Transactions
+    // above READ COMMITTED always notify (their snapshot may predate the flag).
+    // eventfold_log_writers shows who holds readers back. dead_letter_queue gains
+    // the event's global position.
+    sql: `
+CREATE OR REPLACE FUNCTION eventfold_log_horizon()
+RETURNS TABLE (last_position BIGINT, writers TEXT[], writer_pids INTEGER[])
+LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
-  v_count INTEGER := jsonb_array_length(p_events);
-  v_current INTEGER;
-  v_found INTEGER;
-  v_same_stream BOOLEAN;
-  v_base_min INTEGER;
-  v_base_max INTEGER;
-  v_first BIGINT;
   v_last BIGINT;
-  v_last_version INTEGER;
-  v_duplicate UUID;
 BEGIN
-  PERFORM pg_advisory_xact_lock(hashtextextended(p_aggregate_type || '/' || p_aggregate_id::text, 0));
-
-  -- Ids already stored: the same events at the same positions are a replay, anything else a duplicate.
-  SELECT count(*)::INTEGER,
-         bool_and(e.aggregate_id = p_aggregate_id AND e.aggregate_type = p_aggregate_type),
-         min(e.version - i.n::INTEGER), max(e.version - i.n::INTEGER),
-         min(e.global_position), max(e.global_position), max(e.version),
-         (array_agg(e.event_id ORDER BY i.n))[1]
-    INTO v_found, v_same_stream, v_base_min, v_base_max, v_first, v_last, v_last_version, v_duplicate
-    FROM jsonb_array_elements(p_events) WITH ORDINALITY AS i(doc, n)
-    JOIN events e ON e.event_id = (i.doc->>'event_id')::UUID;
-
-  IF v_found > 0 THEN
-    IF v_found = v_count AND v_same_stream AND v_base_min = v_base_max AND (
-         p_expected = 'any'
-      OR (p_expected = 'no_stream' AND v_base_min = 0)
-      OR (p_expected = 'stream_exists' AND v_base_min > 0)
-      OR (p_expected = 'exact' AND v_base_min = p_expected_version)
-    ) THEN
-      RETURN QUERY SELECT 'replayed'::TEXT, v_last_version, v_first, v_last, NULL::UUID;
-    ELSE
-      RETURN QUERY SELECT 'duplicate'::TEXT, NULL::INTEGER, NULL::BIGINT, NULL::BIGINT, v_duplicate;
-    END IF;
-    RETURN;
-  END IF;
-
-  SELECT coalesce(max(e.version), 0) INTO v_current
-    FROM events e
-   WHERE e.aggregate_id = p_aggregate_id AND e.aggregate_type = p_aggregate_type;
-
-  IF (p_expected = 'no_stream' AND v_current <> 0)
-  OR (p_expected = 'stream_exists' AND v_current = 0)
-  OR (p_expected = 'exact' AND v_current <> p_expected_version) THEN
-    RETURN QUERY SELECT 'conflict'::TEXT, v_current, NULL::BIGINT, NULL::BIGINT, NULL::UUID;
-    RETURN;
-  END IF;
-
+  v_last := coalesce(pg_sequence_last_value(pg_get_serial_sequence('events', 'global_position')::regclass), 0);
   RETURN QUERY
-  WITH inserted AS (
-    INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, tenant_id, actor_id, version, timestamp, payload)
-    SELECT (i.doc->>'event_id')::UUID, p_aggregate_id, p_aggregate_type, i.doc->>'event_type', p_tenant_id, p_actor_id,
-           v_current + i.n::INTEGER, (i.doc->>'timestamp')::TIMESTAMPTZ, i.doc->'payload'
-      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS i(doc, n)
-     ORDER BY i.n
-    RETURNING events.global_position
-  )
-  SELECT 'appended'::TEXT, v_current + v_count, min(inserted.global_position), max(inserted.global_position), NULL::UUID
-    FROM inserted;
+  SELECT v_last,
+         coalesce(array_agg(l.virtualtransaction ORDER BY l.virtualtransaction), '{}'::TEXT[]),
+         coalesce(array_agg(coalesce(l.pid, 0) ORDER BY l.virtualtransaction), '{}'::INTEGER[])
+    FROM pg_locks l
+   WHERE l.locktype = 'relation'
+     AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+     AND l.relation IN (SELECT 'events'::regclass UNION ALL SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = 'events'::regclass)
+     AND l.mode = 'RowExclusiveLock'
+     AND l.granted;
 END
 $fn$;
+CREATE OR REPLACE VIEW eventfold_log_writers AS
+SELECT l.pid, l.virtualtransaction, a.xact_start, now() - a.xact_start AS xact_age, a.state, a.state_change,
+       a.query, a.application_name, a.usename, a.client_addr, a.wait_event_type, a.wait_event
+  FROM pg_locks l
+  LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE l.locktype = 'relation'
+   AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+   AND l.relation = 'events'::regclass
+   AND l.mode = 'RowExclusiveLock'
+   AND l.granted;
+CREATE UNLOGGED TABLE IF NOT EXISTS eventfold_listeners (
+  listener_id UUID PRIMARY KEY,
+  pid INTEGER NOT NULL,
+  waiting BOOLEAN NOT NULL,
+  updated_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW()
+);
+CREATE OR REPLACE FUNCTION eventfold_notify_events() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed'
+     OR EXISTS (SELECT 1 FROM eventfold_listeners WHERE waiting) THEN
+    PERFORM pg_notify('eventfold_events', 'append');
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+DROP TRIGGER IF EXISTS eventfold_events_notify ON events;
+CREATE TRIGGER eventfold_events_notify AFTER INSERT ON events
+  FOR EACH STATEMENT EXECUTE FUNCTION eventfold_notify_events();
+ALTER TABLE dead_letter_queue ADD COLUMN IF NOT EXISTS global_position BIGINT;
+CREATE INDEX IF NOT EXISTS idx_dlq_projection_status ON dead_letter_queue (projection_name, status, id);
 `
   }
 ]

@@ -1,0 +1,274 @@
+/**
+ * Checkpoints: how far each subscription (a projection, a process manager) has
+ * processed the global log. A checkpoint never moves backwards, except through an
+ * explicit `reset`; a save can also be made conditional on the stored position, so
+ * that two runners racing on the same projection cannot both commit.
+ *
+ * One contract, a memory layer here and a PostgreSQL layer (on the spec's
+ * `projection_checkpoints` table) in `@eventfold/pg`.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
+import { EventStore } from "./EventStore.js"
+import { Attributes, Spans } from "./Telemetry.js"
+
+/**
+ * A subscription's stored progress.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Checkpoint {
+  /** The subscription's name (spec: `projection_name`, `subscription_id`). */
+  readonly name: string
+  /** Every event up to this global position has been processed. */
+  readonly position: bigint
+  /** The last event processed, when the last save named one. */
+  readonly eventId: string | null
+  readonly eventType: string | null
+  /** Events processed since the checkpoint was created (or last reset). */
+  readonly eventsProcessed: bigint
+  readonly lastProcessedAt: Date | null
+  readonly createdAt: Date
+  readonly updatedAt: Date
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface SaveInput {
+  readonly position: bigint
+  readonly eventId?: string | null
+  readonly eventType?: string | null
+  /** Events handled since the last save; added to `eventsProcessed`. Default 0. */
+  readonly processed?: number
+  /**
+   * Save only if the stored position is exactly this one (a missing checkpoint is at
+   * 0); otherwise fail with {@link CheckpointConflictError}. Runners use it as a fence.
+   */
+  readonly expected?: bigint
+}
+
+/**
+ * How far a subscription is behind the log.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Lag {
+  readonly name: string
+  readonly position: bigint
+  /** The highest global position in the log. */
+  readonly headPosition: bigint
+  /** Events after the checkpoint (that match the filters, when given). */
+  readonly eventsBehind: number
+  /** Age of the oldest event not yet processed; 0 when caught up. */
+  readonly timeBehindMillis: number
+}
+
+/**
+ * Count only the events the subscription selects.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LagOptions {
+  readonly tenantId?: string
+  readonly aggregateTypes?: ReadonlyArray<string>
+  readonly eventTypes?: ReadonlyArray<string>
+}
+
+/**
+ * The store failed (a SQL error, an unreachable server). The cause is kept.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CheckpointError extends Schema.TaggedError<CheckpointError>()("CheckpointError", {
+  method: Schema.String,
+  message: Schema.String,
+  cause: Schema.optional(Schema.Defect)
+}) {}
+
+/**
+ * A conditional save found another position: someone else moved (or reset) the
+ * checkpoint since it was read.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CheckpointConflictError extends Schema.TaggedError<CheckpointConflictError>()("CheckpointConflictError", {
+  name: Schema.String,
+  expected: Schema.BigIntFromSelf,
+  actual: Schema.BigIntFromSelf
+}) {
+  override get message(): string {
+    return `checkpoint ${this.name}: expected position ${this.expected}, found ${this.actual}`
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * Saves a position (upsert). A position below the stored one changes nothing and
+   * returns the stored checkpoint: checkpoints never move backwards.
+   */
+  readonly save: (
+    name: string,
+    input: SaveInput
+  ) => Effect.Effect<Checkpoint, CheckpointError | CheckpointConflictError>
+  readonly get: (name: string) => Effect.Effect<Option.Option<Checkpoint>, CheckpointError>
+  readonly lag: (name: string, options?: LagOptions) => Effect.Effect<Lag, CheckpointError>
+  /** Moves the checkpoint back to `to` (default 0), e.g. to rebuild a projection; counts restart. */
+  readonly reset: (name: string, options?: { readonly to?: bigint }) => Effect.Effect<void, CheckpointError>
+  readonly list: Effect.Effect<ReadonlyArray<Checkpoint>, CheckpointError>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export class CheckpointStore extends Context.Tag("@eventfold/core/CheckpointStore")<CheckpointStore, Service>() {}
+
+/**
+ * Wraps an implementation with input checks and spans, once for every backend.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (backend: { readonly name: string } & Service): Service => {
+  const check = (method: string, name: string, position?: bigint) =>
+    typeof name !== "string" || name.length === 0 || name.length > 255
+      ? Effect.fail(
+          new CheckpointError({ method, message: `checkpoint name must have 1 to 255 characters, got ${String(name)}` })
+        )
+      : position !== undefined && (typeof position !== "bigint" || position < 0n)
+        ? Effect.fail(
+            new CheckpointError({ method, message: `position must be a non-negative bigint, got ${String(position)}` })
+          )
+        : Effect.void
+  const span = (method: keyof typeof CheckpointSpans, name: string) =>
+    Effect.withSpan(CheckpointSpans[method], {
+      attributes: { [Attributes.backend]: backend.name, [Attributes.subscription]: name }
+    })
+  return CheckpointStore.of({
+    save: (name, input) =>
+      check("save", name, input.position).pipe(
+        Effect.zipRight(check("save", name, input.expected)),
+        Effect.zipRight(backend.save(name, input)),
+        span("save", name)
+      ),
+    get: (name) => check("get", name).pipe(Effect.zipRight(backend.get(name)), span("get", name)),
+    lag: (name, options) => check("lag", name).pipe(Effect.zipRight(backend.lag(name, options)), span("lag", name)),
+    reset: (name, options) =>
+      check("reset", name, options?.to).pipe(Effect.zipRight(backend.reset(name, options)), span("reset", name)),
+    list: backend.list.pipe(
+      Effect.withSpan(Spans.checkpointList, { attributes: { [Attributes.backend]: backend.name } })
+    )
+  })
+}
+
+const CheckpointSpans = {
+  save: Spans.checkpointSave,
+  get: Spans.checkpointGet,
+  lag: Spans.checkpointLag,
+  reset: Spans.checkpointReset
+} as const
+
+/**
+ * Checkpoints kept in memory, for tests. `lag` reads (and decodes) the log through the
+ * `EventStore` in context.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(function* () {
+  const store = yield* EventStore
+  const ref = yield* Ref.make(new Map<string, Checkpoint>())
+
+  const save: Service["save"] = (name, input) =>
+    Effect.flatten(
+      Ref.modify(ref, (map): readonly [Effect.Effect<Checkpoint, CheckpointConflictError>, Map<string, Checkpoint>] => {
+        const now = new Date()
+        const current = map.get(name)
+        const actual = current?.position ?? 0n
+        if (input.expected !== undefined && input.expected !== actual) {
+          return [Effect.fail(new CheckpointConflictError({ name, expected: input.expected, actual })), map]
+        }
+        if (current !== undefined && input.position < current.position) return [Effect.succeed(current), map]
+        const next: Checkpoint = {
+          name,
+          position: input.position,
+          eventId: input.eventId === undefined ? (current?.eventId ?? null) : input.eventId,
+          eventType: input.eventType === undefined ? (current?.eventType ?? null) : input.eventType,
+          eventsProcessed: (current?.eventsProcessed ?? 0n) + BigInt(input.processed ?? 0),
+          lastProcessedAt: now,
+          createdAt: current?.createdAt ?? now,
+          updatedAt: now
+        }
+        return [Effect.succeed(next), new Map(map).set(name, next)]
+      })
+    )
+
+  const get: Service["get"] = (name) => Effect.map(Ref.get(ref), (map) => Option.fromNullable(map.get(name)))
+
+  const lag: Service["lag"] = (name, options) =>
+    Effect.gen(function* () {
+      const position = (yield* Ref.get(ref)).get(name)?.position ?? 0n
+      const head = yield* Stream.runHead(store.readAll({ direction: "backward", limit: 1 }))
+      const behind = yield* Stream.runFold(
+        store.readAll({ ...options, after: position }),
+        { count: 0, oldest: undefined as Date | undefined },
+        (acc, event) => ({ count: acc.count + 1, oldest: acc.oldest ?? event.createdAt })
+      )
+      return {
+        name,
+        position,
+        headPosition: Option.match(head, { onNone: () => 0n, onSome: (e) => e.globalPosition }),
+        eventsBehind: behind.count,
+        timeBehindMillis: behind.oldest === undefined ? 0 : Math.max(0, Date.now() - behind.oldest.getTime())
+      }
+    }).pipe(Effect.mapError((cause) => new CheckpointError({ method: "lag", message: cause.message, cause })))
+
+  const reset: Service["reset"] = (name, options) =>
+    Ref.update(ref, (map) => {
+      const current = map.get(name)
+      if (current === undefined && (options?.to ?? 0n) === 0n) return map
+      const now = new Date()
+      return new Map(map).set(name, {
+        name,
+        position: options?.to ?? 0n,
+        eventId: null,
+        eventType: null,
+        eventsProcessed: 0n,
+        lastProcessedAt: null,
+        createdAt: current?.createdAt ?? now,
+        updatedAt: now
+      })
+    })
+
+  const list: Service["list"] = Effect.map(Ref.get(ref), (map) =>
+    [...map.values()].sort((a, b) => a.name.localeCompare(b.name))
+  )
+
+  return make({ name: "memory", save, get, lag, reset, list })
+})
+
+/**
+ * Checkpoints in memory, for tests and prototypes.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory: Layer.Layer<CheckpointStore, never, EventStore> = Layer.effect(CheckpointStore, makeMemory)

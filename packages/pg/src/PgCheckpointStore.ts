@@ -1,0 +1,198 @@
+/**
+ * The `CheckpointStore` on the spec's `projection_checkpoints` table, over the
+ * application's `SqlClient`. Saves are upserts that never move a checkpoint
+ * backwards; a save with `expected` is a compare-and-set. Every statement joins
+ * the caller's transaction, so a projection's writes and its checkpoint commit
+ * together (see `PgProjection`).
+ *
+ * @since 0.1.0
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as CheckpointStore from "@eventfold/core/CheckpointStore"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+
+const Int8 = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
+
+const CheckpointRow = Schema.Struct({
+  projection_name: Schema.String,
+  global_position: Int8,
+  last_event_id: Schema.NullOr(Schema.String),
+  last_event_type: Schema.NullOr(Schema.String),
+  events_processed: Int8,
+  last_processed_at: Schema.NullOr(Schema.DateFromSelf),
+  created_at: Schema.DateFromSelf,
+  updated_at: Schema.DateFromSelf
+})
+const decodeRows = Schema.decodeUnknown(Schema.Array(CheckpointRow))
+
+const LagRow = Schema.Struct({
+  position: Int8,
+  head: Int8,
+  behind: Int8,
+  behind_millis: Schema.NullOr(Schema.Union(Schema.Number, Schema.NumberFromString))
+})
+const decodeLag = Schema.decodeUnknown(Schema.Array(LagRow))
+
+const toCheckpoint = (row: typeof CheckpointRow.Type): CheckpointStore.Checkpoint => ({
+  name: row.projection_name,
+  position: row.global_position,
+  eventId: row.last_event_id,
+  eventType: row.last_event_type,
+  eventsProcessed: row.events_processed,
+  lastProcessedAt: row.last_processed_at,
+  createdAt: row.created_at,
+  updatedAt: row.updated_at
+})
+
+const COLUMNS =
+  "projection_name, global_position, last_event_id, last_event_type, events_processed, last_processed_at, created_at, updated_at"
+
+const fail = (method: string) => (cause: unknown) =>
+  new CheckpointStore.CheckpointError({
+    method,
+    message: `CheckpointStore.${method} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
+    cause
+  })
+
+/**
+ * The store over the `SqlClient` in context.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: Effect.Effect<CheckpointStore.Service, never, SqlClient.SqlClient> = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+
+  const rows = (method: string, query: Effect.Effect<ReadonlyArray<unknown>, unknown>) =>
+    query.pipe(
+      Effect.flatMap(decodeRows),
+      Effect.map((rows) => rows.map(toCheckpoint)),
+      Effect.mapError(fail(method))
+    )
+
+  const current = (name: string) =>
+    rows("save", sql`SELECT ${sql.literal(COLUMNS)} FROM projection_checkpoints WHERE projection_name = ${name}`)
+
+  const save: CheckpointStore.Service["save"] = (name, input) =>
+    Effect.gen(function* () {
+      const eventId = input.eventId ?? null
+      const eventType = input.eventType ?? null
+      const processed = input.processed ?? 0
+      // Moves forward only; with `expected`, only from that position (a missing row is at 0).
+      const guard =
+        input.expected === undefined
+          ? sql`c.global_position < EXCLUDED.global_position`
+          : sql`c.global_position < EXCLUDED.global_position AND c.global_position = ${input.expected}`
+      const written =
+        input.expected !== undefined && input.expected !== 0n
+          ? yield* rows(
+              "save",
+              sql`UPDATE projection_checkpoints AS c
+                     SET global_position = ${input.position},
+                         last_event_id = coalesce(${eventId}::uuid, c.last_event_id),
+                         last_event_type = coalesce(${eventType}::varchar, c.last_event_type),
+                         events_processed = c.events_processed + ${processed},
+                         last_processed_at = now(), updated_at = now()
+                   WHERE c.projection_name = ${name} AND c.global_position = ${input.expected}
+                     AND c.global_position < ${input.position}
+               RETURNING ${sql.literal(COLUMNS)}`
+            )
+          : yield* rows(
+              "save",
+              sql`INSERT INTO projection_checkpoints AS c
+                         (projection_name, global_position, last_event_id, last_event_type, events_processed, last_processed_at)
+                  VALUES (${name}, ${input.position}, ${eventId}::uuid, ${eventType}, ${processed}, now())
+                  ON CONFLICT (projection_name) DO UPDATE
+                     SET global_position = EXCLUDED.global_position,
+                         last_event_id = coalesce(EXCLUDED.last_event_id, c.last_event_id),
+                         last_event_type = coalesce(EXCLUDED.last_event_type, c.last_event_type),
+                         events_processed = c.events_processed + EXCLUDED.events_processed,
+                         last_processed_at = now(), updated_at = now()
+                   WHERE ${guard}
+               RETURNING ${sql.literal(COLUMNS)}`
+            )
+      if (written[0] !== undefined) return written[0]
+      // Nothing written: the stored position is at or ahead of this one, or not the expected one.
+      const stored = (yield* current(name))[0]
+      const actual = stored?.position ?? 0n
+      if (input.expected !== undefined && actual !== input.expected) {
+        return yield* new CheckpointStore.CheckpointConflictError({ name, expected: input.expected, actual })
+      }
+      if (stored === undefined) {
+        // Only reachable with position 0 and no row: record the checkpoint at 0.
+        return (yield* rows(
+          "save",
+          sql`INSERT INTO projection_checkpoints (projection_name, global_position) VALUES (${name}, 0)
+              ON CONFLICT (projection_name) DO UPDATE SET updated_at = projection_checkpoints.updated_at
+              RETURNING ${sql.literal(COLUMNS)}`
+        ))[0]!
+      }
+      return stored
+    })
+
+  const get: CheckpointStore.Service["get"] = (name) =>
+    Effect.map(
+      rows("get", sql`SELECT ${sql.literal(COLUMNS)} FROM projection_checkpoints WHERE projection_name = ${name}`),
+      (found) => Option.fromNullable(found[0])
+    )
+
+  const lag: CheckpointStore.Service["lag"] = (name, options) => {
+    const filters = [
+      ...(options?.tenantId === undefined ? [] : [sql`tenant_id = ${options.tenantId.toLowerCase()}::uuid`]),
+      ...(options?.aggregateTypes === undefined ? [] : [sql.in("aggregate_type", options.aggregateTypes)]),
+      ...(options?.eventTypes === undefined ? [] : [sql.in("event_type", options.eventTypes)])
+    ]
+    return sql`
+      WITH checkpoint AS (
+        SELECT coalesce((SELECT global_position FROM projection_checkpoints WHERE projection_name = ${name}), 0) AS position
+      ), behind AS (
+        SELECT global_position, created_at FROM events, checkpoint
+         WHERE ${sql.and([sql`global_position > checkpoint.position`, ...filters])}
+      )
+      SELECT checkpoint.position,
+             (SELECT coalesce(max(global_position), 0) FROM events) AS head,
+             (SELECT count(*) FROM behind) AS behind,
+             (SELECT (extract(epoch FROM now() - created_at) * 1000)::float8
+                FROM behind ORDER BY global_position LIMIT 1) AS behind_millis
+        FROM checkpoint`.pipe(
+      Effect.flatMap(decodeLag),
+      Effect.map(([row]) => ({
+        name,
+        position: row?.position ?? 0n,
+        headPosition: row?.head ?? 0n,
+        eventsBehind: Number(row?.behind ?? 0n),
+        timeBehindMillis: Math.max(0, row?.behind_millis ?? 0)
+      })),
+      Effect.mapError(fail("lag"))
+    )
+  }
+
+  const reset: CheckpointStore.Service["reset"] = (name, options) =>
+    sql`INSERT INTO projection_checkpoints (projection_name, global_position)
+        VALUES (${name}, ${options?.to ?? 0n})
+        ON CONFLICT (projection_name) DO UPDATE
+           SET global_position = EXCLUDED.global_position, last_event_id = NULL, last_event_type = NULL,
+               events_processed = 0, last_processed_at = NULL, updated_at = now()`.pipe(
+      Effect.asVoid,
+      Effect.mapError(fail("reset"))
+    )
+
+  const list: CheckpointStore.Service["list"] = rows(
+    "list",
+    sql`SELECT ${sql.literal(COLUMNS)} FROM projection_checkpoints ORDER BY projection_name`
+  )
+
+  return CheckpointStore.make({ name: "postgresql", save, get, lag, reset, list })
+})
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<CheckpointStore.CheckpointStore, never, SqlClient.SqlClient> = Layer.effect(
+  CheckpointStore.CheckpointStore,
+  make
+)

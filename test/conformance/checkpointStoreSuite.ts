@@ -1,0 +1,211 @@
+/**
+ * The CheckpointStore contract (DESIGN §2), run against every backend: save with
+ * event id and type, get, list, lag, reset; a checkpoint never moves backwards; a
+ * conditional save is a compare-and-set.
+ */
+
+import { assert, describe, layer } from "@effect/vitest"
+import { CheckpointStore, type EventStore, ExpectedVersion } from "@eventfold/core"
+import * as Arr from "effect/Array"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as FastCheck from "effect/FastCheck"
+import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { Backend } from "../support/projectionHarness.js"
+import { NoteWritten, registry } from "./subscriptionSuite.js"
+
+const uuid = () => crypto.randomUUID()
+const name = (prefix = "cp") => `${prefix}-${uuid()}`
+const note = (text: string): EventStore.EventToAppend => ({ event: NoteWritten.make({ text }) })
+
+export const suite = (label: string, backend: Layer.Layer<Backend>) =>
+  layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(
+    `CheckpointStore conformance: ${label}`,
+    (it) => {
+      const withServices = <A, E>(
+        f: (checkpoints: CheckpointStore.Service, store: EventStore.Service) => Effect.Effect<A, E>
+      ) =>
+        Effect.flatMap(Backend, (b) =>
+          Effect.gen(function* () {
+            const checkpoints = yield* CheckpointStore.CheckpointStore
+            const store = yield* b.store(registry)
+            return yield* f(checkpoints, store)
+          }).pipe(Effect.provide(b.services(registry)))
+        )
+
+      describe("save, get, list", () => {
+        it.effect("saves a position with its event, counts processed events, and reads it back", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name()
+              assert.isTrue(Option.isNone(yield* checkpoints.get(n)))
+              const eventId = uuid()
+              const first = yield* checkpoints.save(n, {
+                position: 10n,
+                eventId,
+                eventType: "OrderCreated",
+                processed: 4
+              })
+              assert.strictEqual(first.position, 10n)
+              assert.strictEqual(first.eventId, eventId)
+              assert.strictEqual(first.eventType, "OrderCreated")
+              assert.strictEqual(first.eventsProcessed, 4n)
+              assert.instanceOf(first.lastProcessedAt, Date)
+              const second = yield* checkpoints.save(n, { position: 12n, processed: 2 })
+              // A save without an event keeps the last one named.
+              assert.deepInclude(second, { position: 12n, eventId, eventType: "OrderCreated", eventsProcessed: 6n })
+              const got = yield* checkpoints.get(n)
+              assert.isTrue(Option.isSome(got))
+              assert.deepInclude(Option.getOrThrow(got), { name: n, position: 12n, eventsProcessed: 6n })
+              const listed = (yield* checkpoints.list).find((c) => c.name === n)
+              assert.strictEqual(listed?.position, 12n)
+            })
+          )
+        )
+
+        it.effect("never moves backwards", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name()
+              yield* checkpoints.save(n, { position: 100n, eventType: "A" })
+              const back = yield* checkpoints.save(n, { position: 40n, eventType: "B", processed: 3 })
+              assert.deepInclude(back, { position: 100n, eventType: "A", eventsProcessed: 0n })
+              const same = yield* checkpoints.save(n, { position: 100n, processed: 1 })
+              assert.strictEqual(same.position, 100n)
+              assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, 100n)
+            })
+          )
+        )
+
+        it.effect.prop(
+          "concurrent saves leave the greatest position, and every read on the way is monotonic",
+          [FastCheck.array(FastCheck.bigInt({ min: 0n, max: 10_000n }), { minLength: 1, maxLength: 25 })],
+          ([positions]) =>
+            withServices((checkpoints) =>
+              Effect.gen(function* () {
+                const n = name()
+                const seen: Array<readonly [saved: bigint, read: bigint]> = []
+                yield* Effect.all(
+                  positions.map((position) =>
+                    Effect.zipRight(
+                      checkpoints.save(n, { position }),
+                      Effect.flatMap(checkpoints.get(n), (c) =>
+                        Effect.sync(() => seen.push([position, Option.getOrThrow(c).position]))
+                      )
+                    )
+                  ),
+                  { concurrency: 8 }
+                )
+                // biome-ignore lint/complexity/useMathMinMax: bigints
+                const max = positions.reduce((a, b) => (a > b ? a : b))
+                assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, max)
+                // Once a save returned, no later read sees less: the checkpoint never went back.
+                for (const [saved, read] of seen) assert.isTrue(read >= saved && read <= max)
+              })
+            ),
+          { fastCheck: { numRuns: 10 } }
+        )
+      })
+
+      describe("conditional save", () => {
+        it.effect("saves only from the expected position; a missing checkpoint is at 0", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name()
+              const wrong = yield* Effect.flip(checkpoints.save(n, { position: 5n, expected: 3n }))
+              assert.deepInclude(wrong, { _tag: "CheckpointConflictError", name: n, expected: 3n, actual: 0n })
+              assert.isTrue(Option.isNone(yield* checkpoints.get(n)))
+              yield* checkpoints.save(n, { position: 5n, expected: 0n })
+              yield* checkpoints.save(n, { position: 9n, expected: 5n })
+              const stale = yield* Effect.flip(checkpoints.save(n, { position: 12n, expected: 5n }))
+              assert.deepInclude(stale, { _tag: "CheckpointConflictError", expected: 5n, actual: 9n })
+              assert.include(stale.message, "9")
+            })
+          )
+        )
+
+        it.effect("of racing saves from the same position, exactly one wins", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name()
+              yield* checkpoints.save(n, { position: 50n })
+              const results = yield* Effect.all(
+                Arr.makeBy(10, (i) => Effect.either(checkpoints.save(n, { position: 60n + BigInt(i), expected: 50n }))),
+                { concurrency: "unbounded" }
+              )
+              const wins = results.filter(Either.isRight)
+              assert.strictEqual(wins.length, 1)
+              for (const loss of results.filter(Either.isLeft))
+                assert.strictEqual(loss.left._tag, "CheckpointConflictError")
+              assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, wins[0]!.right.position)
+            })
+          )
+        )
+      })
+
+      describe("reset and lag", () => {
+        it.effect("reset moves a checkpoint back (to 0 or a position) and restarts its count", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name()
+              yield* checkpoints.save(n, { position: 70n, eventId: uuid(), eventType: "X", processed: 7 })
+              yield* checkpoints.reset(n)
+              assert.deepInclude(Option.getOrThrow(yield* checkpoints.get(n)), {
+                position: 0n,
+                eventId: null,
+                eventType: null,
+                eventsProcessed: 0n
+              })
+              yield* checkpoints.reset(n, { to: 30n })
+              assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, 30n)
+              // Reset is the one way back; saves go forward from there.
+              assert.strictEqual((yield* checkpoints.save(n, { position: 31n, expected: 30n })).position, 31n)
+            })
+          )
+        )
+
+        it.effect("lag counts the events behind (with filters) and the age of the oldest one", () =>
+          withServices((checkpoints, store) =>
+            Effect.gen(function* () {
+              const n = name()
+              const aggregateType = `Lag${uuid().slice(0, 8)}`
+              const s = { aggregateId: uuid(), aggregateType }
+              const first = yield* store.append(s, [note("1"), note("2"), note("3")], {
+                expectedVersion: ExpectedVersion.noStream
+              })
+              yield* Effect.sleep("50 millis")
+              const last = yield* store.append(s, [note("4"), note("5")], { expectedVersion: ExpectedVersion.exact(3) })
+              const filter = { aggregateTypes: [aggregateType] }
+
+              const fresh = yield* checkpoints.lag(n, filter)
+              assert.deepInclude(fresh, { name: n, position: 0n, eventsBehind: 5 })
+              assert.isTrue(fresh.headPosition >= last.lastPosition)
+              assert.isAtLeast(fresh.timeBehindMillis, 40)
+
+              yield* checkpoints.save(n, { position: first.lastPosition })
+              const partway = yield* checkpoints.lag(n, filter)
+              assert.strictEqual(partway.eventsBehind, 2)
+              assert.isBelow(partway.timeBehindMillis, fresh.timeBehindMillis)
+
+              yield* checkpoints.save(n, { position: last.lastPosition })
+              const caughtUp = yield* checkpoints.lag(n, filter)
+              assert.deepInclude(caughtUp, { eventsBehind: 0, timeBehindMillis: 0, position: last.lastPosition })
+            })
+          )
+        )
+
+        it.effect("rejects an empty or overlong name and a negative position", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              for (const bad of ["", "x".repeat(256)]) {
+                assert.strictEqual((yield* Effect.flip(checkpoints.get(bad)))._tag, "CheckpointError")
+              }
+              const negative = yield* Effect.flip(checkpoints.save(name(), { position: -1n }))
+              assert.strictEqual(negative._tag, "CheckpointError")
+            })
+          )
+        )
+      })
+    }
+  )

@@ -1,0 +1,363 @@
+/**
+ * The Outbox contract (the outbox half of DESIGN §2 and §5), run against every
+ * backend: entries are written with the append, handed out at the head of their
+ * aggregate under a lease, settled, retried, held behind failures, purged.
+ */
+
+import { assert, describe, layer } from "@effect/vitest"
+import { type Errors, type EventStore, ExpectedVersion, type Outbox } from "@eventfold/core"
+import * as Arr from "effect/Array"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import { ItemAdded, NoteWritten } from "./eventStoreSuite.js"
+
+/** One backend's event store and outbox over storage of their own. */
+export interface OutboxBackend {
+  readonly store: (options: { readonly outbox: boolean }) => EventStore.Service
+  readonly outbox: Outbox.Service
+  /** Runs an effect in one database transaction; none for backends without transactions. */
+  readonly transaction: Option.Option<
+    <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<A, E | Errors.EventStoreError>
+  >
+}
+
+export class OutboxHarness extends Context.Tag("test/conformance/OutboxHarness")<
+  OutboxHarness,
+  { readonly fresh: Effect.Effect<OutboxBackend, never, Scope.Scope> }
+>() {}
+
+const uuid = () => crypto.randomUUID()
+const note = (text: string): EventStore.EventToAppend => ({ event: NoteWritten.make({ text }) })
+const notes = (n: number, prefix = "n") => Arr.makeBy(n, (i) => note(`${prefix}${i + 1}`))
+const cart = () => ({ aggregateId: uuid(), aggregateType: "Cart" })
+const lease = Duration.seconds(30)
+const versions = (entries: ReadonlyArray<Outbox.Entry>) =>
+  entries.map((e) => `${e.message.aggregateId.slice(0, 4)}:${e.message.version}`)
+
+export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>) =>
+  layer(harness, { excludeTestServices: true, timeout: "120 seconds" })(`Outbox conformance: ${name}`, (it) => {
+    const fresh = Effect.flatMap(OutboxHarness, (h) => h.fresh)
+
+    describe("writing entries", () => {
+      it.scoped("an append with the outbox enabled writes one entry per event, with its envelope", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          const s = cart()
+          const tenantId = uuid()
+          const eventId = uuid()
+          const timestamp = new Date("2024-05-06T07:08:09.123Z")
+          const result = yield* store({ outbox: true }).append(
+            s,
+            [{ event: ItemAdded.make({ sku: "A-1", quantity: 2, price: 9.99 }), eventId, timestamp }, note("wrap")],
+            { expectedVersion: ExpectedVersion.noStream, tenantId, actorId: "user-7" }
+          )
+          const rows = yield* outbox.list()
+          assert.strictEqual(rows.length, 2)
+          const [first, second] = rows
+          assert.deepInclude(first!.message, {
+            eventId,
+            eventType: "ItemAdded",
+            aggregateId: s.aggregateId,
+            aggregateType: "Cart",
+            version: 1,
+            globalPosition: result.firstPosition,
+            tenantId,
+            actorId: "user-7"
+          })
+          assert.strictEqual(first!.message.timestamp.toISOString(), timestamp.toISOString())
+          assert.deepStrictEqual(JSON.parse(first!.message.payloadJson), { sku: "A-1", quantity: 2, price: 9.99 })
+          assert.deepInclude(first!, { status: "pending", retryCount: 0, lastError: null, publishedAt: null })
+          assert.deepInclude(second!.message, {
+            eventType: "NoteWritten",
+            version: 2,
+            globalPosition: result.lastPosition
+          })
+        })
+      )
+
+      it.scoped("appends with the outbox disabled, and idempotent replays, write no entry", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          yield* store({ outbox: false }).append(cart(), notes(3), { expectedVersion: ExpectedVersion.noStream })
+          assert.strictEqual((yield* outbox.list()).length, 0)
+
+          const s = cart()
+          const events = notes(2).map((e) => ({ ...e, eventId: uuid() }))
+          yield* store({ outbox: true }).append(s, events, { expectedVersion: ExpectedVersion.noStream })
+          yield* store({ outbox: true }).append(s, events, { expectedVersion: ExpectedVersion.noStream })
+          assert.strictEqual((yield* outbox.list()).length, 2)
+        })
+      )
+
+      it.scoped("a rolled-back append leaves no entry", () =>
+        Effect.gen(function* () {
+          const { outbox, store, transaction } = yield* fresh
+          if (Option.isNone(transaction)) return
+          const failure = yield* transaction
+            .value(
+              Effect.zipRight(
+                store({ outbox: true }).append(cart(), notes(2), { expectedVersion: ExpectedVersion.noStream }),
+                Effect.fail("rollback" as const)
+              )
+            )
+            .pipe(Effect.flip)
+          assert.strictEqual(failure, "rollback")
+          assert.strictEqual((yield* outbox.list()).length, 0)
+          assert.strictEqual((yield* outbox.stats).pending, 0)
+        })
+      )
+
+      it.scoped("a committed append signals the wakeups", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          const woken = yield* outbox.wakeups.pipe(Stream.take(1), Stream.runDrain, Effect.fork)
+          // Wait until the listener is in place, then append (again, in case the first came too early).
+          yield* Effect.sleep("200 millis")
+          yield* store({ outbox: true }).append(cart(), notes(1), { expectedVersion: ExpectedVersion.noStream })
+          const done = yield* Fiber.join(woken).pipe(Effect.timeout("5 seconds"), Effect.option)
+          assert.isTrue(Option.isSome(done), "no wakeup within 5 s of a committed append")
+        })
+      )
+    })
+
+    describe("claiming", () => {
+      it.scoped("claims in global order, per aggregate a run of consecutive versions, under a lease", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          const writer = store({ outbox: true })
+          const a = cart()
+          const b = cart()
+          yield* writer.append(a, notes(2), { expectedVersion: ExpectedVersion.noStream })
+          yield* writer.append(b, notes(2), { expectedVersion: ExpectedVersion.noStream })
+          yield* writer.append(a, notes(1), { expectedVersion: ExpectedVersion.exact(2) })
+
+          const first = yield* outbox.claim({ owner: "r1", limit: 3, lease })
+          assert.deepStrictEqual(
+            first.map((e) => [e.message.aggregateId, e.message.version]),
+            [
+              [a.aggregateId, 1],
+              [a.aggregateId, 2],
+              [b.aggregateId, 1]
+            ]
+          )
+          // A's version 3 waits behind r1's lease on 1 and 2; B's version 2 behind its version 1.
+          assert.deepStrictEqual(yield* outbox.claim({ owner: "r2", limit: 10, lease }), [])
+          const stats = yield* outbox.stats
+          assert.deepInclude(stats, { pending: 5, inFlight: 3, published: 0, failed: 0, held: 0 })
+          assert.isTrue(Option.isSome(stats.oldestPendingAge))
+
+          yield* outbox.settle({ owner: "r1", published: first.map((e) => e.id), failed: [], released: [] })
+          const second = yield* outbox.claim({ owner: "r2", limit: 10, lease })
+          assert.deepStrictEqual(
+            second.map((e) => [e.message.aggregateId, e.message.version]),
+            [
+              [b.aggregateId, 2],
+              [a.aggregateId, 3]
+            ]
+          )
+          const published = yield* outbox.list({ status: "published" })
+          assert.strictEqual(published.length, 3)
+          assert.isTrue(published.every((row) => row.publishedAt !== null && row.claimedBy === null))
+        })
+      )
+
+      it.scoped("a released entry, or one whose lease ran out, can be claimed again", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          yield* store({ outbox: true }).append(cart(), notes(2), { expectedVersion: ExpectedVersion.noStream })
+          const first = yield* outbox.claim({ owner: "r1", limit: 10, lease })
+          assert.strictEqual(first.length, 2)
+          assert.strictEqual(yield* outbox.release("r1"), 2)
+          const second = yield* outbox.claim({ owner: "r2", limit: 10, lease: Duration.millis(1) })
+          assert.deepStrictEqual(versions(second), versions(first))
+          yield* Effect.sleep("50 millis")
+          // r2 "crashed": its lease is over.
+          const third = yield* outbox.claim({ owner: "r3", limit: 10, lease })
+          assert.deepStrictEqual(versions(third), versions(first))
+          // r2's late report of a failure no longer touches r3's entries; its ack still counts.
+          yield* outbox.settle({
+            owner: "r2",
+            published: [second[0]!.id],
+            failed: [],
+            released: [{ id: second[1]!.id, error: "late" }]
+          })
+          const rows = yield* outbox.list()
+          assert.deepStrictEqual(
+            rows.map((r) => [r.status, r.claimedBy, r.lastError]),
+            [
+              ["published", null, null],
+              ["pending", "r3", null]
+            ]
+          )
+        })
+      )
+
+      it.scoped("several claimers at once, failing now and then: each version goes out once, in order", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          const writer = store({ outbox: true })
+          const streams = Arr.makeBy(8, () => cart())
+          // Interleaved appends: each stream gets 10 events in 5 appends.
+          for (let round = 0; round < 5; round++) {
+            for (const s of streams) {
+              yield* writer.append(s, notes(2), { expectedVersion: ExpectedVersion.exact(round * 2) })
+            }
+          }
+          const total = 80
+          const published: Array<{ readonly aggregateId: string; readonly version: number }> = []
+          const holders = new Map<string, string>()
+          let failures = 0
+          const worker = (owner: string) =>
+            Effect.gen(function* () {
+              while (published.length < total) {
+                const claimed = yield* outbox.claim({ owner, limit: 4, lease })
+                if (claimed.length === 0) {
+                  yield* Effect.sleep("3 millis")
+                  continue
+                }
+                for (const entry of claimed) {
+                  const holder = holders.get(entry.message.aggregateId)
+                  assert.isUndefined(holder, `${owner} claimed an aggregate ${holder} holds`)
+                }
+                for (const entry of claimed) holders.set(entry.message.aggregateId, owner)
+                yield* Effect.sleep("1 millis")
+                // As a relay does: per aggregate in order; a failure hands back the rest of that aggregate.
+                const settlement = {
+                  owner,
+                  published: [] as Array<string>,
+                  failed: [] as Array<Outbox.Settlement["failed"][number]>,
+                  released: [] as Array<{ id: string }>
+                }
+                const broken = new Set<string>()
+                for (const entry of claimed) {
+                  const aggregate = entry.message.aggregateId
+                  if (broken.has(aggregate)) settlement.released.push({ id: entry.id })
+                  else if (Math.random() < 0.15) {
+                    broken.add(aggregate)
+                    failures++
+                    settlement.failed.push({ id: entry.id, error: "flaky", retryAfter: Duration.millis(2) })
+                  } else {
+                    settlement.published.push(entry.id)
+                    published.push({ aggregateId: aggregate, version: entry.message.version })
+                  }
+                }
+                for (const entry of claimed) holders.delete(entry.message.aggregateId)
+                yield* outbox.settle(settlement)
+              }
+            })
+          yield* Effect.all(
+            Arr.makeBy(4, (i) => worker(`w${i}`)),
+            { concurrency: "unbounded" }
+          ).pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("claimers did not finish") }))
+          assert.strictEqual(published.length, total)
+          assert.isAbove(failures, 0)
+          for (const s of streams) {
+            assert.deepStrictEqual(
+              published.filter((p) => p.aggregateId === s.aggregateId).map((p) => p.version),
+              Arr.makeBy(10, (i) => i + 1)
+            )
+          }
+          assert.deepInclude(yield* outbox.stats, { pending: 0, published: total, failed: 0, inFlight: 0 })
+        })
+      )
+    })
+
+    describe("failures", () => {
+      it.scoped(
+        "a failed attempt is counted, noted and retried after its delay; a spent budget holds the aggregate",
+        () =>
+          Effect.gen(function* () {
+            const { outbox, store } = yield* fresh
+            const writer = store({ outbox: true })
+            const a = cart()
+            const b = cart()
+            yield* writer.append(a, notes(3), { expectedVersion: ExpectedVersion.noStream })
+            yield* writer.append(b, notes(1), { expectedVersion: ExpectedVersion.noStream })
+
+            const first = yield* outbox.claim({ owner: "r1", limit: 10, lease })
+            assert.strictEqual(first.length, 4)
+            const [a1, a2, a3, b1] = first
+            yield* outbox.settle({
+              owner: "r1",
+              published: [b1!.id],
+              failed: [{ id: a1!.id, error: "rejected: too large", retryAfter: Duration.millis(300) }],
+              released: [{ id: a2!.id }, { id: a3!.id }]
+            })
+            let rows = yield* outbox.list({ aggregateId: a.aggregateId })
+            assert.deepStrictEqual(
+              rows.map((r) => [r.status, r.retryCount, r.lastError, r.claimedBy]),
+              [
+                ["pending", 1, "rejected: too large", null],
+                ["pending", 0, null, null],
+                ["pending", 0, null, null]
+              ]
+            )
+            assert.isNotNull(rows[0]!.nextAttemptAt)
+            // Backing off: neither the entry nor the later ones of its aggregate are handed out.
+            assert.deepStrictEqual(yield* outbox.claim({ owner: "r2", limit: 10, lease }), [])
+            yield* Effect.sleep("400 millis")
+            const retry = yield* outbox.claim({ owner: "r2", limit: 10, lease })
+            assert.deepStrictEqual(versions(retry), versions([a1!, a2!, a3!]))
+            assert.strictEqual(retry[0]!.retryCount, 1)
+
+            // Budget spent: failed, and versions 2 and 3 are held.
+            yield* outbox.settle({
+              owner: "r2",
+              published: [],
+              failed: [{ id: a1!.id, error: "rejected again", retryAfter: null }],
+              released: [{ id: a2!.id }, { id: a3!.id }]
+            })
+            assert.deepStrictEqual(yield* outbox.claim({ owner: "r3", limit: 10, lease }), [])
+            assert.deepInclude(yield* outbox.stats, { pending: 2, failed: 1, published: 1, held: 2, inFlight: 0 })
+            rows = yield* outbox.list({ status: "failed" })
+            assert.deepStrictEqual(
+              rows.map((r) => [r.message.eventId, r.retryCount, r.lastError]),
+              [[a1!.message.eventId, 2, "rejected again"]]
+            )
+
+            // Other aggregates go on.
+            const c = cart()
+            yield* writer.append(c, notes(1), { expectedVersion: ExpectedVersion.noStream })
+            const other = yield* outbox.claim({ owner: "r3", limit: 10, lease })
+            assert.deepStrictEqual(
+              other.map((e) => e.message.aggregateId),
+              [c.aggregateId]
+            )
+
+            // retryFailed puts it back with a fresh budget, and the aggregate moves again.
+            assert.strictEqual(yield* outbox.retryFailed({ eventIds: [uuid()] }), 0)
+            assert.strictEqual(yield* outbox.retryFailed(), 1)
+            const again = yield* outbox.claim({ owner: "r4", limit: 10, lease })
+            assert.deepStrictEqual(versions(again), versions([a1!, a2!, a3!]))
+            assert.strictEqual(again[0]!.retryCount, 0)
+            assert.deepInclude(yield* outbox.stats, { failed: 0, held: 0 })
+          })
+      )
+    })
+
+    describe("maintenance", () => {
+      it.scoped("deletePublished removes published entries older than the given age, nothing else", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          yield* store({ outbox: true }).append(cart(), notes(3), { expectedVersion: ExpectedVersion.noStream })
+          const claimed = yield* outbox.claim({ owner: "r1", limit: 2, lease })
+          yield* outbox.settle({ owner: "r1", published: claimed.map((e) => e.id), failed: [], released: [] })
+          assert.strictEqual(yield* outbox.deletePublished("7 days"), 0)
+          yield* Effect.sleep("20 millis")
+          assert.strictEqual(yield* outbox.deletePublished("10 millis"), 2)
+          const rows = yield* outbox.list()
+          assert.deepStrictEqual(
+            rows.map((r) => [r.status, r.message.version]),
+            [["pending", 3]]
+          )
+          assert.deepInclude(yield* outbox.stats, { pending: 1, published: 0 })
+        })
+      )
+    })
+  })

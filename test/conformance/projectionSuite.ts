@@ -1,0 +1,292 @@
+/**
+ * The projection runner, run against every backend: handlers for decoded event
+ * types, checkpoints, retries and the dead-letter queue (continue and stop
+ * policies, retry, resolve), progress on sparse matches, one active runner with
+ * takeover, rebuild with progress.
+ */
+
+import { assert, describe, layer } from "@effect/vitest"
+import { CheckpointStore, DeadLetterQueue, type EventStore, ExpectedVersion, Projection } from "@eventfold/core"
+import * as Arr from "effect/Array"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import { Backend, eventually } from "../support/projectionHarness.js"
+import { ItemAdded, NoteWritten, registry } from "./subscriptionSuite.js"
+
+const uuid = () => crypto.randomUUID()
+const item = (sku: string, quantity = 1): EventStore.EventToAppend => ({ event: ItemAdded.make({ sku, quantity }) })
+const note = (text: string): EventStore.EventToAppend => ({ event: NoteWritten.make({ text }) })
+
+/** Fast settings for tests. */
+export const fast: Projection.RunOptions = {
+  retry: Schedule.recurs(2),
+  progressInterval: "100 millis",
+  takeover: Schedule.spaced("100 millis"),
+  restart: Schedule.spaced("100 millis")
+}
+
+export const suite = (label: string, backend: Layer.Layer<Backend>) =>
+  layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(`Projection runner: ${label}`, (it) => {
+    /** Runs `f` with the runner's services of this backend, in a scope. */
+    const withRunner = <A, E>(
+      f: (store: EventStore.Service) => Effect.Effect<A, E, Projection.Requirements | Scope.Scope>
+    ) =>
+      Effect.flatMap(Backend, (b) =>
+        Effect.gen(function* () {
+          const store = yield* b.store(registry)
+          return yield* f(store)
+        }).pipe(Effect.scoped, Effect.provide(b.services(registry)))
+      )
+
+    /** A projection of quantities per sku, kept in a Ref; `fail` decides which skus fail. */
+    const quantities = (
+      name: string,
+      aggregateType: string,
+      fail: Ref.Ref<(sku: string) => boolean> | undefined = undefined
+    ) =>
+      Effect.gen(function* () {
+        const model = yield* Ref.make(new Map<string, number>())
+        const calls = yield* Ref.make(0)
+        const projection = Projection.make({
+          name,
+          aggregateTypes: [aggregateType],
+          handlers: [
+            Projection.on(ItemAdded, (event) =>
+              Effect.gen(function* () {
+                yield* Ref.update(calls, (n) => n + 1)
+                const failing = fail === undefined ? false : (yield* Ref.get(fail))(event.event.sku)
+                if (failing) return yield* Effect.fail(new Error(`cannot project ${event.event.sku}`))
+                yield* Ref.update(model, (m) =>
+                  new Map(m).set(event.event.sku, (m.get(event.event.sku) ?? 0) + event.event.quantity)
+                )
+              })
+            )
+          ],
+          reset: Ref.set(model, new Map())
+        })
+        return { projection, model, calls }
+      })
+
+    describe("running", () => {
+      it.effect("handles decoded events of its types in order, and saves its checkpoint", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Proj${uuid().slice(0, 8)}`
+            const name = `proj-${uuid()}`
+            const { projection, model } = yield* quantities(name, aggregateType)
+            const s = { aggregateId: uuid(), aggregateType }
+            yield* store.append(s, [item("a", 2), note("ignored"), item("b", 1)], {
+              expectedVersion: ExpectedVersion.noStream
+            })
+            const runner = yield* Projection.start(projection, fast)
+            const last = yield* store.append(s, [item("a", 3)], { expectedVersion: ExpectedVersion.exact(3) })
+            yield* eventually(Ref.get(model), (m) => m.get("a") === 5)
+            assert.deepStrictEqual([...(yield* Ref.get(model))].sort(), [
+              ["a", 5],
+              ["b", 1]
+            ])
+            const checkpoints = yield* CheckpointStore.CheckpointStore
+            const checkpoint = yield* eventually(checkpoints.get(name), (c) =>
+              Option.exists(c, (c) => c.position >= last.lastPosition)
+            )
+            assert.deepInclude(Option.getOrThrow(checkpoint), { eventType: "ItemAdded", eventsProcessed: 3n })
+            const status = yield* runner.status
+            assert.deepInclude(status, { projection: name, state: "active", handled: 3, deadLettered: 0 })
+            assert.strictEqual(status.position, last.lastPosition)
+          })
+        )
+      )
+
+      it.effect("records progress past events it does not handle", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Sparse${uuid().slice(0, 8)}`
+            const name = `sparse-${uuid()}`
+            const { projection } = yield* quantities(name, aggregateType)
+            const s = { aggregateId: uuid(), aggregateType }
+            yield* store.append(s, [item("only")], { expectedVersion: ExpectedVersion.noStream })
+            const last = yield* store.append(
+              s,
+              Arr.makeBy(30, (i) => note(`n${i}`)),
+              {
+                expectedVersion: ExpectedVersion.exact(1)
+              }
+            )
+            yield* Projection.start(projection, fast)
+            const checkpoints = yield* CheckpointStore.CheckpointStore
+            yield* eventually(checkpoints.get(name), (c) => Option.exists(c, (c) => c.position >= last.lastPosition))
+          })
+        )
+      )
+    })
+
+    describe("dead letters", () => {
+      it.effect(
+        "after its retries an event is dead-lettered with its position; the runner goes on; retry and resolve",
+        () =>
+          withRunner((store) =>
+            Effect.gen(function* () {
+              const aggregateType = `Dlq${uuid().slice(0, 8)}`
+              const name = `dlq-${uuid()}`
+              const fail = yield* Ref.make<(sku: string) => boolean>((sku) => sku.startsWith("bad"))
+              const { projection, model, calls } = yield* quantities(name, aggregateType, fail)
+              const s = { aggregateId: uuid(), aggregateType }
+              const appended = yield* store.append(s, [item("ok1"), item("bad1", 4), item("ok2"), item("bad2")], {
+                expectedVersion: ExpectedVersion.noStream
+              })
+              const runner = yield* Projection.start(projection, fast)
+              yield* eventually(Ref.get(model), (m) => m.has("ok2"))
+              const deadLetters = yield* DeadLetterQueue.DeadLetterQueue
+              const letters = yield* eventually(deadLetters.list({ projection: name }), (l) => l.length === 2)
+              const [first, second] = letters
+              assert.deepInclude(first!, {
+                projection: name,
+                eventType: "ItemAdded",
+                status: "failed",
+                retryCount: 3,
+                globalPosition: appended.firstPosition + 1n
+              })
+              assert.include(first!.errorMessage, "cannot project bad1")
+              assert.deepInclude(first!.eventData as object, { event_type: "ItemAdded", aggregate_type: aggregateType })
+              assert.deepStrictEqual((first!.eventData as { payload: unknown }).payload, { sku: "bad1", quantity: 4 })
+              // 1 + 2 retries for each bad event, once for each good one.
+              assert.strictEqual(yield* Ref.get(calls), 8)
+              assert.strictEqual((yield* runner.status).deadLettered, 2)
+
+              // A retry that still fails: failed again, with the attempts counted.
+              const again = yield* Projection.retryDeadLetter(projection, first!.id, fast)
+              assert.deepInclude(again, { status: "failed", retryCount: 6 })
+              // Fixed: the retry runs the handler and resolves the dead letter.
+              yield* Ref.set(fail, () => false)
+              const fixed = yield* Projection.retryDeadLetter(projection, first!.id, fast)
+              assert.deepInclude(fixed, { status: "resolved", resolvedBy: "retry" })
+              assert.strictEqual((yield* Ref.get(model)).get("bad1"), 4)
+              // Resolved by hand, without running the handler.
+              const manual = yield* deadLetters.resolve(second!.id, { by: "operator" })
+              assert.deepInclude(manual, { status: "resolved", resolvedBy: "operator" })
+              assert.isFalse((yield* Ref.get(model)).has("bad2"))
+              assert.strictEqual((yield* deadLetters.list({ projection: name, status: "failed" })).length, 0)
+              assert.strictEqual((yield* deadLetters.list({ projection: name, status: "resolved" })).length, 2)
+              const missing = yield* Effect.flip(deadLetters.resolve(123456789n))
+              assert.strictEqual(missing._tag, "DeadLetterNotFoundError")
+            })
+          )
+      )
+
+      it.effect("with onDeadLetter: stop, the runner stops before the event; once fixed it resumes there", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Stop${uuid().slice(0, 8)}`
+            const name = `stop-${uuid()}`
+            const fail = yield* Ref.make<(sku: string) => boolean>((sku) => sku === "poison")
+            const { projection, model } = yield* quantities(name, aggregateType, fail)
+            const s = { aggregateId: uuid(), aggregateType }
+            const appended = yield* store.append(s, [item("a"), item("poison"), item("b")], {
+              expectedVersion: ExpectedVersion.noStream
+            })
+            const runner = yield* Projection.start(projection, { ...fast, onDeadLetter: "stop" })
+            const error = yield* Effect.flip(runner.join)
+            assert.deepInclude(error, {
+              _tag: "ProjectionStoppedError",
+              projection: name,
+              globalPosition: appended.firstPosition + 1n
+            })
+            assert.strictEqual((yield* runner.status).state, "stopped")
+            assert.deepStrictEqual([...(yield* Ref.get(model)).keys()], ["a"])
+            const checkpoints = yield* CheckpointStore.CheckpointStore
+            assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(name)).position, appended.firstPosition)
+            const deadLetters = yield* DeadLetterQueue.DeadLetterQueue
+            assert.strictEqual((yield* deadLetters.list({ projection: name, status: "failed" })).length, 1)
+
+            yield* Ref.set(fail, () => false)
+            yield* Projection.start(projection, { ...fast, onDeadLetter: "stop" })
+            yield* eventually(Ref.get(model), (m) => m.has("b"))
+            assert.deepStrictEqual([...(yield* Ref.get(model)).keys()].sort(), ["a", "b", "poison"])
+            // Handled by the runner at last: its dead letter is resolved.
+            const letters = yield* eventually(deadLetters.list({ projection: name }), (l) =>
+              l.every((d) => d.status === "resolved")
+            )
+            assert.strictEqual(letters[0]!.resolvedBy, "runner")
+          })
+        )
+      )
+    })
+
+    describe("one active runner", () => {
+      it.effect("a second runner waits as a standby and takes over when the first stops", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Ha${uuid().slice(0, 8)}`
+            const name = `ha-${uuid()}`
+            const { projection, model } = yield* quantities(name, aggregateType)
+            const s = { aggregateId: uuid(), aggregateType }
+            yield* store.append(s, [item("x")], { expectedVersion: ExpectedVersion.noStream })
+            const firstFiber = yield* Effect.fork(
+              Effect.scoped(
+                Effect.flatMap(Projection.start(projection, fast), (r) =>
+                  Effect.zipRight(
+                    eventually(r.status, (s) => s.state === "active"),
+                    Effect.never
+                  )
+                )
+              )
+            )
+            yield* eventually(Ref.get(model), (m) => m.get("x") === 1)
+            const second = yield* Projection.start(projection, fast)
+            yield* Effect.sleep("400 millis")
+            assert.strictEqual((yield* second.status).state, "standby")
+            yield* Fiber.interrupt(firstFiber)
+            yield* eventually(second.status, (s) => s.state === "active")
+            yield* store.append(s, [item("x", 2)], { expectedVersion: ExpectedVersion.exact(1) })
+            yield* eventually(Ref.get(model), (m) => m.get("x") === 3)
+          })
+        )
+      )
+    })
+
+    describe("rebuild", () => {
+      it.effect("resets the checkpoint and the read model, replays to the end, reporting progress", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Rebuild${uuid().slice(0, 8)}`
+            const name = `rebuild-${uuid()}`
+            const { projection, model } = yield* quantities(name, aggregateType)
+            const s = { aggregateId: uuid(), aggregateType }
+            yield* store.append(
+              s,
+              Arr.makeBy(50, (i) => item(`sku${i % 5}`, 1)),
+              { expectedVersion: ExpectedVersion.noStream }
+            )
+            yield* Effect.scoped(
+              Effect.gen(function* () {
+                yield* Projection.start(projection, fast)
+                yield* eventually(Ref.get(model), (m) => [...m.values()].reduce((a, b) => a + b, 0) === 50)
+              })
+            )
+            // The read model drifts (e.g. a bug fixed since); a rebuild makes it right again.
+            yield* Ref.set(model, new Map([["drift", 99]]))
+            const reports: Array<Projection.RebuildProgress> = []
+            const done = yield* Projection.rebuild(projection, {
+              ...fast,
+              reportInterval: "50 millis",
+              onProgress: (p) => Effect.sync(() => reports.push(p))
+            })
+            assert.isTrue(done.done)
+            assert.isTrue(done.position >= done.target)
+            assert.strictEqual(done.eventsProcessed, 50n)
+            assert.isTrue(reports.length >= 1)
+            assert.isFalse(reports.slice(0, -1).some((r) => r.done))
+            assert.deepStrictEqual(
+              [...(yield* Ref.get(model))].sort(),
+              Arr.makeBy(5, (i) => [`sku${i}`, 10])
+            )
+          })
+        )
+      )
+    })
+  })

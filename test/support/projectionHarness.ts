@@ -1,0 +1,138 @@
+/**
+ * The backends the subscription, checkpoint and projection suites run against:
+ * memory, and PostgreSQL on a fresh database of the test file's own.
+ */
+
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import type * as PgClient from "@effect/sql-pg/PgClient"
+import { CheckpointStore, DeadLetterQueue, Errors, type EventRegistry, EventStore, Projection } from "@eventfold/core"
+import { PgEventStore, PgMigrations, PgPool, PgProjection } from "@eventfold/pg"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as TestDatabase from "./TestDatabase.js"
+
+const storeError = (cause: unknown) => new Errors.EventStoreError({ method: "test", message: String(cause), cause })
+
+/** What a backend gives the suites. */
+export interface BackendService {
+  readonly name: "memory" | "postgresql"
+  /** A store over the backend's one storage, decoding with `registry`. */
+  readonly store: (registry: EventRegistry.EventRegistry) => Effect.Effect<EventStore.Service>
+  /** Runner services over the same storage, with the store of `registry`. */
+  readonly services: (registry: EventRegistry.EventRegistry) => Layer.Layer<Projection.Requirements>
+  /** Runs an effect in one database transaction; none for memory. */
+  readonly transaction: Option.Option<
+    <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | Errors.EventStoreError, R>
+  >
+  /** A statement of the backend's own in the current transaction (other work before an append). */
+  readonly sideWrite: Option.Option<(value: string) => Effect.Effect<void, Errors.EventStoreError>>
+  /** The database: its URL, a client on the pool, and the pool's layer. */
+  readonly database: Option.Option<{
+    readonly url: string
+    readonly sql: SqlClient.SqlClient
+    readonly pool: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient>
+  }>
+}
+
+export class Backend extends Context.Tag("test/support/projectionHarness/Backend")<Backend, BackendService>() {}
+
+/** Memory: one backend shared by every store, as one database would be. */
+export const memory: Layer.Layer<Backend> = Layer.sync(Backend, (): BackendService => {
+  const backend = EventStore.makeMemoryBackend()
+  // One queue and one runtime (its locks) for the whole file, like one database.
+  const deadLetters = Layer.succeed(DeadLetterQueue.DeadLetterQueue, Effect.runSync(DeadLetterQueue.makeMemory))
+  const runtime = Layer.succeed(Projection.ProjectionRuntime, Projection.makeMemoryRuntime())
+  const checkpoints = new Map<EventRegistry.EventRegistry, CheckpointStore.Service>()
+  return {
+    name: "memory",
+    store: (registry) => Effect.succeed(EventStore.make(backend, registry)),
+    services: (registry) => {
+      const store = EventStore.make(backend, registry)
+      let checkpoint = checkpoints.get(registry)
+      if (checkpoint === undefined) {
+        checkpoint = Effect.runSync(Effect.provideService(CheckpointStore.makeMemory, EventStore.EventStore, store))
+        checkpoints.set(registry, checkpoint)
+      }
+      return Layer.mergeAll(
+        Layer.succeed(EventStore.EventStore, store),
+        Layer.succeed(CheckpointStore.CheckpointStore, checkpoint),
+        deadLetters,
+        runtime
+      )
+    },
+    transaction: Option.none(),
+    sideWrite: Option.none(),
+    database: Option.none()
+  }
+})
+
+/** Fast enough for tests: short polls, stall reports after a second. */
+export const testSubscriptions: NonNullable<PgEventStore.Options["subscriptions"]> = {
+  pollInterval: "200 millis",
+  stallThreshold: "1 second"
+}
+
+/** PostgreSQL on a fresh database, migrated, with a side table for "other work" in transactions. */
+export const postgresql = (options: { readonly poolSize?: number } = {}): Layer.Layer<Backend> =>
+  Layer.scoped(
+    Backend,
+    Effect.gen(function* (): Effect.fn.Return<BackendService, unknown, Scope.Scope> {
+      const url = yield* TestDatabase.fresh
+      const context = yield* Layer.build(
+        PgPool.layer({ url: Redacted.make(url), poolSize: options.poolSize ?? 4, maxOverflow: 16 })
+      )
+      const sql = yield* Effect.provide(SqlClient.SqlClient, context)
+      yield* Effect.provide(PgMigrations.run, context)
+      yield* sql`CREATE TABLE side_effects (value text PRIMARY KEY)`
+      const pool = Layer.succeedContext(context)
+      return {
+        name: "postgresql",
+        store: (registry) =>
+          PgEventStore.make({ registry, pageSize: 100, subscriptions: testSubscriptions }).pipe(
+            Effect.map((store): EventStore.Service => store),
+            Effect.provide(context)
+          ),
+        services: (registry) =>
+          Layer.mergeAll(
+            PgEventStore.layer({ registry, subscriptions: testSubscriptions }),
+            PgProjection.layer({ heartbeat: "200 millis" })
+          ).pipe(Layer.provide(pool)),
+        transaction: Option.some(
+          <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | Errors.EventStoreError, R> =>
+            sql.withTransaction(effect).pipe(
+              Effect.catchIf(
+                (e): e is SqlError => e instanceof SqlError,
+                (e) => Effect.fail(storeError(e))
+              )
+            )
+        ),
+        sideWrite: Option.some((value) =>
+          sql`INSERT INTO side_effects (value) VALUES (${value})`.pipe(Effect.asVoid, Effect.mapError(storeError))
+        ),
+        database: Option.some({ url, sql, pool })
+      }
+    }).pipe(Effect.orDie)
+  )
+
+/** Repeats `effect` until `done` holds, returning the value that satisfied it (or fails after `timeout`). */
+export const eventually = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  done: (a: A) => boolean,
+  options: { readonly every?: `${number} millis`; readonly timeout?: `${number} seconds` } = {}
+) =>
+  effect.pipe(
+    Effect.repeat({
+      schedule: Schedule.identity<A>().pipe(Schedule.zipLeft(Schedule.spaced(options.every ?? "25 millis"))),
+      until: done
+    }),
+    Effect.timeoutFail({
+      duration: options.timeout ?? "20 seconds",
+      onTimeout: () => new Error(`condition not reached within ${options.timeout ?? "20 seconds"}`)
+    })
+  )

@@ -40,9 +40,12 @@ const READ_STREAM = {
           WHERE aggregate_id = $1 AND aggregate_type = $2 ORDER BY version`
 }
 
+// The same envelope Eventfold's readAll hands out (a reader of the log needs ids, stream,
+// version and time besides the payload), so that both sides do the same work.
 const READ_LOG = {
   name: "bench_read_log",
-  text: `SELECT global_position, event_type, payload FROM events
+  text: `SELECT global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id,
+                timestamp, created_at, payload FROM events
           WHERE global_position > $1 ORDER BY global_position LIMIT $2`
 }
 

@@ -8,9 +8,16 @@ import * as Schema from "effect/Schema"
  */
 export const Int8 = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
 
-/** The columns of `events` a stored event is read from, in the order `decodeRows` expects. */
+/**
+ * The columns of `events` a stored event is read from. The two timestamps come as
+ * epoch milliseconds: building a Date from a number costs a fraction of parsing
+ * pg's timestamptz text (the largest share of client time per event read), and a
+ * Date holds milliseconds either way.
+ */
 export const COLUMNS =
-  "global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id, timestamp, created_at, payload"
+  "global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id, " +
+  "(extract(epoch FROM timestamp) * 1000)::float8 AS timestamp_ms, " +
+  "(extract(epoch FROM created_at) * 1000)::float8 AS created_at_ms, payload"
 
 /** A row that does not have the shape of an `events` row. */
 export class MalformedRowError extends Schema.TaggedError<MalformedRowError>()("MalformedRowError", {
@@ -28,8 +35,10 @@ const nullableText = (row: Record<string, unknown>, column: string): string | nu
 
 const date = (row: Record<string, unknown>, column: string): Date => {
   const value = row[column]
-  if (!(value instanceof Date)) throw new MalformedRowError({ message: `events.${column} is not a timestamp` })
-  return value
+  if (typeof value !== "number" || !Number.isFinite(value)) {
+    throw new MalformedRowError({ message: `events.${column} is not a timestamp in epoch milliseconds` })
+  }
+  return new Date(Math.floor(value))
 }
 
 /** An int8 value as pg returns it (a string, or a bigint with a type parser), or undefined. */
@@ -67,9 +76,9 @@ export const decodeRows = (
         version,
         tenantId: nullableText(row, "tenant_id"),
         actorId: nullableText(row, "actor_id"),
-        timestamp: date(row, "timestamp"),
+        timestamp: date(row, "timestamp_ms"),
         globalPosition: position(row.global_position),
-        createdAt: date(row, "created_at"),
+        createdAt: date(row, "created_at_ms"),
         payload: row.payload
       }
     }

@@ -85,24 +85,6 @@ export const isEventOf =
     aggregate.eventTypes.has(event._tag)
 
 /**
- * Folds stored events into a root (used when loading); they are not pending.
- *
- * @since 0.1.0
- * @category combinators
- */
-export const replay = <State, E extends Event.Any>(
-  aggregate: Aggregate<State, E>,
-  root: Root<State, E>,
-  event: E,
-  version: number
-): Root<State, E> => ({
-  ...root,
-  state: aggregate.evolve(root.state, event),
-  version,
-  persistedVersion: version
-})
-
-/**
  * Applies newly decided events: the state evolves and the events become pending.
  *
  * @since 0.1.0

@@ -66,19 +66,35 @@ export const make = <State, E extends Event.Any>(
 
     const load = Effect.fn(Spans.repositoryLoad)(function* (id: string) {
       yield* Effect.annotateCurrentSpan({ [Attributes.aggregateType]: aggregate.type, [Attributes.aggregateId]: id })
-      const root = yield* store.readStream({ aggregateId: id, aggregateType: aggregate.type }).pipe(
-        Stream.runFoldEffect(Aggregate.empty(aggregate, id), (root, recorded) =>
-          isOwnEvent(recorded.event)
-            ? Effect.succeed(Aggregate.replay(aggregate, root, recorded.event, recorded.version))
-            : Effect.fail(
+      // Folded a page at a time with plain loops: one Effect per page, not per event.
+      let state = aggregate.initialState(id)
+      let version = 0
+      yield* store.readStream({ aggregateId: id, aggregateType: aggregate.type }).pipe(
+        Stream.runForEachChunk((chunk) => {
+          for (const recorded of chunk) {
+            if (!isOwnEvent(recorded.event)) {
+              return Effect.fail(
                 new UnknownEventTypeError({
                   eventType: recorded.eventType,
                   eventId: recorded.eventId,
                   globalPosition: recorded.globalPosition
                 })
               )
-        )
+            }
+            state = aggregate.evolve(state, recorded.event)
+            version = recorded.version
+          }
+          return Effect.void
+        })
       )
+      const root: Aggregate.Root<State, E> = {
+        id,
+        type: aggregate.type,
+        state,
+        version,
+        persistedVersion: version,
+        pending: []
+      }
       if (root.version === 0) {
         return yield* new StreamNotFoundError({ aggregateId: id, aggregateType: aggregate.type })
       }

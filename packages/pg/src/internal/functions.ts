@@ -21,11 +21,11 @@ export interface SqlFunction {
  * constraint on (aggregate_id, aggregate_type, version) stays the last line of
  * defence against writers that bypass this function.
  *
- * Every lookup is written for the index it needs whatever the planner knows: the
- * event ids as `= ANY(array)` on events_event_id_key (a join against the JSON
- * document got a sequential scan from the generic plan of a fresh table, making each
- * append O(table)), and the stream's version as a backward scan, LIMIT 1, of the
- * (aggregate_id, aggregate_type, version) index.
+ * Every lookup is written to use its index whatever the planner knew when the
+ * session cached its plan: the event ids as `= ANY(array)` on events_event_id_key,
+ * planned afresh on every call (a generic plan made while the table was new is a
+ * sequential scan, so each append became O(table)), and the stream's version as a
+ * backward scan, LIMIT 1, of the (aggregate_id, aggregate_type, version) index.
  *
  * With p_outbox it writes one event_outbox entry per inserted event (none for an
  * idempotent replay), and a notification on eventfold_outbox, delivered at commit.
@@ -67,14 +67,18 @@ BEGIN
 
   -- Ids already stored: the same events at the same positions are a replay, anything else a duplicate.
   v_ids := ARRAY(SELECT (doc->>'event_id')::UUID FROM jsonb_array_elements(p_events) AS doc);
-  SELECT count(*)::INTEGER,
-         bool_and(e.aggregate_id = p_aggregate_id AND e.aggregate_type = p_aggregate_type),
-         min(e.version - array_position(v_ids, e.event_id)), max(e.version - array_position(v_ids, e.event_id)),
-         min(e.global_position), max(e.global_position), max(e.version),
-         (array_agg(e.event_id ORDER BY array_position(v_ids, e.event_id)))[1]
+  -- EXECUTE (here and for the version below): planned for these values and the table as
+  -- it is now. A cached generic plan made while the table was new is a sequential scan,
+  -- kept as the table grows.
+  EXECUTE 'SELECT count(*)::INTEGER,
+                  bool_and(e.aggregate_id = $2 AND e.aggregate_type = $3),
+                  min(e.version - array_position($1, e.event_id)), max(e.version - array_position($1, e.event_id)),
+                  min(e.global_position), max(e.global_position), max(e.version),
+                  (array_agg(e.event_id ORDER BY array_position($1, e.event_id)))[1]
+             FROM events e
+            WHERE e.event_id = ANY ($1)'
     INTO v_found, v_same_stream, v_base_min, v_base_max, v_first, v_last, v_last_version, v_duplicate
-    FROM events e
-   WHERE e.event_id = ANY (v_ids);
+    USING v_ids, p_aggregate_id, p_aggregate_type;
 
   IF v_found > 0 THEN
     IF v_found = v_count AND v_same_stream AND v_base_min = v_base_max AND (
@@ -90,11 +94,12 @@ BEGIN
     RETURN;
   END IF;
 
-  SELECT e.version INTO v_current
-    FROM events e
-   WHERE e.aggregate_id = p_aggregate_id AND e.aggregate_type = p_aggregate_type
-   ORDER BY e.version DESC
-   LIMIT 1;
+  EXECUTE 'SELECT e.version FROM events e
+            WHERE e.aggregate_id = $1 AND e.aggregate_type = $2
+            ORDER BY e.version DESC
+            LIMIT 1'
+    INTO v_current
+    USING p_aggregate_id, p_aggregate_type;
   v_current := coalesce(v_current, 0);
 
   IF (p_expected = 'no_stream' AND v_current <> 0)

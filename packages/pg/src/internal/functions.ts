@@ -62,14 +62,64 @@ DECLARE
   v_last BIGINT;
   v_last_version INTEGER;
   v_duplicate UUID;
+  v_inserted INTEGER;
+  v_positions BIGINT[];
 BEGIN
   PERFORM pg_advisory_xact_lock(hashtextextended(p_aggregate_type || '/' || p_aggregate_id::text, 0));
 
+  -- EXECUTE (here and for the ids below): planned for these values and the table as it is
+  -- now. A cached generic plan made while the table was new is a sequential scan, kept as
+  -- the table grows.
+  EXECUTE 'SELECT e.version FROM events e
+            WHERE e.aggregate_id = $1 AND e.aggregate_type = $2
+            ORDER BY e.version DESC
+            LIMIT 1'
+    INTO v_current
+    USING p_aggregate_id, p_aggregate_type;
+  v_current := coalesce(v_current, 0);
+
+  IF NOT ((p_expected = 'no_stream' AND v_current <> 0)
+       OR (p_expected = 'stream_exists' AND v_current = 0)
+       OR (p_expected = 'exact' AND v_current <> p_expected_version)) THEN
+    -- The common case: insert, letting the event_id index report ids already stored.
+    WITH inserted AS (
+      INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, tenant_id, actor_id, version, timestamp, payload)
+      SELECT (i.doc->>'event_id')::UUID, p_aggregate_id, p_aggregate_type, i.doc->>'event_type', p_tenant_id, p_actor_id,
+             v_current + i.n::INTEGER, (i.doc->>'timestamp')::TIMESTAMPTZ, i.doc->'payload'
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS i(doc, n)
+       ORDER BY i.n
+      ON CONFLICT (event_id) DO NOTHING
+      RETURNING events.global_position, events.event_id, events.event_type, events.version, events.timestamp, events.payload
+    ), outboxed AS (
+      -- The outbox entries, in the same transaction as the events.
+      INSERT INTO event_outbox (event_id, event_type, aggregate_id, aggregate_type, tenant_id, actor_id, event_data,
+                                global_position, version, occurred_at)
+      SELECT inserted.event_id, inserted.event_type, p_aggregate_id, p_aggregate_type, p_tenant_id, p_actor_id,
+             inserted.payload, inserted.global_position, inserted.version, inserted.timestamp
+        FROM inserted
+       WHERE p_outbox
+    )
+    SELECT count(*)::INTEGER, min(inserted.global_position), max(inserted.global_position),
+           array_agg(inserted.global_position)
+      INTO v_inserted, v_first, v_last, v_positions
+      FROM inserted;
+
+    IF v_inserted = v_count THEN
+      IF p_outbox THEN
+        -- Delivered at commit, so relays never wake for entries they cannot see yet.
+        PERFORM pg_notify('eventfold_outbox', 'append');
+      END IF;
+      RETURN QUERY SELECT 'appended'::TEXT, v_current + v_count, v_first, v_last, NULL::UUID;
+      RETURN;
+    END IF;
+
+    -- Some ids were stored already: take back this call's rows, then tell a replay from a duplicate.
+    DELETE FROM event_outbox o WHERE p_outbox AND o.global_position = ANY (v_positions);
+    DELETE FROM events e WHERE e.global_position = ANY (v_positions);
+  END IF;
+
   -- Ids already stored: the same events at the same positions are a replay, anything else a duplicate.
   v_ids := ARRAY(SELECT (doc->>'event_id')::UUID FROM jsonb_array_elements(p_events) AS doc);
-  -- EXECUTE (here and for the version below): planned for these values and the table as
-  -- it is now. A cached generic plan made while the table was new is a sequential scan,
-  -- kept as the table grows.
   EXECUTE 'SELECT count(*)::INTEGER,
                   bool_and(e.aggregate_id = $2 AND e.aggregate_type = $3),
                   min(e.version - array_position($1, e.event_id)), max(e.version - array_position($1, e.event_id)),
@@ -94,45 +144,7 @@ BEGIN
     RETURN;
   END IF;
 
-  EXECUTE 'SELECT e.version FROM events e
-            WHERE e.aggregate_id = $1 AND e.aggregate_type = $2
-            ORDER BY e.version DESC
-            LIMIT 1'
-    INTO v_current
-    USING p_aggregate_id, p_aggregate_type;
-  v_current := coalesce(v_current, 0);
-
-  IF (p_expected = 'no_stream' AND v_current <> 0)
-  OR (p_expected = 'stream_exists' AND v_current = 0)
-  OR (p_expected = 'exact' AND v_current <> p_expected_version) THEN
-    RETURN QUERY SELECT 'conflict'::TEXT, v_current, NULL::BIGINT, NULL::BIGINT, NULL::UUID;
-    RETURN;
-  END IF;
-
-  RETURN QUERY
-  WITH inserted AS (
-    INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, tenant_id, actor_id, version, timestamp, payload)
-    SELECT (i.doc->>'event_id')::UUID, p_aggregate_id, p_aggregate_type, i.doc->>'event_type', p_tenant_id, p_actor_id,
-           v_current + i.n::INTEGER, (i.doc->>'timestamp')::TIMESTAMPTZ, i.doc->'payload'
-      FROM jsonb_array_elements(p_events) WITH ORDINALITY AS i(doc, n)
-     ORDER BY i.n
-    RETURNING events.global_position, events.event_id, events.event_type, events.version, events.timestamp, events.payload
-  ), outboxed AS (
-    -- The outbox entries, in the same transaction as the events.
-    INSERT INTO event_outbox (event_id, event_type, aggregate_id, aggregate_type, tenant_id, actor_id, event_data,
-                              global_position, version, occurred_at)
-    SELECT inserted.event_id, inserted.event_type, p_aggregate_id, p_aggregate_type, p_tenant_id, p_actor_id,
-           inserted.payload, inserted.global_position, inserted.version, inserted.timestamp
-      FROM inserted
-     WHERE p_outbox
-  )
-  SELECT 'appended'::TEXT, v_current + v_count, min(inserted.global_position), max(inserted.global_position), NULL::UUID
-    FROM inserted;
-
-  IF p_outbox THEN
-    -- Delivered at commit, so relays never wake for entries they cannot see yet.
-    PERFORM pg_notify('eventfold_outbox', 'append');
-  END IF;
+  RETURN QUERY SELECT 'conflict'::TEXT, v_current, NULL::BIGINT, NULL::BIGINT, NULL::UUID;
 END
 $fn$;
 `

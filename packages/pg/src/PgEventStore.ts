@@ -17,7 +17,7 @@
  */
 
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import { SqlError } from "@effect/sql/SqlError"
 import { ConcurrencyError, DuplicateEventError, type EventStoreError } from "@eventfold/core/Errors"
 import type { EventRegistry } from "@eventfold/core/EventRegistry"
 import * as EventStore from "@eventfold/core/EventStore"
@@ -27,8 +27,10 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
+import * as Pg from "pg"
 import * as EventRows from "./internal/eventRows.js"
 import * as PgSubscription from "./internal/pgSubscription.js"
+import { PgPool } from "./PgPool.js"
 
 /**
  * @since 0.1.0
@@ -49,6 +51,31 @@ export interface Options {
 
 /** One constant statement text: no template to compile per append. */
 const APPEND_SQL = "SELECT * FROM eventfold_append($1::uuid, $2, $3, $4::integer, $5::uuid, $6, $7::jsonb, $8::boolean)"
+
+/**
+ * Runs the append as a named prepared statement on a connection of the pool: parsed
+ * once per connection, and without the per-statement work of @effect/sql (a checkout,
+ * a compiled statement and a span per query), which is most of an append's client time.
+ * Failures are SqlErrors, as through @effect/sql, so that one mapping serves both paths.
+ */
+const prepared = (pool: Pg.Pool, values: ReadonlyArray<unknown>) =>
+  Effect.async<ReadonlyArray<Record<string, unknown>>, SqlError>((resume) => {
+    pool.connect((connectError, client, release) => {
+      if (connectError !== undefined || client === undefined) {
+        resume(Effect.fail(new SqlError({ cause: connectError, message: "Failed to acquire connection" })))
+        return
+      }
+      client.query({ name: "eventfold_append", text: APPEND_SQL, values: [...values] }, (error, result) => {
+        // A database error leaves the connection usable; anything else (a dropped socket) does not.
+        release(error !== null && error !== undefined && !(error instanceof Pg.DatabaseError) ? error : undefined)
+        resume(
+          error
+            ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
+            : Effect.succeed(result.rows)
+        )
+      })
+    })
+  })
 
 const expectedArgs = (expected: EventStore.PreparedAppend["expectedVersion"]) => {
   switch (expected._tag) {
@@ -93,23 +120,34 @@ export const makeBackend = (
 ) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
+    // The application's pool, when it was built with PgPool (then it is the one behind `sql`).
+    const pool = yield* Effect.serviceOption(PgPool)
     const pageSize = options.pageSize ?? 1000
     const outbox = options.outbox ?? false
 
     const append: EventStore.Backend["append"] = (input) => {
       const [expected, expectedVersion] = expectedArgs(input.expectedVersion)
       const { aggregateId, aggregateType } = input.stream
-      return sql
-        .unsafe<Record<string, unknown>>(APPEND_SQL, [
-          aggregateId,
-          aggregateType,
-          expected,
-          expectedVersion,
-          input.tenantId,
-          input.actorId,
-          eventsDocument(input.events),
-          outbox
-        ])
+      const values = [
+        aggregateId,
+        aggregateType,
+        expected,
+        expectedVersion,
+        input.tenantId,
+        input.actorId,
+        eventsDocument(input.events),
+        outbox
+      ]
+      // Inside a caller's transaction the statement must run on its connection, through
+      // @effect/sql; otherwise it goes straight to the pool as a prepared statement.
+      return Effect.serviceOption(SqlClient.TransactionConnection)
+        .pipe(
+          Effect.flatMap((transaction) =>
+            Option.isNone(transaction) && Option.isSome(pool)
+              ? prepared(pool.value.pool, values)
+              : sql.unsafe<Record<string, unknown>>(APPEND_SQL, values)
+          )
+        )
         .pipe(
           Effect.flatMap((rows): ReturnType<EventStore.Backend["append"]> => {
             // eventfold_append returns one row; read by hand, as this runs once per append.

@@ -105,6 +105,8 @@ export class PgPool extends Context.Tag("@eventfold/pg/PgPool")<
   {
     readonly stats: Effect.Effect<PoolStats>
     readonly options: Options
+    /** The driver's pool behind `PgClient`, for hot paths that use prepared statements (see PgEventStore). */
+    readonly pool: Pg.Pool
   }
 >() {}
 
@@ -231,7 +233,7 @@ export const layer = (options: Options): Layer.Layer<PgPool | PgClient.PgClient 
           acquire: Effect.succeed(pool),
           applicationName: options.applicationName ?? "eventfold"
         }),
-        Layer.succeed(PgPool, { stats, options })
+        Layer.succeed(PgPool, { stats, options, pool })
       )
     )
   )

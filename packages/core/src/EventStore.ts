@@ -346,8 +346,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
           const stored = message.event
           const result = registry.decode(stored.eventType, stored.payload, stored)
           if (Either.isLeft(result)) return { _tag: "Undecodable", stored, error: result.left }
-          const { payload: _, ...envelope } = stored
-          return { _tag: "Event", event: { ...envelope, event: result.right } }
+          return { _tag: "Event", event: recorded(stored, result.right) }
         })
       )
     ).pipe(Stream.unwrap)

@@ -13,8 +13,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-
-const Int8 = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
+import { Int8 } from "./internal/eventRows.js"
 
 const CheckpointRow = Schema.Struct({
   projection_name: Schema.String,

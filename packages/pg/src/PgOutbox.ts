@@ -36,6 +36,7 @@ import type { ParseError } from "effect/ParseResult"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
+import { Int8 } from "./internal/eventRows.js"
 
 /**
  * The NOTIFY channel `eventfold_append` signals on when it writes outbox entries.
@@ -59,7 +60,6 @@ export interface Options {
 }
 
 const Count = Schema.Union(Schema.Number, Schema.NumberFromString)
-const Position = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
 
 const EntryRow = Schema.Struct({
   id: Schema.String,
@@ -69,7 +69,7 @@ const EntryRow = Schema.Struct({
   aggregate_id: Schema.String,
   aggregate_type: Schema.String,
   version: Schema.Number,
-  global_position: Position,
+  global_position: Int8,
   tenant_id: Schema.NullOr(Schema.String),
   actor_id: Schema.NullOr(Schema.String),
   occurred_at: Schema.DateFromSelf,

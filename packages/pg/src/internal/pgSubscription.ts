@@ -64,6 +64,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import * as Pg from "pg"
+import { Int8 } from "./eventRows.js"
 
 /**
  * How subscriptions watch the log.
@@ -82,9 +83,8 @@ export interface WatchOptions {
 /** The channel appends notify (by the statement trigger of migration 8), at commit. */
 export const channel = "eventfold_events"
 
-const Position = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
 const HorizonRow = Schema.Struct({
-  last_position: Position,
+  last_position: Int8,
   writers: Schema.Array(Schema.String),
   writer_pids: Schema.Array(Schema.Number)
 })

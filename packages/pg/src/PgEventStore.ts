@@ -1,9 +1,10 @@
 /**
  * The PostgreSQL event store, over the application's `SqlClient` pool.
  *
- * - `append` is one round trip whatever the batch size (the `eventfold_append`
- *   function), checks all four expected-version forms atomically, and joins the
- *   caller's transaction when it runs inside `sql.withTransaction`.
+ * - `append` is one INSERT statement whatever the batch size, guarded by the unique
+ *   constraint on versions as plain SQL is (see `internal/appendSql.ts`); it checks
+ *   all four expected-version forms atomically, and joins the caller's transaction,
+ *   under a savepoint, when it runs inside `sql.withTransaction`.
  * - `readStream` and `readAll` read in keyset pages (by version, by global
  *   position): constant memory, no connection held between pages.
  * - `subscribe` never skips an event that commits late with a lower position: it
@@ -21,6 +22,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import { ConcurrencyError, DuplicateEventError, type EventStoreError } from "@eventfold/core/Errors"
 import type { EventRegistry } from "@eventfold/core/EventRegistry"
 import * as EventStore from "@eventfold/core/EventStore"
+import type { ExpectedVersion } from "@eventfold/core/ExpectedVersion"
 import * as Subscription from "@eventfold/core/Subscription"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
@@ -28,6 +30,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as Pg from "pg"
+import * as AppendSql from "./internal/appendSql.js"
 import * as EventRows from "./internal/eventRows.js"
 import * as PgSubscription from "./internal/pgSubscription.js"
 import { PgPool } from "./PgPool.js"
@@ -49,46 +52,55 @@ export interface Options {
   readonly subscriptions?: PgSubscription.WatchOptions
 }
 
-/** One constant statement text: no template to compile per append. */
-const APPEND_SQL = "SELECT * FROM eventfold_append($1::uuid, $2, $3, $4::integer, $5::uuid, $6, $7::jsonb, $8::boolean)"
-
 /**
- * Runs the append as a named prepared statement on a connection of the pool: parsed
- * once per connection, and without the per-statement work of @effect/sql (a checkout,
- * a compiled statement and a span per query), which is most of an append's client time.
+ * Runs a named prepared statement on a connection of the pool: parsed once per
+ * connection, and without the per-statement work of @effect/sql (a checkout, a
+ * compiled statement and a span per query), which is most of an append's client time.
  * Failures are SqlErrors, as through @effect/sql, so that one mapping serves both paths.
  */
-const prepared = (pool: Pg.Pool, values: ReadonlyArray<unknown>) =>
+const prepared = (pool: Pg.Pool, statement: Statement, values: ReadonlyArray<unknown>) =>
   Effect.async<ReadonlyArray<Record<string, unknown>>, SqlError>((resume) => {
     pool.connect((connectError, client, release) => {
       if (connectError !== undefined || client === undefined) {
         resume(Effect.fail(new SqlError({ cause: connectError, message: "Failed to acquire connection" })))
         return
       }
-      client.query({ name: "eventfold_append", text: APPEND_SQL, values: [...values] }, (error, result) => {
-        // A database error leaves the connection usable; anything else (a dropped socket) does not.
-        release(error !== null && error !== undefined && !(error instanceof Pg.DatabaseError) ? error : undefined)
-        resume(
-          error
-            ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
-            : Effect.succeed(result.rows)
-        )
-      })
+      client.query(
+        { name: statement.name, text: statement.text, values: values as Array<unknown> },
+        (error, result) => {
+          // A database error leaves the connection usable; anything else (a dropped socket) does not.
+          release(error !== null && error !== undefined && !(error instanceof Pg.DatabaseError) ? error : undefined)
+          resume(
+            error
+              ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
+              : Effect.succeed(result.rows)
+          )
+        }
+      )
     })
   })
 
-const expectedArgs = (expected: EventStore.PreparedAppend["expectedVersion"]) => {
+interface Statement {
+  readonly name: string
+  readonly text: string
+}
+
+/** Whether a stream at `version` meets the expectation. */
+const satisfies = (expected: ExpectedVersion, version: number): boolean => {
   switch (expected._tag) {
     case "Any":
-      return ["any", null] as const
+      return true
     case "NoStream":
-      return ["no_stream", null] as const
+      return version === 0
     case "StreamExists":
-      return ["stream_exists", null] as const
+      return version > 0
     case "Exact":
-      return ["exact", expected.version] as const
+      return version === expected.version
   }
 }
+
+/** An append that did not go in is explained again after a lost race this many times, then reported. */
+const MAX_RETRIES = 10
 
 /** The batch as one JSON document; payloads are embedded as the JSON text core produced. */
 const eventsDocument = (events: EventStore.PreparedAppend["events"]) =>
@@ -99,10 +111,11 @@ const eventsDocument = (events: EventStore.PreparedAppend["events"]) =>
     )
     .join(",")}]`
 
+const VERSION_CONSTRAINT = "uq_events_aggregate_version"
+const EVENT_ID_CONSTRAINT = "events_event_id_key"
+
 /** The fields of pg's DatabaseError that tell which constraint failed. */
-const pgError = (
-  error: SqlError
-): { readonly code?: unknown; readonly constraint?: unknown; readonly detail?: unknown } =>
+const pgError = (error: SqlError): { readonly code?: unknown; readonly constraint?: unknown } =>
   typeof error.cause === "object" && error.cause !== null ? error.cause : {}
 
 /**
@@ -125,97 +138,118 @@ export const makeBackend = (
     const pageSize = options.pageSize ?? 1000
     const outbox = options.outbox ?? false
 
+    const statements = {
+      expected: AppendSql.appendStatement("expected", outbox),
+      head: AppendSql.appendStatement("head", outbox)
+    }
+
+    // Inside a caller's transaction a statement must run on its connection, through
+    // @effect/sql; otherwise it goes straight to the pool as a prepared statement.
+    const run = (statement: Statement, values: ReadonlyArray<unknown>, transaction: boolean) =>
+      transaction || Option.isNone(pool)
+        ? sql.unsafe<Record<string, unknown>>(statement.text, values)
+        : prepared(pool.value.pool, statement, values)
+
     const append: EventStore.Backend["append"] = (input) => {
-      const [expected, expectedVersion] = expectedArgs(input.expectedVersion)
       const { aggregateId, aggregateType } = input.stream
-      const values = [
+      const expected = input.expectedVersion
+      const count = input.events.length
+      const [statement, expectation] =
+        expected._tag === "Exact"
+          ? [statements.expected, expected.version]
+          : expected._tag === "NoStream"
+            ? [statements.expected, 0]
+            : [statements.head, expected._tag === "StreamExists"]
+      const values: AppendSql.AppendParameters = [
         aggregateId,
         aggregateType,
-        expected,
-        expectedVersion,
         input.tenantId,
         input.actorId,
         eventsDocument(input.events),
-        outbox
+        expectation
       ]
-      // Inside a caller's transaction the statement must run on its connection, through
-      // @effect/sql; otherwise it goes straight to the pool as a prepared statement.
-      return Effect.serviceOption(SqlClient.TransactionConnection)
-        .pipe(
-          Effect.flatMap((transaction) =>
-            Option.isNone(transaction) && Option.isSome(pool)
-              ? prepared(pool.value.pool, values)
-              : sql.unsafe<Record<string, unknown>>(APPEND_SQL, values)
-          )
-        )
-        .pipe(
-          Effect.flatMap((rows): ReturnType<EventStore.Backend["append"]> => {
-            // eventfold_append returns one row; read by hand, as this runs once per append.
+      const failed = (cause: unknown) => Effect.fail(EventStore.storeError("append")(cause))
+
+      /**
+       * The append did not go in (a unique violation, or an expectation the stream did
+       * not meet): an idempotent replay, a duplicate id, a conflict, or a race lost
+       * by a writer whose expectation still holds, which tries again.
+       */
+      const explain = (
+        transaction: boolean,
+        attempt: number
+      ): Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError> =>
+        run(
+          AppendSql.explainStatement,
+          [aggregateId, aggregateType, input.events.map((e) => e.eventId)],
+          transaction
+        ).pipe(
+          Effect.catchAll(failed),
+          Effect.flatMap((rows) => {
             const row = rows[0]
-            const version = row?.stream_version
-            switch (row?.status) {
-              case "appended":
-              case "replayed": {
-                if (typeof version !== "number") break
-                const first = EventRows.int8(row.first_position)
-                const last = EventRows.int8(row.last_position)
-                if (first === undefined || last === undefined) break
-                return Effect.succeed({ version, firstPosition: first, lastPosition: last })
-              }
-              case "conflict":
-                if (typeof version !== "number") break
-                return Effect.fail(
-                  new ConcurrencyError(
-                    { aggregateId, aggregateType, expectedVersion: input.expectedVersion, actualVersion: version },
-                    // The fields are typed and checked already: skip the Schema validation (costly per conflict).
-                    true
-                  )
-                )
-              case "duplicate":
-                return Effect.fail(
-                  new DuplicateEventError({ eventId: String(row.duplicate_event_id), aggregateId, aggregateType }, true)
-                )
+            const current = row?.current_version
+            if (row === undefined || typeof current !== "number" || typeof row.found !== "number") {
+              return failed(new Error(`unexpected explanation of a failed append: ${JSON.stringify(row ?? null)}`))
             }
-            return Effect.fail(
-              EventStore.storeError("append")(new Error(`eventfold_append returned ${JSON.stringify(row ?? null)}`))
-            )
-          }),
-          Effect.catchTags({
-            SqlError: (error): Effect.Effect<never, ConcurrencyError | DuplicateEventError | EventStoreError> => {
-              const { code, constraint, detail } = pgError(error)
-              // Both can only come from writers racing outside eventfold_append's lock
-              // (another id stored concurrently, a caller in REPEATABLE READ).
-              if (code === "23505" && constraint === "uq_events_aggregate_version") {
-                return currentVersion(aggregateId, aggregateType).pipe(
-                  Effect.flatMap((actualVersion) =>
-                    Effect.fail(
-                      new ConcurrencyError({
-                        aggregateId,
-                        aggregateType,
-                        expectedVersion: input.expectedVersion,
-                        actualVersion
-                      })
+            if (row.found === 0) {
+              return satisfies(expected, current) && attempt < MAX_RETRIES
+                ? insert(transaction, attempt + 1)
+                : Effect.fail(
+                    new ConcurrencyError(
+                      { aggregateId, aggregateType, expectedVersion: expected, actualVersion: current },
+                      // The fields are typed and checked already: skip the Schema validation (costly per conflict).
+                      true
                     )
                   )
-                )
-              }
-              if (code === "23505" && constraint === "events_event_id_key") {
-                const eventId = /\(event_id\)=\(([0-9a-f-]+)\)/.exec(String(detail))?.[1] ?? ""
-                return Effect.fail(new DuplicateEventError({ eventId, aggregateId, aggregateType }))
-              }
-              return Effect.fail(EventStore.storeError("append")(error))
             }
+            const first = EventRows.int8(row.first_position)
+            const last = EventRows.int8(row.last_position)
+            const replayed =
+              row.found === count &&
+              row.same_stream === true &&
+              row.base_min === row.base_max &&
+              typeof row.base_min === "number" &&
+              typeof row.last_version === "number" &&
+              satisfies(expected, row.base_min)
+            return replayed && first !== undefined && last !== undefined
+              ? Effect.succeed({ version: row.last_version as number, firstPosition: first, lastPosition: last })
+              : Effect.fail(
+                  new DuplicateEventError({ eventId: String(row.duplicate_event_id), aggregateId, aggregateType }, true)
+                )
           })
         )
-    }
 
-    const currentVersion = (aggregateId: string, aggregateType: string) =>
-      sql<{
-        version: number
-      }>`SELECT coalesce(max(version), 0)::integer AS version FROM events WHERE aggregate_id = ${aggregateId}::uuid AND aggregate_type = ${aggregateType}`.pipe(
-        Effect.map((rows) => rows[0]?.version ?? 0),
-        Effect.mapError(EventStore.storeError("append"))
+      const insert = (
+        transaction: boolean,
+        attempt: number
+      ): Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError> =>
+        // In a caller's transaction a failing statement would abort it: run under a savepoint.
+        (transaction ? sql.withTransaction(run(statement, values, true)) : run(statement, values, false)).pipe(
+          Effect.flatMap((rows) => {
+            const row = rows[0]
+            if (row?.inserted === count) {
+              const first = EventRows.int8(row.first_position)
+              const last = EventRows.int8(row.last_position)
+              if (typeof row.version === "number" && first !== undefined && last !== undefined) {
+                return Effect.succeed({ version: row.version, firstPosition: first, lastPosition: last })
+              }
+            }
+            return row?.inserted === 0
+              ? explain(transaction, attempt)
+              : failed(new Error(`unexpected result of an append: ${JSON.stringify(row ?? null)}`))
+          }),
+          Effect.catchTag("SqlError", (error) => {
+            const { code, constraint } = pgError(error)
+            return code === "23505" && (constraint === VERSION_CONSTRAINT || constraint === EVENT_ID_CONSTRAINT)
+              ? explain(transaction, attempt)
+              : failed(error)
+          })
+        )
+
+      return Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+        insert(Option.isSome(transaction), 1)
       )
+    }
 
     const page = (method: string, query: Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError>) =>
       query.pipe(Effect.flatMap(EventRows.decodeRows), Effect.mapError(EventStore.storeError(method)))

@@ -1,6 +1,6 @@
 /**
  * The PostgreSQL `Outbox`, over the application's `SqlClient` pool and the
- * `event_outbox` table. Entries are written by `eventfold_append` when the store
+ * `event_outbox` table. Entries are written by the append statement when the store
  * is made with `PgEventStore.layer({ outbox: true })`, in the append's
  * transaction, which also sends `NOTIFY eventfold_outbox` at commit.
  *
@@ -39,7 +39,7 @@ import * as Stream from "effect/Stream"
 import { Int8 } from "./internal/eventRows.js"
 
 /**
- * The NOTIFY channel `eventfold_append` signals on when it writes outbox entries.
+ * The NOTIFY channel the append statement signals on when it writes outbox entries.
  *
  * @since 0.1.0
  * @category models

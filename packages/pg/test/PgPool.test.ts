@@ -107,12 +107,17 @@ describe("PgPool", () => {
         const { context, store, url } = yield* pool({ poolSize: 2, maxOverflow: 2, prePing: true, prePingAfterIdle: 0 })
         const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
         const s = stream()
-        // The append waits on the stream's lock held by another session, which we then kill.
+        // The append waits on version 1 of the stream, inserted by another session whose
+        // transaction stays open; we then kill the waiting session.
         const admin = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 1, maxOverflow: 0 }))
         const adminSql = yield* SqlClient.SqlClient.pipe(Effect.provide(admin))
-        const lockHolder = yield* Effect.forkScoped(
+        const rival = yield* Effect.forkScoped(
           adminSql.withTransaction(
-            adminSql`SELECT pg_advisory_xact_lock(hashtextextended(${`Note/${s.aggregateId}`}, 0)), pg_sleep(3)`
+            Effect.zipRight(
+              adminSql`INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
+                       VALUES (gen_random_uuid(), ${s.aggregateId}::uuid, ${s.aggregateType}, 'Noted', 1, now(), '{}')`,
+              adminSql`SELECT pg_sleep(3)`
+            )
           )
         )
         yield* Effect.sleep("200 millis")
@@ -121,10 +126,11 @@ describe("PgPool", () => {
         )
         yield* Effect.sleep("300 millis")
         yield* sql`SELECT pg_terminate_backend(pid) FROM pg_locks
-                 WHERE locktype = 'advisory' AND NOT granted AND pid <> pg_backend_pid()`
+                 WHERE locktype = 'transactionid' AND NOT granted AND pid <> pg_backend_pid()`
         const error = yield* Fiber.join(appending)
         assert.strictEqual(error._tag, "EventStoreError")
-        yield* Fiber.interrupt(lockHolder)
+        // The rival rolls back: its version 1 was never there.
+        yield* Fiber.interrupt(rival)
         // The next append gets a healthy connection.
         assert.strictEqual((yield* store.append(s, note, { expectedVersion: ExpectedVersion.noStream })).version, 1)
         // Every pooled connection killed while idle: pre-ping replaces them unseen.

@@ -128,9 +128,9 @@ CREATE INDEX IF NOT EXISTS idx_snapshots_aggregate_type ON snapshots (aggregate_
   {
     id: 6,
     name: "eventfold_append",
-    // The append function is defined in internal/functions.ts, the one place every SQL
-    // function lives, and applied after the migrations by PgMigrations.run. (Before the
-    // first release this migration created it; the id stays so the sequence is unbroken.)
+    // Before the first release this migration created the append function, later
+    // re-applied on every run and dropped by migration 9; the id stays so the sequence
+    // is unbroken.
     sql: "SELECT 1;"
   },
   {
@@ -140,8 +140,7 @@ CREATE INDEX IF NOT EXISTS idx_snapshots_aggregate_type ON snapshots (aggregate_
     // event's position and version for per-aggregate order, a lease (claimed_by,
     // lease_until) so that no lock is held while publishing, and next_attempt_at for
     // retry backoff. Entries written before this migration get position and version
-    // from their events. (eventfold_append's p_outbox, which writes the entries, is in
-    // internal/functions.ts.)
+    // from their events. (The append writes the entries: internal/appendSql.ts.)
     sql: `
 ALTER TABLE event_outbox
   ADD COLUMN IF NOT EXISTS global_position BIGINT,
@@ -228,6 +227,17 @@ CREATE TRIGGER eventfold_events_notify AFTER INSERT ON events
   FOR EACH STATEMENT EXECUTE FUNCTION eventfold_notify_events();
 ALTER TABLE dead_letter_queue ADD COLUMN IF NOT EXISTS global_position BIGINT;
 CREATE INDEX IF NOT EXISTS idx_dlq_projection_status ON dead_letter_queue (projection_name, status, id);
+`
+  },
+  {
+    id: 9,
+    name: "append_statement",
+    // Appends are one INSERT statement (internal/appendSql.ts) that the unique
+    // constraint on versions guards, as in plain SQL: the plpgsql function that
+    // serialized writers with an advisory lock cost a third of an append.
+    sql: `
+DROP FUNCTION IF EXISTS eventfold_append(UUID, VARCHAR, TEXT, INTEGER, UUID, VARCHAR, JSONB, BOOLEAN);
+DROP FUNCTION IF EXISTS eventfold_append(UUID, VARCHAR, TEXT, INTEGER, UUID, VARCHAR, JSONB);
 `
   }
 ]

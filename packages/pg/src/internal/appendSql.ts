@@ -1,0 +1,113 @@
+/**
+ * The statements of an append: one INSERT per append, whatever the batch size, and
+ * a lookup that explains an append that did not go in.
+ *
+ * Optimistic concurrency is the unique constraint on (aggregate_id, aggregate_type,
+ * version), as in plain SQL: the statement numbers the batch from the version the
+ * caller expects and a writer that lost the race gets a unique violation, the whole
+ * statement rolled back. Nothing else serializes writers, so an append costs what a
+ * plain INSERT of the same rows costs, plus one probe of that index:
+ *
+ * - `exact(n)` with n > 0 inserts only if version n is stored (an index-only probe),
+ *   so an expectation below the stream's start can never leave a gap; versions
+ *   n + 1... are then free or taken, which the constraint decides.
+ * - `noStream` (and `exact(0)`) numbers from 0: version 1 is taken by any stream.
+ * - `any` and `streamExists` number from the stream's last version, read in the same
+ *   statement; two of them racing meet at the constraint and the loser retries.
+ *
+ * Both texts are constants, run as named prepared statements (parsed once per
+ * connection); every lookup in them is an equality or `ANY` on a unique index, so
+ * the generic plan PostgreSQL settles on after five executions is the right one
+ * even when it was made while the table was empty.
+ */
+
+/** Where the batch's versions start. */
+export type Base = "expected" | "head"
+
+/** Parameters, in order, of {@link appendStatement}. */
+export type AppendParameters = readonly [
+  aggregateId: string,
+  aggregateType: string,
+  tenantId: string | null,
+  actorId: string | null,
+  /** The batch as one JSON array of {event_id, event_type, timestamp, payload}. */
+  events: string,
+  /** base "expected": the expected version (0: no stream); base "head": whether the stream must exist. */
+  expected: number | boolean
+]
+
+const COLUMNS = "event_id, aggregate_id, aggregate_type, event_type, tenant_id, actor_id, version, timestamp, payload"
+
+const values = (version: string) =>
+  `(d->>'event_id')::uuid, $1::uuid, $2::varchar, d->>'event_type', $3::uuid, $4::varchar, ${version},
+         (d->>'timestamp')::timestamptz, d->'payload'`
+
+/**
+ * The append. Returns one row: `inserted` (0 when the expectation did not hold),
+ * `version` (the stream's version after it), `first_position` and `last_position`.
+ * With `outbox`, it also writes one `event_outbox` entry per event and notifies
+ * `eventfold_outbox` (delivered at commit).
+ */
+export const appendStatement = (base: Base, outbox: boolean): { readonly name: string; readonly text: string } => {
+  const insert =
+    base === "expected"
+      ? `INSERT INTO events (${COLUMNS})
+  SELECT ${values("$6::int + i.n::int")}
+    FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS i(d, n)
+   WHERE $6::int = 0
+      OR EXISTS (SELECT 1 FROM events e WHERE e.aggregate_id = $1::uuid AND e.aggregate_type = $2::varchar AND e.version = $6::int)
+   ORDER BY i.n`
+      : `INSERT INTO events (${COLUMNS})
+  SELECT ${values("h.version + i.n::int")}
+    FROM (SELECT coalesce((SELECT e.version FROM events e
+                            WHERE e.aggregate_id = $1::uuid AND e.aggregate_type = $2::varchar
+                            ORDER BY e.version DESC LIMIT 1), 0) AS version) AS h,
+         jsonb_array_elements($5::jsonb) WITH ORDINALITY AS i(d, n)
+   WHERE NOT $6::boolean OR h.version > 0
+   ORDER BY i.n`
+  const returning = outbox
+    ? "RETURNING global_position, event_id, event_type, version, timestamp, payload"
+    : "RETURNING global_position, version"
+  const outboxed = outbox
+    ? `, outboxed AS (
+  INSERT INTO event_outbox (event_id, event_type, aggregate_id, aggregate_type, tenant_id, actor_id, event_data,
+                            global_position, version, occurred_at)
+  SELECT inserted.event_id, inserted.event_type, $1::uuid, $2::varchar, $3::uuid, $4::varchar, inserted.payload,
+         inserted.global_position, inserted.version, inserted.timestamp
+    FROM inserted
+)`
+    : ""
+  return {
+    name: `eventfold_append_${base}${outbox ? "_outbox" : ""}`,
+    text: `WITH inserted AS (
+  ${insert}
+  ${returning}
+)${outboxed}
+SELECT count(*)::int AS inserted, max(inserted.version) AS version,
+       min(inserted.global_position) AS first_position, max(inserted.global_position) AS last_position
+  FROM inserted${outbox ? ", (SELECT pg_notify('eventfold_outbox', 'append')) AS notified" : ""}`
+  }
+}
+
+/**
+ * Why an append did not go in, read after it failed: the stream's version now, and
+ * which of the batch's ids are stored already (with where they are, to tell an
+ * idempotent replay from a duplicate). Parameters: aggregate id, aggregate type,
+ * the batch's event ids in order.
+ */
+export const explainStatement = {
+  name: "eventfold_append_explain",
+  text: `SELECT coalesce((SELECT e.version FROM events e
+                     WHERE e.aggregate_id = $1::uuid AND e.aggregate_type = $2::varchar
+                     ORDER BY e.version DESC LIMIT 1), 0) AS current_version,
+       count(*)::int AS found,
+       coalesce(bool_and(e.aggregate_id = $1::uuid AND e.aggregate_type = $2::varchar), false) AS same_stream,
+       min(e.version - array_position($3::uuid[], e.event_id)) AS base_min,
+       max(e.version - array_position($3::uuid[], e.event_id)) AS base_max,
+       max(e.version) AS last_version,
+       min(e.global_position) AS first_position,
+       max(e.global_position) AS last_position,
+       (array_agg(e.event_id::text ORDER BY array_position($3::uuid[], e.event_id)))[1] AS duplicate_event_id
+  FROM events e
+ WHERE e.event_id = ANY ($3::uuid[])`
+} as const

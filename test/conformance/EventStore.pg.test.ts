@@ -22,7 +22,7 @@ const PgHarness = Layer.scoped(
     const client = yield* sql
     return Harness.of({
       store: (registry) =>
-        PgEventStore.make({ registry, pageSize: 100 }).pipe(
+        PgEventStore.make({ registry, pageSize: 100, foldPageSize: 70 }).pipe(
           Effect.map((store): EventStore.Service => store),
           Effect.provide(context)
         ),

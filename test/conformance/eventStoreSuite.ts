@@ -134,6 +134,18 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           const events = yield* collect(store.readStream(s))
           assert.strictEqual(events.length, 1200)
           assert.isTrue(events.every((e, i) => e.version === i + 1))
+          // The envelope-less read for folding: the same events, versions and order.
+          const folded = yield* collect(store.readStreamEvents(s))
+          assert.deepStrictEqual(
+            folded,
+            events.map((e) => ({ version: e.version, event: e.event }))
+          )
+          const tail = yield* collect(store.readStreamEvents(s, { fromVersion: 1101 }))
+          assert.deepStrictEqual(
+            tail.map((e) => e.version),
+            Arr.makeBy(100, (i) => 1101 + i)
+          )
+          assert.strictEqual((yield* collect(store.readStreamEvents(stream()))).length, 0)
         })
       )
     })
@@ -477,6 +489,14 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           assert.strictEqual(decodeError.eventType, "ItemAdded")
           assert.strictEqual(decodeError.globalPosition, written.lastPosition)
           assert.include(decodeError.message, "quantity")
+          // The envelope-less read names the event the same way, after the events before it.
+          const delivered: Array<number> = []
+          const foldError = yield* store.readStreamEvents(bad).pipe(
+            Stream.runForEach((e) => Effect.sync(() => delivered.push(e.version))),
+            Effect.flip
+          )
+          assert.deepStrictEqual(delivered, [1])
+          assert.deepInclude(foldError, { _tag: "EventDecodeError", eventId, globalPosition: written.lastPosition })
 
           // The events before the bad one are delivered, then the error.
           const seen: Array<string> = []
@@ -508,6 +528,8 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           })
           const error = yield* Effect.flip(collect(store.readStream(s)))
           assert.deepInclude(error, { _tag: "UnknownEventTypeError", eventType: "Mystery", eventId })
+          const foldError = yield* Effect.flip(collect(store.readStreamEvents(s)))
+          assert.deepInclude(foldError, { _tag: "UnknownEventTypeError", eventType: "Mystery", eventId })
         })
       )
 

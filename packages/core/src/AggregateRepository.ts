@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import * as Aggregate from "./Aggregate.js"
 import type { AppendError, ReadError } from "./Errors.js"
@@ -64,25 +65,35 @@ export const make = <State, E extends Event.Any>(
     }
     const isOwnEvent = Aggregate.isEventOf(aggregate)
 
+    /** An event of another aggregate's type in this stream, named by id and position (read again: it is rare). */
+    const foreignEvent = (stream: { readonly aggregateId: string; readonly aggregateType: string }, version: number) =>
+      store.readStream(stream, { fromVersion: version, toVersion: version }).pipe(
+        Stream.runHead,
+        Effect.flatMap((recorded) =>
+          Effect.fail(
+            new UnknownEventTypeError(
+              Option.match(recorded, {
+                onNone: () => ({ eventType: "unknown" }),
+                onSome: (r) => ({ eventType: r.eventType, eventId: r.eventId, globalPosition: r.globalPosition })
+              })
+            )
+          )
+        )
+      )
+
     const load = Effect.fn(Spans.repositoryLoad)(function* (id: string) {
       yield* Effect.annotateCurrentSpan({ [Attributes.aggregateType]: aggregate.type, [Attributes.aggregateId]: id })
       // Folded a page at a time with plain loops: one Effect per page, not per event.
+      // Only version, type and payload are read: the envelope is not needed to fold.
+      const stream = { aggregateId: id, aggregateType: aggregate.type }
       let state = aggregate.initialState(id)
       let version = 0
-      yield* store.readStream({ aggregateId: id, aggregateType: aggregate.type }).pipe(
+      yield* store.readStreamEvents(stream).pipe(
         Stream.runForEachChunk((chunk) => {
-          for (const recorded of chunk) {
-            if (!isOwnEvent(recorded.event)) {
-              return Effect.fail(
-                new UnknownEventTypeError({
-                  eventType: recorded.eventType,
-                  eventId: recorded.eventId,
-                  globalPosition: recorded.globalPosition
-                })
-              )
-            }
-            state = aggregate.evolve(state, recorded.event)
-            version = recorded.version
+          for (const stored of chunk) {
+            if (!isOwnEvent(stored.event)) return foreignEvent(stream, stored.version)
+            state = aggregate.evolve(state, stored.event)
+            version = stored.version
           }
           return Effect.void
         })

@@ -114,6 +114,30 @@ export interface StoredEvent extends Omit<RecordedEvent, "event"> {
 }
 
 /**
+ * An event of a stream without its envelope: what folding it into a state needs.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StreamEvent<E extends Event.Any = Event.Any> {
+  readonly version: number
+  readonly event: E
+}
+
+/**
+ * A stored event of a stream before decoding, without its envelope: what a backend
+ * returns for {@link Service.readStreamEvents}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface StoredStreamEvent {
+  readonly version: number
+  readonly eventType: string
+  readonly payload: unknown
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -197,6 +221,11 @@ export interface Backend {
     stream: StreamId,
     options: Required<Pick<ReadStreamOptions, "direction" | "fromVersion">> & Pick<ReadStreamOptions, "toVersion">
   ) => Stream.Stream<StoredEvent, EventStoreError>
+  /** A stream forward from `fromVersion`, with version, type and payload only (the envelope is not read). */
+  readonly readStreamEvents: (
+    stream: StreamId,
+    fromVersion: number
+  ) => Stream.Stream<StoredStreamEvent, EventStoreError>
   readonly readAll: (
     options: ReadAllOptions & { readonly direction: Direction }
   ) => Stream.Stream<StoredEvent, EventStoreError>
@@ -219,6 +248,15 @@ export interface Service {
   ) => Effect.Effect<AppendResult, AppendError>
   /** The events of one stream in version order, decoded. */
   readonly readStream: (stream: StreamId, options?: ReadStreamOptions) => Stream.Stream<RecordedEvent, ReadError>
+  /**
+   * The events of one stream in version order, decoded, without their envelope: the
+   * cheapest read for folding a stream into a state (aggregates). Failures name the
+   * event as {@link Service.readStream}'s do.
+   */
+  readonly readStreamEvents: (
+    stream: StreamId,
+    options?: { readonly fromVersion?: number }
+  ) => Stream.Stream<StreamEvent, ReadError>
   /** The global log in position order, filtered, decoded, read in pages. */
   readonly readAll: (options?: ReadAllOptions) => Stream.Stream<RecordedEvent, ReadError>
   /**
@@ -320,6 +358,59 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       })
     )
 
+  /**
+   * Decodes a page of envelope-less events. A payload that does not decode is
+   * explained from its full row (the id and position its error names), read then:
+   * failures are rare, and the hot path reads only what folding needs.
+   */
+  const decodeStreamChunk =
+    (stream: StreamId) =>
+    (chunk: Chunk.Chunk<StoredStreamEvent>): Stream.Stream<StreamEvent, ReadError> => {
+      const decoded = new Array<StreamEvent>(chunk.length)
+      let i = 0
+      for (const stored of chunk) {
+        const result = registry.decode(stored.eventType, stored.payload, unnamed)
+        if (Either.isLeft(result)) {
+          const failure = backend
+            .readStream(stream, { direction: "forward", fromVersion: stored.version, toVersion: stored.version })
+            .pipe(
+              Stream.runHead,
+              Effect.flatMap((full): Effect.Effect<never, ReadError> => {
+                if (full._tag === "None") return Effect.fail(result.left)
+                const named = registry.decode(full.value.eventType, full.value.payload, full.value)
+                return Effect.fail(Either.isLeft(named) ? named.left : result.left)
+              })
+            )
+          return Stream.concat(Stream.fromIterable(decoded.slice(0, i)), Stream.fromEffect(failure))
+        }
+        decoded[i++] = { version: stored.version, event: result.right }
+      }
+      return Stream.fromChunk(Chunk.unsafeFromArray(decoded))
+    }
+
+  const readStreamEvents = (stream: StreamId, options?: { readonly fromVersion?: number }) =>
+    Effect.gen(function* () {
+      yield* validate.stream(stream)
+      const fromVersion = options?.fromVersion ?? 1
+      if (!Number.isSafeInteger(fromVersion)) {
+        return yield* new InvalidEventError({ reason: "fromVersion must be an integer" })
+      }
+      const normalized = { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType }
+      return backend
+        .readStreamEvents(normalized, fromVersion)
+        .pipe(Stream.chunks, Stream.flatMap(decodeStreamChunk(normalized)))
+    }).pipe(
+      Stream.unwrap,
+      Stream.withSpan(Spans.readStream, {
+        attributes: {
+          [Attributes.backend]: backend.name,
+          [Attributes.aggregateType]: stream.aggregateType,
+          [Attributes.aggregateId]: stream.aggregateId,
+          [Attributes.fromVersion]: options?.fromVersion ?? 1
+        }
+      })
+    )
+
   const readAll = (options?: ReadAllOptions) =>
     Effect.gen(function* () {
       const normalized = yield* validate.readAllOptions(options ?? {})
@@ -367,8 +458,11 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       })
     )
 
-  return EventStore.of({ append, readStream, readAll, subscribe, subscribeMessages, registry })
+  return EventStore.of({ append, readStream, readStreamEvents, readAll, subscribe, subscribeMessages, registry })
 }
+
+/** Errors of envelope-less reads are named after re-reading the event's row. */
+const unnamed = { eventId: "", globalPosition: 0n }
 
 /** The envelope of a stored event with its decoded event (built field by field: this runs per event read). */
 const recorded = (stored: StoredEvent, event: Event.Any): RecordedEvent => ({

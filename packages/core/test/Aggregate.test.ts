@@ -116,12 +116,21 @@ describe("Aggregate and AggregateRepository", () => {
       const Stray = Event.make("Stray", { x: Schema.Number })
       const store = yield* EventStore.EventStore
       const id = crypto.randomUUID()
-      yield* store.append({ aggregateId: id, aggregateType: "Order" }, [{ event: Stray.make({ x: 1 }) }], {
-        expectedVersion: ExpectedVersion.noStream
-      })
+      const eventId = crypto.randomUUID()
+      const written = yield* store.append(
+        { aggregateId: id, aggregateType: "Order" },
+        [{ event: Stray.make({ x: 1 }), eventId }],
+        { expectedVersion: ExpectedVersion.noStream }
+      )
       const repo = yield* AggregateRepository.make(Order)
       const error = yield* Effect.flip(repo.load(id))
-      assert.deepInclude(error, { _tag: "UnknownEventTypeError", eventType: "Stray" })
+      // Named by id and position, although loading reads neither.
+      assert.deepInclude(error, {
+        _tag: "UnknownEventTypeError",
+        eventType: "Stray",
+        eventId,
+        globalPosition: written.firstPosition
+      })
     }).pipe(
       Effect.provide(
         EventStore.layerMemory({

@@ -44,6 +44,11 @@ export interface Options {
   /** Rows per page for reads; default 1,000. */
   readonly pageSize?: number
   /**
+   * Rows per page when a stream is read to be folded (`readStreamEvents`, aggregate
+   * loads): only version, type and payload, so pages can be larger. Default 10,000.
+   */
+  readonly foldPageSize?: number
+  /**
    * Writes an `event_outbox` entry for every appended event, in the append's
    * transaction, for the outbox relay (`PgOutbox`, `OutboxRelay`). Default false.
    */
@@ -83,6 +88,14 @@ const prepared = (pool: Pg.Pool, statement: Statement, values: ReadonlyArray<unk
 interface Statement {
   readonly name: string
   readonly text: string
+}
+
+/** A page of a stream for folding: the narrow columns, by the (aggregate_id, aggregate_type, version) index. */
+const READ_STREAM_EVENTS: Statement = {
+  name: "eventfold_read_stream_events",
+  text: `SELECT version, event_type, payload FROM events
+          WHERE aggregate_id = $1::uuid AND aggregate_type = $2::varchar AND version >= $3::int
+          ORDER BY version LIMIT $4::int`
 }
 
 /** Whether a stream at `version` meets the expectation. */
@@ -127,6 +140,7 @@ const pgError = (error: SqlError): { readonly code?: unknown; readonly constrain
 export const makeBackend = (
   options: {
     readonly pageSize?: number
+    readonly foldPageSize?: number
     readonly outbox?: boolean
     readonly subscriptions?: PgSubscription.WatchOptions
   } = {}
@@ -136,6 +150,7 @@ export const makeBackend = (
     // The application's pool, when it was built with PgPool (then it is the one behind `sql`).
     const pool = yield* Effect.serviceOption(PgPool)
     const pageSize = options.pageSize ?? 1000
+    const foldPageSize = options.foldPageSize ?? 10_000
     const outbox = options.outbox ?? false
 
     const statements = {
@@ -283,6 +298,28 @@ export const makeBackend = (
       )
     }
 
+    const readStreamEvents: EventStore.Backend["readStreamEvents"] = (stream, fromVersion) =>
+      Stream.paginateChunkEffect(fromVersion, (cursor) =>
+        Effect.serviceOption(SqlClient.TransactionConnection).pipe(
+          Effect.flatMap((transaction) =>
+            run(
+              READ_STREAM_EVENTS,
+              [stream.aggregateId, stream.aggregateType, cursor, foldPageSize],
+              Option.isSome(transaction)
+            )
+          ),
+          Effect.flatMap(EventRows.decodeStreamRows),
+          Effect.mapError(EventStore.storeError("readStreamEvents")),
+          Effect.map((events) => {
+            const last = events[events.length - 1]
+            return [
+              Chunk.unsafeFromArray(events),
+              events.length < foldPageSize || last === undefined ? Option.none() : Option.some(last.version + 1)
+            ] as const
+          })
+        )
+      )
+
     const readAll: EventStore.Backend["readAll"] = (options) => {
       const forward = options.direction === "forward"
       const limit = options.limit ?? Number.POSITIVE_INFINITY
@@ -346,7 +383,7 @@ export const makeBackend = (
       )
     }
 
-    return { name: "postgresql", append, readStream, readAll, subscribe } satisfies EventStore.Backend
+    return { name: "postgresql", append, readStream, readStreamEvents, readAll, subscribe } satisfies EventStore.Backend
   })
 
 /**

@@ -90,6 +90,9 @@ export const make = (): Backend => {
       return Stream.fromIterable(selected).pipe(Stream.rechunk(PAGE))
     })
 
+  const readStreamEvents: Backend["readStreamEvents"] = (stream, fromVersion) =>
+    readStream(stream, { direction: "forward", fromVersion })
+
   const readAll: Backend["readAll"] = (options) =>
     Stream.suspend(() => {
       const matches = matcher(options)
@@ -155,7 +158,7 @@ export const make = (): Backend => {
     )
   }
 
-  return { name: "memory", append, readStream, readAll, subscribe }
+  return { name: "memory", append, readStream, readStreamEvents, readAll, subscribe }
 }
 
 /**

@@ -88,3 +88,21 @@ export const decodeRows = (
   }
   return Either.right(events)
 }
+
+/** Decodes `events` rows selected as (version, event_type, payload) for folding. */
+export const decodeStreamRows = (
+  rows: ReadonlyArray<Record<string, unknown>>
+): Either.Either<Array<EventStore.StoredStreamEvent>, MalformedRowError> => {
+  const events = new Array<EventStore.StoredStreamEvent>(rows.length)
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i]!
+    const version = row.version
+    const eventType = row.event_type
+    if (typeof version !== "number")
+      return Either.left(new MalformedRowError({ message: "events.version is not an integer" }))
+    if (typeof eventType !== "string")
+      return Either.left(new MalformedRowError({ message: "events.event_type is not text" }))
+    events[i] = { version, eventType, payload: row.payload }
+  }
+  return Either.right(events)
+}

@@ -22,7 +22,7 @@ import { AGGREGATE_TYPE, EVENT_TYPE, emptyTotals, fold, payload } from "./payloa
 import type { Measurement, RunContext, Runner } from "./protocol.js"
 import { Latencies } from "./stats.js"
 
-const OrderItemAdded = Event.make(EVENT_TYPE, {
+export const OrderItemAdded = Event.make(EVENT_TYPE, {
   order_id: Schema.String,
   customer_id: Schema.String,
   sku: Schema.String,
@@ -32,7 +32,7 @@ const OrderItemAdded = Event.make(EVENT_TYPE, {
   note: Schema.String
 })
 
-const registry = EventRegistry.make(OrderItemAdded)
+export const registry = EventRegistry.make(OrderItemAdded)
 
 const Order = Aggregate.make({
   type: AGGREGATE_TYPE,
@@ -277,4 +277,14 @@ const W6: Runner = (context) => {
   )
 }
 
-export const runners: Readonly<Record<string, Runner>> = { W1, W2, W3, W4, W5, W6 }
+export const runners: Readonly<Record<string, Runner>> = {
+  W1,
+  W2,
+  W3,
+  W4,
+  W5,
+  W6,
+  // Loaded when they run, so that the other workloads' processes stay as they were.
+  W7: (context) => import("./subscriberEventfold.js").then((m) => m.run(context)),
+  W8: (context) => import("./outboxEventfold.js").then((m) => m.run(context))
+}

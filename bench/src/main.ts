@@ -306,7 +306,7 @@ const runOne = (
       context: { url, params, seed },
       ...(profile === undefined ? {} : { profile })
     })
-    const problems = yield* withClient(url, (client) => workload.verify(client, params, result, seed))
+    const problems = yield* withClient(url, (client) => workload.verify(client, params, result, seed, side))
     return { workload: workload.id, side, repeat, result, problems } satisfies RunRecord
   }).pipe(
     Effect.scoped,
@@ -406,6 +406,11 @@ const notesOf = (s: Summary): string => {
   if (s.counters.successes !== undefined)
     notes.push(`${int(s.counters.successes)} ok / ${int(s.counters.conflicts ?? 0)} conflicts`)
   if (s.workload === "W5") notes.push(`RSS before run ${mb(s.baselineRssMb)} MB`)
+  if (s.counters.skipped !== undefined) {
+    notes.push(
+      `${int(s.counters.delivered ?? Number.NaN)} delivered, ${int(s.counters.duplicates ?? Number.NaN)} duplicates, ${int(s.counters.skipped)} skipped`
+    )
+  }
   if (s.failed > 0) notes.push(`${s.failed} of ${s.runs} FAILED`)
   return notes.join(", ")
 }

@@ -42,7 +42,7 @@ const READ_STREAM = {
 
 // The same envelope Eventfold's readAll hands out (a reader of the log needs ids, stream,
 // version and time besides the payload), so that both sides do the same work.
-const READ_LOG = {
+export const READ_LOG = {
   name: "bench_read_log",
   text: `SELECT global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id,
                 timestamp, created_at, payload FROM events
@@ -64,7 +64,7 @@ const withClients = async <A>(url: string, count: number, f: (clients: ReadonlyA
   }
 }
 
-const appendOne = (client: pg.Client, aggregateId: string, version: number, event: ItemAdded) =>
+export const appendOne = (client: pg.Client, aggregateId: string, version: number, event: ItemAdded) =>
   client.query({
     ...INSERT_ONE,
     values: [
@@ -81,7 +81,8 @@ const appendOne = (client: pg.Client, aggregateId: string, version: number, even
 const isVersionConflict = (error: unknown): boolean =>
   error instanceof pg.DatabaseError && error.code === "23505" && error.constraint === "uq_events_aggregate_version"
 
-const share = (total: number, parts: number, part: number) => Math.floor(total / parts) + (part < total % parts ? 1 : 0)
+export const share = (total: number, parts: number, part: number) =>
+  Math.floor(total / parts) + (part < total % parts ? 1 : 0)
 
 /**
  * Runs `phase` twice on the same connections: `warmup` operations untimed, then
@@ -303,4 +304,14 @@ const W6: Runner = (context) =>
     (c) => c.successes!
   )
 
-export const runners: Readonly<Record<string, Runner>> = { W1, W2, W3, W4, W5, W6 }
+export const runners: Readonly<Record<string, Runner>> = {
+  W1,
+  W2,
+  W3,
+  W4,
+  W5,
+  W6,
+  // Loaded when they run, so that the other workloads' processes stay as they were.
+  W7: (context) => import("./subscriber.js").then((m) => m.raw(context)),
+  W8: (context) => import("./outbox.js").then((m) => m.raw(context))
+}

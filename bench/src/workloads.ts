@@ -3,13 +3,13 @@
  * the checks of what they left behind. A workload is run once per side (raw SQL,
  * Eventfold) by the runners of the same id in `raw.ts` and `eventfold.ts`.
  *
- * To add one (W7 subscriber, W8 outbox relay, ...): add an entry here and a
- * runner of the same id on each side. `available` lets a workload step aside
- * when the API it measures is not there yet.
+ * To add one: add an entry here and a runner of the same id on each side.
+ * `unavailable` lets a workload step aside when what it needs is not there
+ * (W8 without NATS).
  */
 import type pg from "pg"
 import { AGGREGATE_TYPE, EVENT_TYPE, payloadSql } from "./payload.js"
-import type { Measurement, Params, Scale, Seed } from "./protocol.js"
+import type { Measurement, Params, Scale, Seed, Side } from "./protocol.js"
 
 export interface Workload {
   readonly id: string
@@ -30,7 +30,8 @@ export interface Workload {
     client: pg.ClientBase,
     params: Params,
     measurement: Measurement,
-    seed: Seed
+    seed: Seed,
+    side: Side
   ) => Promise<ReadonlyArray<string>>
   /** Why the workload cannot run here, or `undefined` when it can. */
   readonly unavailable?: () => Promise<string | undefined>
@@ -198,6 +199,66 @@ export const workloads: ReadonlyArray<Workload> = [
       expectEqual(problems, "streams with duplicate or missing versions", facts.broken, 0)
       expectEqual(problems, "versions claimed by two writers", c.claimedTwice! + (c.warmupClaimedTwice ?? 0), 0)
       if (c.successes === 0) problems.push("no append succeeded")
+      return problems
+    }
+  },
+  {
+    id: "W7",
+    title: "a subscriber follows the log while 8 writers append (the same raw INSERTs on both sides)",
+    unit: "events/s",
+    operation: "append → delivery",
+    params: {
+      full: { writers: 8, appends: 20_000, streamLength: 10, warmup: 2_000 },
+      quick: { writers: 8, appends: 800, streamLength: 10, warmup: 160 }
+    },
+    verify: async (client, params, m, _seed, side) => {
+      const problems: Array<string> = []
+      const facts = await streamFacts(client)
+      const c = m.counters
+      expectEqual(problems, "events stored", facts.events, params.appends! + params.warmup!)
+      expectEqual(problems, "streams stored", facts.streams, c.streams! + c.warmupStreams!)
+      expectEqual(problems, "streams with duplicate or missing versions", facts.broken, 0)
+      expectEqual(problems, "timed events in the table", c.stored, params.appends)
+      expectEqual(problems, "timed events delivered + skipped", c.delivered! + c.skipped!, c.stored)
+      expectEqual(problems, "events reported", m.events, c.delivered)
+      expectEqual(problems, "subscriber timed out catching up", c.timedOut, 0)
+      // Naive polling skips events by design (the figure W7 shows); Eventfold must not.
+      if (side === "eventfold") {
+        for (const name of ["skipped", "duplicates", "foreign", "warmupSkipped", "warmupDuplicates"]) {
+          expectEqual(problems, `events ${name} by the subscriber`, c[name], 0)
+        }
+      }
+      return problems
+    }
+  },
+  {
+    id: "W8",
+    title: "outbox relay to NATS JetStream with acks",
+    unit: "events/s",
+    operation: "batch of 500",
+    params: {
+      full: { entries: 20_000, streamLength: 10, batch: 500, warmup: 2_000 },
+      quick: { entries: 1_000, streamLength: 10, batch: 500, warmup: 200 }
+    },
+    // Loaded only when W8 is selected: the NATS client is none of the other workloads' business.
+    unavailable: () => import("./outbox.js").then((m) => m.unavailable()),
+    verify: async (client, params, m) => {
+      const problems: Array<string> = []
+      const { rows } = await client.query<{ entries: number; published: number; pending: number; failed: number }>(`
+        SELECT count(*)::int AS entries, count(*) FILTER (WHERE status = 'published')::int AS published,
+               count(*) FILTER (WHERE status = 'pending')::int AS pending,
+               count(*) FILTER (WHERE status = 'failed')::int AS failed
+          FROM event_outbox`)
+      const outbox = rows[0]!
+      const c = m.counters
+      const total = params.entries! + params.warmup!
+      expectEqual(problems, "events reported", m.events, params.entries)
+      expectEqual(problems, "outbox entries", outbox.entries, total)
+      expectEqual(problems, "entries marked published", outbox.published, total)
+      expectEqual(problems, "entries pending", outbox.pending, 0)
+      expectEqual(problems, "entries failed", outbox.failed, 0)
+      expectEqual(problems, "messages in the JetStream stream", c.streamMessages, total)
+      expectEqual(problems, "acks of a message the stream had already", c.duplicates! + c.warmupDuplicates!, 0)
       return problems
     }
   }

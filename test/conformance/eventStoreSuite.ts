@@ -633,6 +633,18 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
             { event: ItemAdded.make({ sku: "inf", quantity: 1, price: Number.POSITIVE_INFINITY }) }
           ])
           yield* expectInvalid(s, [note("ok"), { event: { _tag: "Nope" } }], undefined, "UnknownEventTypeError")
+          // A schema that lets any value through: a bigint cannot be JSON, a null can.
+          const Anything = Event.make("Anything", { value: Schema.Unknown })
+          const loose = yield* Effect.flatMap(Harness, (h) => h.store(EventRegistry.make(Anything)))
+          const bigint = yield* Effect.flip(
+            loose.append(s, [{ event: Anything.make({ value: 1n }) }], { expectedVersion: ExpectedVersion.any })
+          )
+          assert.strictEqual(bigint._tag, "InvalidEventError")
+          assert.include(bigint.message, "bigint")
+          const withNull = yield* loose.append(stream(), [{ event: Anything.make({ value: [null, { a: null }] }) }], {
+            expectedVersion: ExpectedVersion.noStream
+          })
+          assert.strictEqual(withNull.version, 1)
           assert.strictEqual((yield* collect(store.readStream(s))).length, 0)
 
           // Hostile but valid text is stored and read back verbatim.

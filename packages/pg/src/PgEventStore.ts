@@ -116,13 +116,21 @@ const satisfies = (expected: ExpectedVersion, version: number): boolean => {
 const MAX_RETRIES = 10
 
 /** The batch as one JSON document; payloads are embedded as the JSON text core produced. */
-const eventsDocument = (events: EventStore.PreparedAppend["events"]) =>
-  `[${events
-    .map(
-      (e) =>
-        `{"event_id":"${e.eventId}","event_type":${JSON.stringify(e.eventType)},"timestamp":"${e.timestamp.toISOString()}","payload":${e.payloadJson}}`
-    )
-    .join(",")}]`
+const eventsDocument = (events: EventStore.PreparedAppend["events"]) => {
+  let document = "["
+  // Events of one append usually share one timestamp (the clock's, when none is given).
+  let timestamp: Date | undefined
+  let iso = ""
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!
+    if (e.timestamp !== timestamp) {
+      timestamp = e.timestamp
+      iso = timestamp.toISOString()
+    }
+    document += `${i === 0 ? "" : ","}{"event_id":"${e.eventId}","event_type":${JSON.stringify(e.eventType)},"timestamp":"${iso}","payload":${e.payloadJson}}`
+  }
+  return `${document}]`
+}
 
 const VERSION_CONSTRAINT = "uq_events_aggregate_version"
 const EVENT_ID_CONSTRAINT = "events_event_id_key"

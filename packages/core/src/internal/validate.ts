@@ -54,8 +54,18 @@ export const stream = (stream: StreamId) => check(streamError(stream))
 export const payloadJson = (eventType: string, payload: unknown): Either.Either<string, InvalidEventError> => {
   let json: string
   try {
-    json = JSON.stringify(payload, rejectNonJson)
-  } catch (cause) {
+    // The plain call stays on V8's fast path; a replacer costs twice as much per append.
+    // A non-finite number comes out as null, so only a payload with a null is looked at again.
+    json = JSON.stringify(payload)
+    if (typeof json === "string" && json.includes("null")) JSON.stringify(payload, rejectNonJson)
+  } catch (error) {
+    // A bigint throws either way; the replacer's message says what to do about it.
+    let cause = error
+    try {
+      JSON.stringify(payload, rejectNonJson)
+    } catch (explained) {
+      cause = explained
+    }
     return Either.left(
       new InvalidEventError({
         reason: `event ${eventType}: payload is not representable as JSON (${cause instanceof Error ? cause.message : cause})`,

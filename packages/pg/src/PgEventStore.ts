@@ -162,8 +162,14 @@ export const makeBackend = (
     const outbox = options.outbox ?? false
 
     const statements = {
-      expected: AppendSql.appendStatement("expected", outbox),
-      head: AppendSql.appendStatement("head", outbox)
+      expected: {
+        single: AppendSql.appendStatement("expected", "single", outbox),
+        batch: AppendSql.appendStatement("expected", "batch", outbox)
+      },
+      head: {
+        single: AppendSql.appendStatement("head", "single", outbox),
+        batch: AppendSql.appendStatement("head", "batch", outbox)
+      }
     }
 
     // Inside a caller's transaction a statement must run on its connection, through
@@ -177,20 +183,28 @@ export const makeBackend = (
       const { aggregateId, aggregateType } = input.stream
       const expected = input.expectedVersion
       const count = input.events.length
-      const [statement, expectation] =
+      const [base, expectation] =
         expected._tag === "Exact"
-          ? [statements.expected, expected.version]
+          ? (["expected", expected.version] as const)
           : expected._tag === "NoStream"
-            ? [statements.expected, 0]
-            : [statements.head, expected._tag === "StreamExists"]
-      const values: AppendSql.AppendParameters = [
-        aggregateId,
-        aggregateType,
-        input.tenantId,
-        input.actorId,
-        eventsDocument(input.events),
-        expectation
-      ]
+            ? (["expected", 0] as const)
+            : (["head", expected._tag === "StreamExists"] as const)
+      const single = count === 1 ? input.events[0]! : undefined
+      const statement = statements[base][single === undefined ? "batch" : "single"]
+      const values: AppendSql.AppendParameters =
+        single === undefined
+          ? [aggregateId, aggregateType, input.tenantId, input.actorId, expectation, eventsDocument(input.events)]
+          : [
+              aggregateId,
+              aggregateType,
+              input.tenantId,
+              input.actorId,
+              expectation,
+              single.eventId,
+              single.eventType,
+              single.timestamp.toISOString(),
+              single.payloadJson
+            ]
       const failed = (cause: unknown) => Effect.fail(EventStore.storeError("append")(cause))
 
       /**
@@ -249,6 +263,7 @@ export const makeBackend = (
         // In a caller's transaction a failing statement would abort it: run under a savepoint.
         (transaction ? sql.withTransaction(run(statement, values, true)) : run(statement, values, false)).pipe(
           Effect.flatMap((rows) => {
+            // No row: a single event whose expectation did not hold.
             const row = rows[0]
             if (row?.inserted === count) {
               const first = EventRows.int8(row.first_position)
@@ -257,7 +272,7 @@ export const makeBackend = (
                 return Effect.succeed({ version: row.version, firstPosition: first, lastPosition: last })
               }
             }
-            return row?.inserted === 0
+            return row === undefined || row.inserted === 0
               ? explain(transaction, attempt)
               : failed(new Error(`unexpected result of an append: ${JSON.stringify(row ?? null)}`))
           }),

@@ -1,0 +1,67 @@
+import * as SqlClient from "@effect/sql/SqlClient"
+import { assert, describe, it } from "@effect/vitest"
+import { PgMigrations, PgPool } from "@eventfold/pg"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as TestDatabase from "../../../test/support/TestDatabase.js"
+import * as AppendSql from "../src/internal/appendSql.js"
+
+/**
+ * The append's statements are prepared once per connection, and after five runs
+ * PostgreSQL may keep a generic plan made whatever the table held then. Planned
+ * generically on an empty, never-analysed table (the worst moment), no statement
+ * may scan `events` sequentially: each would turn every append into O(table).
+ */
+describe("append statements", () => {
+  it.scopedLive("have index-only generic plans, even planned on an empty table", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.fresh
+      const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 1, maxOverflow: 0 }))
+      yield* PgMigrations.run.pipe(Effect.provide(context))
+      const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+      const plan = (name: string, types: string, text: string, args: string) =>
+        sql.withTransaction(
+          Effect.gen(function* () {
+            yield* sql.unsafe("SET LOCAL plan_cache_mode = force_generic_plan")
+            yield* sql.unsafe(`PREPARE ${name}(${types}) AS ${text}`)
+            const rows = yield* sql.unsafe<{ "QUERY PLAN": string }>(`EXPLAIN EXECUTE ${name}(${args})`)
+            yield* sql.unsafe(`DEALLOCATE ${name}`)
+            return rows.map((row) => row["QUERY PLAN"]).join("\n")
+          })
+        )
+      const stream = "gen_random_uuid(), 'Order', NULL, NULL"
+      const checked: Array<string> = []
+      for (const base of ["expected", "head"] as const) {
+        for (const shape of ["single", "batch"] as const) {
+          for (const outbox of [false, true]) {
+            const statement = AppendSql.appendStatement(base, shape, outbox)
+            const expected = base === "expected" ? "int" : "boolean"
+            const text = yield* plan(
+              statement.name,
+              shape === "single"
+                ? `uuid, varchar, uuid, varchar, ${expected}, uuid, varchar, timestamptz, jsonb`
+                : `uuid, varchar, uuid, varchar, ${expected}, jsonb`,
+              statement.text,
+              `${stream}, ${base === "expected" ? "3" : "true"}, ${
+                shape === "single" ? "gen_random_uuid(), 'Placed', now(), '{}'" : "'[]'"
+              }`
+            )
+            assert.notMatch(text, /Seq Scan on events/, `${statement.name}:\n${text}`)
+            assert.match(text, /Index Only Scan( Backward)? using idx_events_aggregate_version/, statement.name)
+            checked.push(statement.name)
+          }
+        }
+      }
+      const explain = yield* plan(
+        AppendSql.explainStatement.name,
+        "uuid, varchar, uuid[]",
+        AppendSql.explainStatement.text,
+        "gen_random_uuid(), 'Order', ARRAY[gen_random_uuid(), gen_random_uuid()]"
+      )
+      assert.notMatch(explain, /Seq Scan on events/, explain)
+      assert.match(explain, /Index Scan using events_event_id_key/, explain)
+      assert.strictEqual(new Set(checked).size, 8)
+    })
+  )
+})

@@ -27,7 +27,7 @@ import type { ExpectedVersion } from "./ExpectedVersion.js"
 import * as MemoryEventStore from "./internal/memoryEventStore.js"
 import * as validate from "./internal/validate.js"
 import type * as Subscription from "./Subscription.js"
-import { Attributes, Spans } from "./Telemetry.js"
+import { Attributes, Spans, withHotSpan } from "./Telemetry.js"
 
 /**
  * A stream: the events of one aggregate.
@@ -290,15 +290,16 @@ export class EventStore extends Context.Tag("@eventfold/core/EventStore")<EventS
  */
 export const make = (backend: Backend, registry: EventRegistry): Service => {
   // The hottest call of the library: a plain function with one span (no per-call stack
-  // capture, as Effect.fn would do), and synchronous validation and encoding.
+  // capture, as Effect.fn would do, and none at all when no tracer collects it), and
+  // synchronous validation and encoding.
   const append = (stream: StreamId, events: ReadonlyArray<EventToAppend>, options: AppendOptions) =>
-    Effect.withSpan(
+    withHotSpan(
       Effect.flatMap(Clock.currentTimeMillis, (now): Effect.Effect<AppendResult, AppendError> => {
         const prepared = prepareAppend(registry, stream, events, options, now)
         return Either.isLeft(prepared) ? Effect.fail(prepared.left) : backend.append(prepared.right)
       }),
       Spans.append,
-      {
+      () => ({
         captureStackTrace: false,
         attributes: {
           [Attributes.backend]: backend.name,
@@ -310,7 +311,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
               ? String(options.expectedVersion.version)
               : options.expectedVersion._tag
         }
-      }
+      })
     )
 
   const decodeChunk = (

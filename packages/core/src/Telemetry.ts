@@ -5,6 +5,8 @@
  *
  * @since 0.1.0
  */
+import * as Effect from "effect/Effect"
+import type * as Tracer from "effect/Tracer"
 
 /**
  * @since 0.1.0
@@ -86,3 +88,22 @@ export const Metrics = {
   projectionEvents: "eventfold.projection.events_handled",
   deadLetters: "eventfold.projection.dead_letters"
 } as const
+
+/** The tracer of a runtime nobody gave one: the spans it makes are collected by nobody. */
+const defaultTracer = Effect.runSync(Effect.tracer)
+
+/**
+ * `Effect.withSpan` for the hottest calls (an append): the same span under any
+ * tracer an application installs (OpenTelemetry, a test's), and none under the
+ * default tracer, whose spans no one exports or reads. Measured on an append: the
+ * span cost about a third of its client CPU. `options` is built only when traced.
+ *
+ * @since 0.1.0
+ * @category tracing
+ */
+export const withHotSpan = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  name: string,
+  options: () => Tracer.SpanOptions
+): Effect.Effect<A, E, R> =>
+  Effect.tracerWith((tracer) => (tracer === defaultTracer ? self : Effect.withSpan(self, name, options())))

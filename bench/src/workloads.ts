@@ -112,7 +112,7 @@ export const workloads: ReadonlyArray<Workload> = [
     title: "append 1 event to a new stream, 1 writer",
     unit: "events/s",
     operation: "append",
-    params: { full: { appends: 5_000, warmup: 500 }, quick: { appends: 200, warmup: 50 } },
+    params: { full: { appends: 5_000, warmup: 2_500 }, quick: { appends: 200, warmup: 50 } },
     verify: verifyAppends((p) => ({ events: p.appends!, streams: p.appends! }))
   },
   {
@@ -121,7 +121,7 @@ export const workloads: ReadonlyArray<Workload> = [
     unit: "events/s",
     operation: "append",
     params: {
-      full: { writers: 16, appends: 20_000, streamLength: 10, warmup: 2_000 },
+      full: { writers: 16, appends: 20_000, streamLength: 10, warmup: 5_000 },
       quick: { writers: 16, appends: 800, streamLength: 10, warmup: 160 }
     },
     verify: verifyAppends((p) => ({ events: p.appends!, streams: Math.ceil(p.appends! / p.streamLength!) }))
@@ -131,7 +131,7 @@ export const workloads: ReadonlyArray<Workload> = [
     title: "appends of 100 events to a new stream, 1 writer",
     unit: "events/s",
     operation: "append of 100",
-    params: { full: { appends: 200, batch: 100, warmup: 20 }, quick: { appends: 20, batch: 100, warmup: 4 } },
+    params: { full: { appends: 200, batch: 100, warmup: 50 }, quick: { appends: 20, batch: 100, warmup: 4 } },
     verify: verifyAppends((p) => ({ events: p.appends! * p.batch!, streams: p.appends! }))
   },
   {
@@ -182,7 +182,7 @@ export const workloads: ReadonlyArray<Workload> = [
     title: "8 writers race on one stream with expected versions",
     unit: "successes/s",
     operation: "attempt",
-    params: { full: { writers: 8, attempts: 2_000, warmup: 200 }, quick: { writers: 8, attempts: 200, warmup: 50 } },
+    params: { full: { writers: 8, attempts: 2_000, warmup: 1_000 }, quick: { writers: 8, attempts: 200, warmup: 50 } },
     verify: async (client, params, m) => {
       const problems: Array<string> = []
       const facts = await streamFacts(client)

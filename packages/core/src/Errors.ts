@@ -26,6 +26,29 @@ export class ConcurrencyError extends Schema.TaggedError<ConcurrencyError>()("Co
   }
 }
 
+/**
+ * A {@link ConcurrencyError} as a store reports a lost race: its fields come from the
+ * store, already checked, and it carries no stack trace (one would show the store's
+ * internals, and capturing it cost more than the rest of a conflict).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const concurrencyError = (fields: {
+  readonly aggregateId: string
+  readonly aggregateType: string
+  readonly expectedVersion: ExpectedVersion
+  readonly actualVersion: number
+}): ConcurrencyError => {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  try {
+    return new ConcurrencyError(fields, true)
+  } finally {
+    Error.stackTraceLimit = limit
+  }
+}
+
 const formatExpected = (expected: ExpectedVersion): string => {
   switch (expected._tag) {
     case "Any":

@@ -73,11 +73,14 @@ export const streamExists: ExpectedVersion = new StreamExists()
  * @since 0.1.0
  * @category constructors
  */
-export const exact = (version: number): ExpectedVersion => new Exact({ version })
+export const exact = (version: number): ExpectedVersion =>
+  // Checked here and built without the Schema's validation, as this runs once per append;
+  // anything else is left to the Schema, which throws its usual error.
+  Number.isSafeInteger(version) && version >= 0 ? new Exact({ version }, true) : new Exact({ version })
 
 /**
  * Whether a stream at `actual` satisfies the expectation. The one definition of the
- * rule: the memory store uses it directly, the SQL store mirrors it in its append function.
+ * rule: both stores use it (the SQL store to explain an append that did not go in).
  *
  * @since 0.1.0
  * @category utils

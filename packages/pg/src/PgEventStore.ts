@@ -19,10 +19,15 @@
 
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
-import { ConcurrencyError, DuplicateEventError, type EventStoreError } from "@eventfold/core/Errors"
+import {
+  type ConcurrencyError,
+  concurrencyError,
+  DuplicateEventError,
+  type EventStoreError
+} from "@eventfold/core/Errors"
 import type { EventRegistry } from "@eventfold/core/EventRegistry"
 import * as EventStore from "@eventfold/core/EventStore"
-import type { ExpectedVersion } from "@eventfold/core/ExpectedVersion"
+import * as ExpectedVersion from "@eventfold/core/ExpectedVersion"
 import * as Subscription from "@eventfold/core/Subscription"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
@@ -61,10 +66,12 @@ export interface Options {
  * Runs a named prepared statement on a connection of the pool: parsed once per
  * connection, and without the per-statement work of @effect/sql (a checkout, a
  * compiled statement and a span per query), which is most of an append's client time.
- * Failures are SqlErrors, as through @effect/sql, so that one mapping serves both paths.
+ * A failure of the statement is pg's DatabaseError itself (a lost race is common on
+ * this path, and wrapping it cost another Error); anything else is a SqlError, as
+ * through @effect/sql.
  */
 const prepared = (pool: Pg.Pool, statement: Statement, values: ReadonlyArray<unknown>) =>
-  Effect.async<ReadonlyArray<Record<string, unknown>>, SqlError>((resume) => {
+  Effect.async<ReadonlyArray<Record<string, unknown>>, SqlError | Pg.DatabaseError>((resume) => {
     pool.connect((connectError, client, release) => {
       if (connectError !== undefined || client === undefined) {
         resume(Effect.fail(new SqlError({ cause: connectError, message: "Failed to acquire connection" })))
@@ -74,11 +81,14 @@ const prepared = (pool: Pg.Pool, statement: Statement, values: ReadonlyArray<unk
         { name: statement.name, text: statement.text, values: values as Array<unknown> },
         (error, result) => {
           // A database error leaves the connection usable; anything else (a dropped socket) does not.
-          release(error !== null && error !== undefined && !(error instanceof Pg.DatabaseError) ? error : undefined)
+          const database = error instanceof Pg.DatabaseError
+          release(error !== null && error !== undefined && !database ? error : undefined)
           resume(
-            error
-              ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
-              : Effect.succeed(result.rows)
+            database
+              ? Effect.fail(error)
+              : error
+                ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
+                : Effect.succeed(result.rows)
           )
         }
       )
@@ -96,20 +106,6 @@ const READ_STREAM_EVENTS: Statement = {
   text: `SELECT version, event_type, payload FROM events
           WHERE aggregate_id = $1::uuid AND aggregate_type = $2::varchar AND version >= $3::int
           ORDER BY version LIMIT $4::int`
-}
-
-/** Whether a stream at `version` meets the expectation. */
-const satisfies = (expected: ExpectedVersion, version: number): boolean => {
-  switch (expected._tag) {
-    case "Any":
-      return true
-    case "NoStream":
-      return version === 0
-    case "StreamExists":
-      return version > 0
-    case "Exact":
-      return version === expected.version
-  }
 }
 
 /** An append that did not go in is explained again after a lost race this many times, then reported. */
@@ -135,9 +131,11 @@ const eventsDocument = (events: EventStore.PreparedAppend["events"]) => {
 const VERSION_CONSTRAINT = "uq_events_aggregate_version"
 const EVENT_ID_CONSTRAINT = "events_event_id_key"
 
-/** The fields of pg's DatabaseError that tell which constraint failed. */
-const pgError = (error: SqlError): { readonly code?: unknown; readonly constraint?: unknown } =>
-  typeof error.cause === "object" && error.cause !== null ? error.cause : {}
+/** The DatabaseError behind a failure, whichever path ran the statement. */
+const databaseError = (error: SqlError | Pg.DatabaseError): Pg.DatabaseError | undefined => {
+  const cause = error instanceof SqlError ? error.cause : error
+  return cause instanceof Pg.DatabaseError ? cause : undefined
+}
 
 /**
  * The backend over a `SqlClient`; most users want {@link layer}.
@@ -229,14 +227,10 @@ export const makeBackend = (
               return failed(new Error(`unexpected explanation of a failed append: ${JSON.stringify(row ?? null)}`))
             }
             if (row.found === 0) {
-              return satisfies(expected, current) && attempt < MAX_RETRIES
+              return ExpectedVersion.isSatisfiedBy(expected, current) && attempt < MAX_RETRIES
                 ? insert(transaction, attempt + 1)
                 : Effect.fail(
-                    new ConcurrencyError(
-                      { aggregateId, aggregateType, expectedVersion: expected, actualVersion: current },
-                      // The fields are typed and checked already: skip the Schema validation (costly per conflict).
-                      true
-                    )
+                    concurrencyError({ aggregateId, aggregateType, expectedVersion: expected, actualVersion: current })
                   )
             }
             const first = EventRows.int8(row.first_position)
@@ -247,7 +241,7 @@ export const makeBackend = (
               row.base_min === row.base_max &&
               typeof row.base_min === "number" &&
               typeof row.last_version === "number" &&
-              satisfies(expected, row.base_min)
+              ExpectedVersion.isSatisfiedBy(expected, row.base_min)
             return replayed && first !== undefined && last !== undefined
               ? Effect.succeed({ version: row.last_version as number, firstPosition: first, lastPosition: last })
               : Effect.fail(
@@ -262,25 +256,28 @@ export const makeBackend = (
       ): Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError> =>
         // In a caller's transaction a failing statement would abort it: run under a savepoint.
         (transaction ? sql.withTransaction(run(statement, values, true)) : run(statement, values, false)).pipe(
-          Effect.flatMap((rows) => {
-            // No row: a single event whose expectation did not hold.
-            const row = rows[0]
-            if (row?.inserted === count) {
-              const first = EventRows.int8(row.first_position)
-              const last = EventRows.int8(row.last_position)
-              if (typeof row.version === "number" && first !== undefined && last !== undefined) {
-                return Effect.succeed({ version: row.version, firstPosition: first, lastPosition: last })
+          Effect.matchEffect({
+            onFailure: (error) => {
+              const cause = databaseError(error)
+              return cause?.code === "23505" &&
+                (cause.constraint === VERSION_CONSTRAINT || cause.constraint === EVENT_ID_CONSTRAINT)
+                ? explain(transaction, attempt)
+                : failed(error)
+            },
+            onSuccess: (rows) => {
+              // No row: a single event whose expectation did not hold.
+              const row = rows[0]
+              if (row?.inserted === count) {
+                const first = EventRows.int8(row.first_position)
+                const last = EventRows.int8(row.last_position)
+                if (typeof row.version === "number" && first !== undefined && last !== undefined) {
+                  return Effect.succeed({ version: row.version, firstPosition: first, lastPosition: last })
+                }
               }
+              return row === undefined || row.inserted === 0
+                ? explain(transaction, attempt)
+                : failed(new Error(`unexpected result of an append: ${JSON.stringify(row ?? null)}`))
             }
-            return row === undefined || row.inserted === 0
-              ? explain(transaction, attempt)
-              : failed(new Error(`unexpected result of an append: ${JSON.stringify(row ?? null)}`))
-          }),
-          Effect.catchTag("SqlError", (error) => {
-            const { code, constraint } = pgError(error)
-            return code === "23505" && (constraint === VERSION_CONSTRAINT || constraint === EVENT_ID_CONSTRAINT)
-              ? explain(transaction, attempt)
-              : failed(error)
           })
         )
 

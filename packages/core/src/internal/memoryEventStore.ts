@@ -5,7 +5,7 @@ import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
-import { ConcurrencyError, DuplicateEventError } from "../Errors.js"
+import { concurrencyError, DuplicateEventError } from "../Errors.js"
 import type { AppendResult, Backend, PreparedAppend, ReadAllOptions, StoredEvent } from "../EventStore.js"
 import * as ExpectedVersion from "../ExpectedVersion.js"
 import * as Subscription from "../Subscription.js"
@@ -41,7 +41,7 @@ export const make = (): Backend => {
 
       if (!ExpectedVersion.isSatisfiedBy(input.expectedVersion, actual)) {
         return Effect.fail(
-          new ConcurrencyError({
+          concurrencyError({
             aggregateId: input.stream.aggregateId,
             aggregateType: input.stream.aggregateType,
             expectedVersion: input.expectedVersion,

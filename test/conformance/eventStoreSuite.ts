@@ -716,6 +716,18 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
                 store.append(s, notes(1), { expectedVersion: ExpectedVersion.noStream })
               )
               assert.strictEqual(conflict._tag, "ConcurrencyError")
+              // A batch as well, and a duplicate id.
+              const batchConflict = yield* Effect.flip(
+                store.append(s, notes(3), { expectedVersion: ExpectedVersion.exact(1) })
+              )
+              assert.strictEqual(batchConflict._tag, "ConcurrencyError")
+              const [first] = yield* collect(store.readStream(s))
+              const duplicate = yield* Effect.flip(
+                store.append(stream(), [{ ...note("again"), eventId: first!.eventId }], {
+                  expectedVersion: ExpectedVersion.noStream
+                })
+              )
+              assert.strictEqual(duplicate._tag, "DuplicateEventError")
               yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.exact(2) })
             })
           )

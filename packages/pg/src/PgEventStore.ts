@@ -206,9 +206,9 @@ export const makeBackend = (
       const failed = (cause: unknown) => Effect.fail(EventStore.storeError("append")(cause))
 
       /**
-       * The append did not go in (a unique violation, or an expectation the stream did
-       * not meet): an idempotent replay, a duplicate id, a conflict, or a race lost
-       * by a writer whose expectation still holds, which tries again.
+       * The append did not go in (a conflict on a unique constraint, or an expectation
+       * the stream did not meet): an idempotent replay, a duplicate id, a conflict, or
+       * a race lost by a writer whose expectation still holds, which tries again.
        */
       const explain = (
         transaction: boolean,
@@ -269,7 +269,7 @@ export const makeBackend = (
                 : failed(error)
             },
             onSuccess: (rows) => {
-              // No row: a single event whose expectation did not hold.
+              // No row (a single event) or none inserted: the expectation did not hold, or a race was lost.
               const row = rows[0]
               if (row?.inserted === count) {
                 const first = EventRows.int8(row.first_position)

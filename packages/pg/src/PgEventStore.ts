@@ -254,12 +254,8 @@ export const makeBackend = (
         transaction: boolean,
         attempt: number
       ): Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError> =>
-        // In a caller's transaction a failing statement would abort it: a batch runs under a
-        // savepoint (a single event's statement does not fail on a lost race).
-        (transaction && single === undefined
-          ? sql.withTransaction(run(statement, values, true))
-          : run(statement, values, transaction)
-        ).pipe(
+        // In a caller's transaction a failing statement would abort it: run under a savepoint.
+        (transaction ? sql.withTransaction(run(statement, values, true)) : run(statement, values, false)).pipe(
           Effect.matchEffect({
             onFailure: (error) => {
               const cause = databaseError(error)

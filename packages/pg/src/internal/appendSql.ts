@@ -15,12 +15,13 @@
  * - `any` and `streamExists` number from the stream's last version, read in the same
  *   statement; two of them racing meet at the constraint and the loser retries.
  *
- * A single event (the common case) is inserted `ON CONFLICT DO NOTHING`: a lost race
- * inserts nothing and raises nothing, so it costs neither side an error (measured:
- * W6's conflicts, 8 writers on one stream, went from 0.63x to 0.73x of raw SQL), and
- * never aborts a caller's transaction. A batch cannot do that (some rows could go in
- * and others not): it fails whole on a unique violation, under a savepoint when it
- * runs in a caller's transaction.
+ * A single event (the common case) is inserted `ON CONFLICT (aggregate_id,
+ * aggregate_type, version) DO NOTHING`: a lost race inserts nothing and raises
+ * nothing, so it costs neither side an error (measured: W6's conflicts, 8 writers on
+ * one stream, went from 0.63x to 0.73x of raw SQL). Any other unique violation (a
+ * duplicate event id, an index of the application's) still raises. A batch cannot
+ * skip conflicts (some rows could go in and others not): it fails whole. In a
+ * caller's transaction both run under a savepoint, so that no failure aborts it.
  *
  * The texts are constants, run as named prepared statements (parsed once per
  * connection); every lookup in them is an equality on a unique index, so the
@@ -89,7 +90,7 @@ export const appendStatement = (
   const insert = `INSERT INTO events (${COLUMNS})
   SELECT ${fields}
   ${sources.length === 0 ? "" : `FROM ${sources.join(",\n       ")}`}
-   WHERE ${guard}${shape === "batch" ? "\n   ORDER BY i.n" : "\n  ON CONFLICT DO NOTHING"}`
+   WHERE ${guard}${shape === "batch" ? "\n   ORDER BY i.n" : "\n  ON CONFLICT (aggregate_id, aggregate_type, version) DO NOTHING"}`
   const name = `eventfold_append_${base}_${shape}${outbox ? "_outbox" : ""}`
   if (shape === "single" && !outbox) {
     return {

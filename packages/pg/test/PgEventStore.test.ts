@@ -1,9 +1,11 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, describe, it } from "@effect/vitest"
-import { PgMigrations, PgPool } from "@eventfold/pg"
+import { Event, EventRegistry, ExpectedVersion } from "@eventfold/core"
+import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
 import * as AppendSql from "../src/internal/appendSql.js"
 
@@ -63,5 +65,58 @@ describe("append statements", () => {
       assert.match(explain, /Index Scan using events_event_id_key/, explain)
       assert.strictEqual(new Set(checked).size, 8)
     })
+  )
+})
+
+describe("append", () => {
+  it.scopedLive(
+    "a unique index of the application's is an EventStoreError naming it, never a conflict; a transaction survives it",
+    () =>
+      Effect.gen(function* () {
+        const url = yield* TestDatabase.fresh
+        const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 2 }))
+        yield* PgMigrations.run.pipe(Effect.provide(context))
+        const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+        // An application that wants one order per number across streams.
+        yield* sql.unsafe("CREATE UNIQUE INDEX uq_order_number ON events ((payload->>'number'))")
+        const Placed = Event.make("Placed", { number: Schema.String })
+        const store = yield* PgEventStore.make({ registry: EventRegistry.make(Placed) }).pipe(Effect.provide(context))
+        const order = () => ({ aggregateId: crypto.randomUUID(), aggregateType: "Order" })
+        yield* store.append(order(), [{ event: Placed.make({ number: "A-1" }) }], {
+          expectedVersion: ExpectedVersion.noStream
+        })
+        for (const expectedVersion of [ExpectedVersion.noStream, ExpectedVersion.any]) {
+          for (const events of [[{ number: "A-1" }], [{ number: "A-2" }, { number: "A-1" }]]) {
+            const error = yield* Effect.flip(
+              store.append(
+                order(),
+                events.map((fields) => ({ event: Placed.make(fields) })),
+                { expectedVersion }
+              )
+            )
+            assert.strictEqual(error._tag, "EventStoreError", error.message)
+            assert.include(error.message, "uq_order_number")
+          }
+        }
+        // In a transaction: the failure is typed and the transaction goes on.
+        const marker = crypto.randomUUID()
+        yield* sql
+          .withTransaction(
+            Effect.gen(function* () {
+              const error = yield* Effect.flip(
+                store.append(order(), [{ event: Placed.make({ number: "A-1" }) }], {
+                  expectedVersion: ExpectedVersion.noStream
+                })
+              )
+              assert.strictEqual(error._tag, "EventStoreError")
+              yield* store.append(order(), [{ event: Placed.make({ number: marker }) }], {
+                expectedVersion: ExpectedVersion.noStream
+              })
+            })
+          )
+          .pipe(Effect.provide(context))
+        const rows = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM events`
+        assert.strictEqual(rows[0]!.n, 2)
+      })
   )
 })

@@ -37,6 +37,7 @@ import * as Stream from "effect/Stream"
 import * as Pg from "pg"
 import * as AppendSql from "./internal/appendSql.js"
 import * as EventRows from "./internal/eventRows.js"
+import * as LeanQuery from "./internal/leanQuery.js"
 import * as PgSubscription from "./internal/pgSubscription.js"
 import { PgPool } from "./PgPool.js"
 
@@ -63,47 +64,41 @@ export interface Options {
 }
 
 /**
- * Runs a named prepared statement on a connection of the pool: parsed once per
- * connection, and without the per-statement work of @effect/sql (a checkout, a
- * compiled statement and a span per query), which is most of an append's client time.
- * A failure of the statement is pg's DatabaseError itself (a lost race is common on
+ * Runs a named prepared statement on a connection of the pool, lean (see
+ * internal/leanQuery.ts): parsed once per connection, and without the per-statement
+ * work of @effect/sql (a checkout, a compiled statement and a span per query) or of
+ * pg's Query (a Describe and a result object per run). Rows are arrays of text. A
+ * failure of the statement is pg's DatabaseError itself (a lost race is common on
  * this path, and wrapping it cost another Error); anything else is a SqlError, as
  * through @effect/sql.
  */
-const prepared = (pool: Pg.Pool, statement: Statement, values: ReadonlyArray<unknown>) =>
-  Effect.async<ReadonlyArray<Record<string, unknown>>, SqlError | Pg.DatabaseError>((resume) => {
+const prepared = (pool: Pg.Pool, statement: LeanQuery.Statement, values: ReadonlyArray<unknown>) =>
+  Effect.async<ReadonlyArray<LeanQuery.Row>, SqlError | Pg.DatabaseError>((resume) => {
     pool.connect((connectError, client, release) => {
       if (connectError !== undefined || client === undefined) {
         resume(Effect.fail(new SqlError({ cause: connectError, message: "Failed to acquire connection" })))
         return
       }
-      client.query(
-        { name: statement.name, text: statement.text, values: values as Array<unknown> },
-        (error, result) => {
-          // A database error leaves the connection usable; anything else (a dropped socket) does not.
-          const database = error instanceof Pg.DatabaseError
-          release(error !== null && error !== undefined && !database ? error : undefined)
-          resume(
-            database
-              ? Effect.fail(error)
-              : error
-                ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
-                : Effect.succeed(result.rows)
-          )
-        }
-      )
+      LeanQuery.run(client, statement, values, (error, rows) => {
+        // A database error leaves the connection usable; anything else (a dropped socket) does not.
+        const database = error instanceof Pg.DatabaseError
+        release(error !== undefined && !database ? error : undefined)
+        resume(
+          database
+            ? Effect.fail(error)
+            : error !== undefined
+              ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
+              : Effect.succeed(rows)
+        )
+      })
     })
   })
 
-interface Statement {
-  readonly name: string
-  readonly text: string
-}
-
 /** A page of a stream for folding: the narrow columns, by the (aggregate_id, aggregate_type, version) index. */
-const READ_STREAM_EVENTS: Statement = {
+const READ_STREAM_EVENTS: LeanQuery.Statement = {
   name: "eventfold_read_stream_events",
-  text: `SELECT version, event_type, payload FROM events
+  // The payload as text on both paths (pg would parse jsonb through @effect/sql, not on the lean one).
+  text: `SELECT version, event_type, payload::text FROM events
           WHERE aggregate_id = $1::uuid AND aggregate_type = $2::varchar AND version >= $3::int
           ORDER BY version LIMIT $4::int`
 }
@@ -171,10 +166,16 @@ export const makeBackend = (
     }
 
     // Inside a caller's transaction a statement must run on its connection, through
-    // @effect/sql; otherwise it goes straight to the pool as a prepared statement.
-    const run = (statement: Statement, values: ReadonlyArray<unknown>, transaction: boolean) =>
+    // @effect/sql; otherwise it goes straight to the pool as a prepared statement. Rows
+    // are arrays either way, of text on the lean path, of parsed values through
+    // @effect/sql: the readers below take both.
+    const run = (
+      statement: LeanQuery.Statement,
+      values: ReadonlyArray<unknown>,
+      transaction: boolean
+    ): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError | Pg.DatabaseError> =>
       transaction || Option.isNone(pool)
-        ? sql.unsafe<Record<string, unknown>>(statement.text, values)
+        ? sql.unsafe(statement.text, values).values
         : prepared(pool.value.pool, statement, values)
 
     const append: EventStore.Backend["append"] = (input) => {
@@ -216,37 +217,39 @@ export const makeBackend = (
       ): Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError> =>
         run(
           AppendSql.explainStatement,
-          [aggregateId, aggregateType, input.events.map((e) => e.eventId)],
+          // A uuid[] literal (the ids are checked lower-case UUIDs), text on either path.
+          [aggregateId, aggregateType, `{${input.events.map((e) => e.eventId).join(",")}}`],
           transaction
         ).pipe(
           Effect.catchAll(failed),
           Effect.flatMap((rows) => {
-            const row = rows[0]
-            const current = row?.current_version
-            if (row === undefined || typeof current !== "number" || typeof row.found !== "number") {
-              return failed(new Error(`unexpected explanation of a failed append: ${JSON.stringify(row ?? null)}`))
+            // The columns of AppendSql.explainStatement, in order.
+            const row = rows[0] ?? []
+            const current = EventRows.integer(row[0])
+            const found = EventRows.integer(row[1])
+            if (current === undefined || found === undefined) {
+              return failed(new Error(`unexpected explanation of a failed append: ${JSON.stringify(row)}`))
             }
-            if (row.found === 0) {
+            if (found === 0) {
               return ExpectedVersion.isSatisfiedBy(expected, current) && attempt < MAX_RETRIES
                 ? insert(transaction, attempt + 1)
                 : Effect.fail(
                     concurrencyError({ aggregateId, aggregateType, expectedVersion: expected, actualVersion: current })
                   )
             }
-            const first = EventRows.int8(row.first_position)
-            const last = EventRows.int8(row.last_position)
+            const baseMin = EventRows.integer(row[3])
+            const lastVersion = EventRows.integer(row[5])
+            const first = EventRows.int8(row[6])
+            const last = EventRows.int8(row[7])
             const replayed =
-              row.found === count &&
-              row.same_stream === true &&
-              row.base_min === row.base_max &&
-              typeof row.base_min === "number" &&
-              typeof row.last_version === "number" &&
-              ExpectedVersion.isSatisfiedBy(expected, row.base_min)
-            return replayed && first !== undefined && last !== undefined
-              ? Effect.succeed({ version: row.last_version as number, firstPosition: first, lastPosition: last })
-              : Effect.fail(
-                  new DuplicateEventError({ eventId: String(row.duplicate_event_id), aggregateId, aggregateType }, true)
-                )
+              found === count &&
+              EventRows.boolean(row[2]) &&
+              baseMin !== undefined &&
+              baseMin === EventRows.integer(row[4]) &&
+              ExpectedVersion.isSatisfiedBy(expected, baseMin)
+            return replayed && lastVersion !== undefined && first !== undefined && last !== undefined
+              ? Effect.succeed({ version: lastVersion, firstPosition: first, lastPosition: last })
+              : Effect.fail(new DuplicateEventError({ eventId: String(row[8]), aggregateId, aggregateType }, true))
           })
         )
 
@@ -265,16 +268,19 @@ export const makeBackend = (
                 : failed(error)
             },
             onSuccess: (rows) => {
-              // No row (a single event) or none inserted: the expectation did not hold, or a race was lost.
+              // No row (a single event) or none inserted: the expectation did not hold, or a race
+              // was lost. Columns: inserted, version, first_position, last_position.
               const row = rows[0]
-              if (row?.inserted === count) {
-                const first = EventRows.int8(row.first_position)
-                const last = EventRows.int8(row.last_position)
-                if (typeof row.version === "number" && first !== undefined && last !== undefined) {
-                  return Effect.succeed({ version: row.version, firstPosition: first, lastPosition: last })
+              const inserted = row === undefined ? 0 : EventRows.integer(row[0])
+              if (inserted === count && row !== undefined) {
+                const version = EventRows.integer(row[1])
+                const first = EventRows.int8(row[2])
+                const last = EventRows.int8(row[3])
+                if (version !== undefined && first !== undefined && last !== undefined) {
+                  return Effect.succeed({ version, firstPosition: first, lastPosition: last })
                 }
               }
-              return row === undefined || row.inserted === 0
+              return inserted === 0
                 ? explain(transaction, attempt)
                 : failed(new Error(`unexpected result of an append: ${JSON.stringify(row ?? null)}`))
             }

@@ -89,20 +89,39 @@ export const decodeRows = (
   return Either.right(events)
 }
 
-/** Decodes `events` rows selected as (version, event_type, payload) for folding. */
+/** An int4 column as pg parses it (a number) or as text (the lean path), or undefined. */
+export const integer = (value: unknown): number | undefined => {
+  if (typeof value === "number") return value
+  if (typeof value !== "string" || value === "") return undefined
+  // Number() and an integer check: cheaper than a pattern, per row read.
+  const n = Number(value)
+  return Number.isSafeInteger(n) ? n : undefined
+}
+
+/** A boolean column as pg parses it or as text ('t'). */
+export const boolean = (value: unknown): boolean => value === true || value === "t"
+
+/**
+ * Decodes `events` rows selected as [version, event_type, payload::text] for folding,
+ * as text (the lean path) or parsed by pg (through @effect/sql in a transaction).
+ */
 export const decodeStreamRows = (
-  rows: ReadonlyArray<Record<string, unknown>>
+  rows: ReadonlyArray<ReadonlyArray<unknown>>
 ): Either.Either<Array<EventStore.StoredStreamEvent>, MalformedRowError> => {
   const events = new Array<EventStore.StoredStreamEvent>(rows.length)
   for (let i = 0; i < rows.length; i++) {
     const row = rows[i]!
-    const version = row.version
-    const eventType = row.event_type
-    if (typeof version !== "number")
+    const version = integer(row[0])
+    const eventType = row[1]
+    const payload = row[2]
+    if (version === undefined)
       return Either.left(new MalformedRowError({ message: "events.version is not an integer" }))
-    if (typeof eventType !== "string")
+    if (typeof eventType !== "string") {
       return Either.left(new MalformedRowError({ message: "events.event_type is not text" }))
-    events[i] = { version, eventType, payload: row.payload }
+    }
+    if (typeof payload !== "string")
+      return Either.left(new MalformedRowError({ message: "events.payload is not text" }))
+    events[i] = { version, eventType, payload: JSON.parse(payload) }
   }
   return Either.right(events)
 }

@@ -72,17 +72,23 @@ export interface Options {
  * this path, and wrapping it cost another Error); anything else is a SqlError, as
  * through @effect/sql.
  */
-const prepared = (pool: Pg.Pool, statement: LeanQuery.Statement, values: ReadonlyArray<unknown>) =>
-  Effect.async<ReadonlyArray<LeanQuery.Row>, SqlError | Pg.DatabaseError>((resume) => {
+const prepared = <A>(
+  pool: Pg.Pool,
+  statement: LeanQuery.Statement,
+  values: ReadonlyArray<unknown>,
+  parseRow: (row: LeanQuery.Row) => A
+) =>
+  Effect.async<ReadonlyArray<A>, SqlError | Pg.DatabaseError>((resume) => {
     pool.connect((connectError, client, release) => {
       if (connectError !== undefined || client === undefined) {
         resume(Effect.fail(new SqlError({ cause: connectError, message: "Failed to acquire connection" })))
         return
       }
-      LeanQuery.run(client, statement, values, (error, rows) => {
-        // A database error leaves the connection usable; anything else (a dropped socket) does not.
+      LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
+        // A database error, or a row the reader rejected, leaves the connection usable; anything
+        // else (a dropped socket) does not.
         const database = error instanceof Pg.DatabaseError
-        release(error !== undefined && !database ? error : undefined)
+        release(error !== undefined && !database && !(error instanceof LeanQuery.RowError) ? error : undefined)
         resume(
           database
             ? Effect.fail(error)
@@ -93,6 +99,8 @@ const prepared = (pool: Pg.Pool, statement: LeanQuery.Statement, values: Readonl
       })
     })
   })
+
+const asIs = (row: LeanQuery.Row): ReadonlyArray<unknown> => row
 
 /** A page of a stream for folding: the narrow columns, by the (aggregate_id, aggregate_type, version) index. */
 const READ_STREAM_EVENTS: LeanQuery.Statement = {
@@ -169,14 +177,20 @@ export const makeBackend = (
     // @effect/sql; otherwise it goes straight to the pool as a prepared statement. Rows
     // are arrays either way, of text on the lean path, of parsed values through
     // @effect/sql: the readers below take both.
-    const run = (
+    const run = <A = ReadonlyArray<unknown>>(
       statement: LeanQuery.Statement,
       values: ReadonlyArray<unknown>,
-      transaction: boolean
-    ): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError | Pg.DatabaseError> =>
+      transaction: boolean,
+      parseRow: (row: ReadonlyArray<unknown>) => A = asIs as (row: ReadonlyArray<unknown>) => A
+    ): Effect.Effect<ReadonlyArray<A>, SqlError | Pg.DatabaseError> =>
       transaction || Option.isNone(pool)
-        ? sql.unsafe(statement.text, values).values
-        : prepared(pool.value.pool, statement, values)
+        ? Effect.flatMap(sql.unsafe(statement.text, values).values, (rows) =>
+            Effect.try({
+              try: () => rows.map(parseRow),
+              catch: (cause) => new SqlError({ cause, message: "Failed to read a row" })
+            })
+          )
+        : prepared(pool.value.pool, statement, values, parseRow)
 
     const append: EventStore.Backend["append"] = (input) => {
       const { aggregateId, aggregateType } = input.stream
@@ -331,10 +345,11 @@ export const makeBackend = (
             run(
               READ_STREAM_EVENTS,
               [stream.aggregateId, stream.aggregateType, cursor, foldPageSize],
-              Option.isSome(transaction)
+              Option.isSome(transaction),
+              // Decoded row by row as they arrive, while the server is still sending the page.
+              EventRows.decodeStreamRow
             )
           ),
-          Effect.flatMap(EventRows.decodeStreamRows),
           Effect.mapError(EventStore.storeError("readStreamEvents")),
           Effect.map((events) => {
             const last = events[events.length - 1]

@@ -102,26 +102,16 @@ export const integer = (value: unknown): number | undefined => {
 export const boolean = (value: unknown): boolean => value === true || value === "t"
 
 /**
- * Decodes `events` rows selected as [version, event_type, payload::text] for folding,
- * as text (the lean path) or parsed by pg (through @effect/sql in a transaction).
+ * Decodes an `events` row selected as [version, event_type, payload::text] for
+ * folding, as text (the lean path) or parsed by pg (through @effect/sql in a
+ * transaction). Throws a MalformedRowError for a row of another shape.
  */
-export const decodeStreamRows = (
-  rows: ReadonlyArray<ReadonlyArray<unknown>>
-): Either.Either<Array<EventStore.StoredStreamEvent>, MalformedRowError> => {
-  const events = new Array<EventStore.StoredStreamEvent>(rows.length)
-  for (let i = 0; i < rows.length; i++) {
-    const row = rows[i]!
-    const version = integer(row[0])
-    const eventType = row[1]
-    const payload = row[2]
-    if (version === undefined)
-      return Either.left(new MalformedRowError({ message: "events.version is not an integer" }))
-    if (typeof eventType !== "string") {
-      return Either.left(new MalformedRowError({ message: "events.event_type is not text" }))
-    }
-    if (typeof payload !== "string")
-      return Either.left(new MalformedRowError({ message: "events.payload is not text" }))
-    events[i] = { version, eventType, payload: JSON.parse(payload) }
-  }
-  return Either.right(events)
+export const decodeStreamRow = (row: ReadonlyArray<unknown>): EventStore.StoredStreamEvent => {
+  const version = integer(row[0])
+  const eventType = row[1]
+  const payload = row[2]
+  if (version === undefined) throw new MalformedRowError({ message: "events.version is not an integer" })
+  if (typeof eventType !== "string") throw new MalformedRowError({ message: "events.event_type is not text" })
+  if (typeof payload !== "string") throw new MalformedRowError({ message: "events.payload is not text" })
+  return { version, eventType, payload: JSON.parse(payload) }
 }

@@ -4,8 +4,9 @@
  * also sends Describe on every run and builds a result object per run from the
  * RowDescription (its parsers, a row prototype, objects keyed by column name); on an
  * append that was about a third of the client's CPU, for one row of four columns
- * whose order the statement fixes anyway. Rows come back as arrays of text (or null),
- * in the statement's column order.
+ * whose order the statement fixes anyway. Rows come as arrays of text (or null), in
+ * the statement's column order, each handed to `parseRow` as it arrives, so that a
+ * long read is decoded while the server is still sending it.
  *
  * It plugs into pg as a "submittable" (the interface pg-cursor and pg-query-stream
  * use), so the client's queueing, connection state and error handling are pg's own.
@@ -39,21 +40,31 @@ interface Connection {
   sendCopyFail(message: string): void
 }
 
+/** `parseRow` threw: the statement ran and the connection is fine; the row was not what the reader expects. */
+export class RowError extends Error {
+  constructor(override readonly cause: unknown) {
+    super(`a row could not be read: ${cause instanceof Error ? cause.message : String(cause)}`)
+    this.name = "RowError"
+  }
+}
+
 /** Parameters are text: strings as they are, numbers and booleans as PostgreSQL reads them. */
 const toText = (value: unknown): string | null =>
   value === null || value === undefined ? null : typeof value === "string" ? value : String(value)
 
-class LeanQuery {
+class LeanQuery<A> {
   // pg reads these: `name` and `text` to record the statement as parsed on the connection.
   readonly name: string
   readonly text: string
-  private readonly rows: Array<Row> = []
+  private readonly rows: Array<A> = []
+  private failure: Error | undefined
   private done = false
 
   constructor(
     statement: Statement,
     private readonly values: ReadonlyArray<unknown>,
-    private readonly callback: (error: Error | undefined, rows: ReadonlyArray<Row>) => void
+    private readonly parseRow: (row: Row) => A,
+    private readonly callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void
   ) {
     this.name = statement.name
     this.text = statement.text
@@ -79,7 +90,13 @@ class LeanQuery {
   }
 
   handleDataRow(message: { readonly fields: Row }): void {
-    this.rows.push(message.fields)
+    if (this.failure !== undefined) return
+    try {
+      this.rows.push(this.parseRow(message.fields))
+    } catch (error) {
+      // Reported once the server is done with the statement, as pg does.
+      this.failure = new RowError(error)
+    }
   }
 
   // An ErrorResponse (then pg forgets this query), or a dead connection.
@@ -88,7 +105,7 @@ class LeanQuery {
   }
 
   handleReadyForQuery(): void {
-    this.finish(undefined)
+    this.finish(this.failure)
   }
 
   handleCopyInResponse(connection: Connection): void {
@@ -108,13 +125,17 @@ class LeanQuery {
   }
 }
 
-/** Runs `statement` on `client`; the callback gets pg's error (a DatabaseError for the server's) or the rows. */
-export const run = (
+/**
+ * Runs `statement` on `client`. The callback gets pg's error (a DatabaseError for the
+ * server's), what `parseRow` threw, or the parsed rows.
+ */
+export const run = <A>(
   client: Pg.ClientBase,
   statement: Statement,
   values: ReadonlyArray<unknown>,
-  callback: (error: Error | undefined, rows: ReadonlyArray<Row>) => void
+  parseRow: (row: Row) => A,
+  callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void
 ): void => {
   // pg accepts any object with `submit` (its typings only know its own submittables).
-  client.query(new LeanQuery(statement, values, callback) as unknown as Pg.QueryConfig)
+  client.query(new LeanQuery(statement, values, parseRow, callback) as unknown as Pg.QueryConfig)
 }

@@ -19,7 +19,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import { AGGREGATE_TYPE, EVENT_TYPE, emptyTotals, fold, payload } from "./payload.js"
-import type { Measurement, RunContext, Runner } from "./protocol.js"
+import { type Measurement, type RunContext, type Runner, share } from "./protocol.js"
 import { Latencies } from "./stats.js"
 
 export const OrderItemAdded = Event.make(EVENT_TYPE, {
@@ -87,8 +87,6 @@ const warmThenTime = <E>(
   })
   return Effect.runPromise(Effect.provide(program, live))
 }
-
-const share = (total: number, parts: number, part: number) => Math.floor(total / parts) + (part < total % parts ? 1 : 0)
 
 /** Runs `writers` concurrent loops. */
 const concurrently = <E>(writers: number, body: (writer: number) => Effect.Effect<void, E, EventStore.EventStore>) =>

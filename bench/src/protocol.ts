@@ -58,3 +58,7 @@ export type ChildMessage =
   | { readonly _tag: "ready" }
   | { readonly _tag: "result"; readonly result: RunResult }
   | { readonly _tag: "error"; readonly message: string }
+
+/** Writer `part`'s share of `total` operations split among `parts` writers. */
+export const share = (total: number, parts: number, part: number): number =>
+  Math.floor(total / parts) + (part < total % parts ? 1 : 0)

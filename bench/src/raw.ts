@@ -12,7 +12,7 @@
  */
 import pg from "pg"
 import { AGGREGATE_TYPE, EVENT_TYPE, emptyTotals, fold, type ItemAdded, payload } from "./payload.js"
-import type { Measurement, RunContext, Runner } from "./protocol.js"
+import { type Measurement, type RunContext, type Runner, share } from "./protocol.js"
 import { Latencies } from "./stats.js"
 
 const INSERT_ONE = {
@@ -64,7 +64,7 @@ const withClients = async <A>(url: string, count: number, f: (clients: ReadonlyA
   }
 }
 
-export const appendOne = (client: pg.Client, aggregateId: string, version: number, event: ItemAdded) =>
+const appendOne = (client: pg.Client, aggregateId: string, version: number, event: ItemAdded) =>
   client.query({
     ...INSERT_ONE,
     values: [
@@ -80,9 +80,6 @@ export const appendOne = (client: pg.Client, aggregateId: string, version: numbe
 
 const isVersionConflict = (error: unknown): boolean =>
   error instanceof pg.DatabaseError && error.code === "23505" && error.constraint === "uq_events_aggregate_version"
-
-export const share = (total: number, parts: number, part: number) =>
-  Math.floor(total / parts) + (part < total % parts ? 1 : 0)
 
 /**
  * Runs `phase` twice on the same connections: `warmup` operations untimed, then
@@ -120,9 +117,13 @@ const warmThenTime = async (
     }
   })
 
-/** Single-event appends; each writer starts a new stream every `streamLength` appends. */
-const singleAppends =
-  (streamLength: number) => async (clients: ReadonlyArray<pg.Client>, appends: number, latencies: Latencies) => {
+/**
+ * Single-event appends; each writer starts a new stream every `streamLength` appends.
+ * `onStart` hears of each append just before it is sent (W7 times delivery from there).
+ */
+export const singleAppends =
+  (streamLength: number, onStart?: (aggregateId: string, version: number) => void) =>
+  async (clients: ReadonlyArray<pg.Client>, appends: number, latencies: Latencies) => {
     let streams = 0
     await Promise.all(
       clients.map(async (client, w) => {
@@ -134,6 +135,7 @@ const singleAppends =
             streams++
           }
           const event = payload(aggregateId, i)
+          onStart?.(aggregateId, version)
           const t = performance.now()
           await appendOne(client, aggregateId, version, event)
           latencies.time(t)

@@ -22,9 +22,9 @@
  * delivered per second, from the first append to the last delivery.
  */
 import pg from "pg"
-import { type ItemAdded, payload } from "./payload.js"
+import type { ItemAdded } from "./payload.js"
 import type { Measurement, RunContext, Runner } from "./protocol.js"
-import { appendOne, READ_LOG, share } from "./raw.js"
+import { READ_LOG, singleAppends } from "./raw.js"
 import { Latencies } from "./stats.js"
 
 /** Hands one delivered event to the harness, with the time its batch was delivered. */
@@ -119,29 +119,18 @@ const connect = async (url: string) => {
   return client
 }
 
-/** Single-event appends by every writer; a new stream every `streamLength`; `started` gets each append's start. */
+/** Single-event appends by every writer (raw.ts's W2 loop); `started` gets each append's start. */
 const write = async (
   clients: ReadonlyArray<pg.Client>,
   appends: number,
   streamLength: number,
   started: Map<string, number> | undefined
 ) => {
-  let streams = 0
-  await Promise.all(
-    clients.map(async (client, w) => {
-      let aggregateId = ""
-      for (let i = 0; i < share(appends, clients.length, w); i++) {
-        const version = (i % streamLength) + 1
-        if (version === 1) {
-          aggregateId = crypto.randomUUID()
-          streams++
-        }
-        const event = payload(aggregateId, i)
-        started?.set(key(aggregateId, version), performance.now())
-        await appendOne(client, aggregateId, version, event)
-      }
-    })
-  )
+  const onStart =
+    started === undefined
+      ? undefined
+      : (aggregateId: string, version: number) => started.set(key(aggregateId, version), performance.now())
+  const { streams } = await singleAppends(streamLength, onStart)(clients, appends, new Latencies())
   return streams
 }
 

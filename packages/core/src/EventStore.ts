@@ -333,6 +333,17 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
   const decodeStream = (stored: Stream.Stream<StoredEvent, EventStoreError>) =>
     stored.pipe(Stream.chunks, Stream.flatMap(decodeChunk))
 
+  /** The span of a read of one stream, whichever columns it reads. */
+  const streamSpan = (stream: StreamId, fromVersion: number | undefined) =>
+    Stream.withSpan(Spans.readStream, {
+      attributes: {
+        [Attributes.backend]: backend.name,
+        [Attributes.aggregateType]: stream.aggregateType,
+        [Attributes.aggregateId]: stream.aggregateId,
+        [Attributes.fromVersion]: fromVersion ?? 1
+      }
+    })
+
   const readStream = (stream: StreamId, options?: ReadStreamOptions) =>
     Effect.gen(function* () {
       yield* validate.stream(stream)
@@ -347,17 +358,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
           { direction: options?.direction ?? "forward", fromVersion, ...(toVersion === undefined ? {} : { toVersion }) }
         )
       )
-    }).pipe(
-      Stream.unwrap,
-      Stream.withSpan(Spans.readStream, {
-        attributes: {
-          [Attributes.backend]: backend.name,
-          [Attributes.aggregateType]: stream.aggregateType,
-          [Attributes.aggregateId]: stream.aggregateId,
-          [Attributes.fromVersion]: options?.fromVersion ?? 1
-        }
-      })
-    )
+    }).pipe(Stream.unwrap, streamSpan(stream, options?.fromVersion))
 
   /**
    * Decodes a page of envelope-less events. A payload that does not decode is
@@ -400,17 +401,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       return backend
         .readStreamEvents(normalized, fromVersion)
         .pipe(Stream.chunks, Stream.flatMap(decodeStreamChunk(normalized)))
-    }).pipe(
-      Stream.unwrap,
-      Stream.withSpan(Spans.readStream, {
-        attributes: {
-          [Attributes.backend]: backend.name,
-          [Attributes.aggregateType]: stream.aggregateType,
-          [Attributes.aggregateId]: stream.aggregateId,
-          [Attributes.fromVersion]: options?.fromVersion ?? 1
-        }
-      })
-    )
+    }).pipe(Stream.unwrap, streamSpan(stream, options?.fromVersion))
 
   const readAll = (options?: ReadAllOptions) =>
     Effect.gen(function* () {

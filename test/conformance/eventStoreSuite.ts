@@ -655,6 +655,28 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           assert.deepStrictEqual<unknown>(back!.event, { _tag: "NoteWritten", text: hostile })
           assert.strictEqual(back!.actorId, hostile)
           assert.strictEqual(back!.aggregateType, hostile.slice(0, 40))
+          // And filtered on: types with quotes, backslashes, commas and braces match only themselves.
+          const types = [hostile.slice(0, 40), 'a"b', "c\\d", "e,f", "{g}", "NULL"]
+          const positions = new Map<string, bigint>()
+          for (const type of types.slice(1)) {
+            const written = yield* store.append({ aggregateId: uuid(), aggregateType: type }, notes(1), {
+              expectedVersion: ExpectedVersion.noStream
+            })
+            positions.set(type, written.firstPosition)
+          }
+          for (const type of types) {
+            const found = yield* collect(store.readAll({ aggregateTypes: [type] }))
+            assert.deepStrictEqual(
+              found.map((e) => e.aggregateType),
+              [type],
+              type
+            )
+          }
+          const both = yield* collect(store.readAll({ aggregateTypes: ['a"b', "e,f"], eventTypes: ["NoteWritten"] }))
+          assert.deepStrictEqual(
+            both.map((e) => e.globalPosition),
+            [positions.get('a"b'), positions.get("e,f")]
+          )
         })
       )
 

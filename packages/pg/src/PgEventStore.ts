@@ -102,6 +102,61 @@ const prepared = <A>(
 
 const asIs = (row: LeanQuery.Row): ReadonlyArray<unknown> => row
 
+/** A PostgreSQL array literal of text: each element quoted, `"` and `\\` escaped. */
+const textArray = (values: ReadonlyArray<string>): string =>
+  `{${values.map((value) => `"${value.replace(/["\\]/g, "\\$&")}"`).join(",")}}`
+
+/**
+ * A SELECT of stored events, built condition by condition with numbered parameters.
+ * Its text depends only on which filters are present (values are parameters), so each
+ * shape is one named prepared statement per connection.
+ */
+class EventQuery {
+  readonly values: Array<unknown> = []
+  private readonly conditions: Array<string> = []
+
+  param(value: unknown, type: string): string {
+    this.values.push(value)
+    return `$${this.values.length}::${type}`
+  }
+
+  where(condition: string): this {
+    this.conditions.push(condition)
+    return this
+  }
+
+  /** Tenant, aggregate types and event types: the filters of readAll and subscribe. */
+  filters(options: {
+    readonly tenantId?: string | undefined
+    readonly aggregateTypes?: ReadonlyArray<string> | undefined
+    readonly eventTypes?: ReadonlyArray<string> | undefined
+  }): this {
+    if (options.tenantId !== undefined) this.where(`tenant_id = ${this.param(options.tenantId, "uuid")}`)
+    if (options.aggregateTypes !== undefined) {
+      this.where(`aggregate_type = ANY (${this.param(textArray(options.aggregateTypes), "varchar[]")})`)
+    }
+    if (options.eventTypes !== undefined) {
+      this.where(`event_type = ANY (${this.param(textArray(options.eventTypes), "varchar[]")})`)
+    }
+    return this
+  }
+
+  statement(order: string, limit: number): LeanQuery.Statement {
+    const text = `SELECT ${EventRows.COLUMNS} FROM events${
+      this.conditions.length === 0 ? "" : ` WHERE ${this.conditions.join(" AND ")}`
+    } ORDER BY ${order} LIMIT ${this.param(limit, "int")}`
+    let name = statementNames.get(text)
+    if (name === undefined) {
+      name = `eventfold_read_${statementNames.size + 1}`
+      statementNames.set(text, name)
+    }
+    return { name, text }
+  }
+}
+
+/** One name per statement text, for the process: pg keys prepared statements by name on each connection. */
+const statementNames = new Map<string, string>()
+
 /** A page of a stream for folding: the narrow columns, by the (aggregate_id, aggregate_type, version) index. */
 const READ_STREAM_EVENTS: LeanQuery.Statement = {
   name: "eventfold_read_stream_events",
@@ -306,25 +361,28 @@ export const makeBackend = (
       )
     }
 
-    const page = (method: string, query: Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError>) =>
-      query.pipe(Effect.flatMap(EventRows.decodeRows), Effect.mapError(EventStore.storeError(method)))
+    /** A page of stored events, on the lean path outside a caller's transaction. */
+    const page = (method: string, query: EventQuery, order: string, limit: number) =>
+      Effect.serviceOption(SqlClient.TransactionConnection).pipe(
+        Effect.flatMap((transaction) =>
+          run(query.statement(order, limit), query.values, Option.isSome(transaction), EventRows.decodeRow)
+        ),
+        Effect.mapError(EventStore.storeError(method))
+      )
 
     const readStream: EventStore.Backend["readStream"] = (stream, options) => {
       const forward = options.direction === "forward"
       const to = options.toVersion ?? 2147483647
       return Stream.paginateChunkEffect(forward ? options.fromVersion : to, (cursor) =>
-        page(
-          "readStream",
-          forward
-            ? sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events
-                  WHERE aggregate_id = ${stream.aggregateId}::uuid AND aggregate_type = ${stream.aggregateType}
-                    AND version >= ${cursor} AND version <= ${to}
-                  ORDER BY version ASC LIMIT ${pageSize}`
-            : sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events
-                  WHERE aggregate_id = ${stream.aggregateId}::uuid AND aggregate_type = ${stream.aggregateType}
-                    AND version <= ${cursor} AND version >= ${options.fromVersion}
-                  ORDER BY version DESC LIMIT ${pageSize}`
-        ).pipe(
+        Effect.suspend(() => {
+          const query = new EventQuery()
+          query
+            .where(`aggregate_id = ${query.param(stream.aggregateId, "uuid")}`)
+            .where(`aggregate_type = ${query.param(stream.aggregateType, "varchar")}`)
+            .where(`version ${forward ? ">=" : "<="} ${query.param(cursor, "int")}`)
+            .where(`version ${forward ? "<=" : ">="} ${query.param(forward ? to : options.fromVersion, "int")}`)
+          return page("readStream", query, forward ? "version ASC" : "version DESC", pageSize)
+        }).pipe(
           Effect.map((events) => {
             const last = events[events.length - 1]
             return [
@@ -364,29 +422,22 @@ export const makeBackend = (
     const readAll: EventStore.Backend["readAll"] = (options) => {
       const forward = options.direction === "forward"
       const limit = options.limit ?? Number.POSITIVE_INFINITY
-      const filters = [
-        ...(options.tenantId === undefined ? [] : [sql`tenant_id = ${options.tenantId}::uuid`]),
-        ...(options.aggregateTypes === undefined ? [] : [sql.in("aggregate_type", options.aggregateTypes)]),
-        ...(options.eventTypes === undefined ? [] : [sql.in("event_type", options.eventTypes)]),
-        ...(options.since === undefined ? [] : [sql`timestamp >= ${options.since}`]),
-        ...(options.until === undefined ? [] : [sql`timestamp < ${options.until}`]),
-        ...(options.before === undefined || !forward ? [] : [sql`global_position < ${options.before}`]),
-        ...(options.after === undefined || forward ? [] : [sql`global_position > ${options.after}`])
-      ]
       const start: bigint | undefined = forward ? (options.after ?? 0n) : options.before
       return Stream.paginateChunkEffect({ cursor: start, taken: 0 }, ({ cursor, taken }) => {
         const size = Math.min(pageSize, limit - taken)
         if (size <= 0) return Effect.succeed([Chunk.empty<EventStore.StoredEvent>(), Option.none()] as const)
-        const where = sql.and([
-          ...filters,
-          ...(cursor === undefined
-            ? []
-            : [forward ? sql`global_position > ${cursor}` : sql`global_position < ${cursor}`])
-        ])
-        const query = forward
-          ? sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events WHERE ${where} ORDER BY global_position ASC LIMIT ${size}`
-          : sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events WHERE ${where} ORDER BY global_position DESC LIMIT ${size}`
-        return page("readAll", query).pipe(
+        const query = new EventQuery().filters(options)
+        if (options.since !== undefined)
+          query.where(`timestamp >= ${query.param(options.since.toISOString(), "timestamptz")}`)
+        if (options.until !== undefined)
+          query.where(`timestamp < ${query.param(options.until.toISOString(), "timestamptz")}`)
+        if (options.before !== undefined && forward) {
+          query.where(`global_position < ${query.param(options.before, "int8")}`)
+        }
+        if (options.after !== undefined && !forward)
+          query.where(`global_position > ${query.param(options.after, "int8")}`)
+        if (cursor !== undefined) query.where(`global_position ${forward ? ">" : "<"} ${query.param(cursor, "int8")}`)
+        return page("readAll", query, forward ? "global_position ASC" : "global_position DESC", size).pipe(
           Effect.map((events) => {
             const last = events[events.length - 1]
             return [
@@ -404,21 +455,17 @@ export const makeBackend = (
     // past a position that a running transaction holds, so that none is skipped.
     const watcher = yield* PgSubscription.makeWatcher(options.subscriptions)
     const subscribe: EventStore.Backend["subscribe"] = (options) => {
-      const filters = [
-        ...(options.tenantId === undefined ? [] : [sql`tenant_id = ${options.tenantId}::uuid`]),
-        ...(options.aggregateTypes === undefined ? [] : [sql.in("aggregate_type", options.aggregateTypes)]),
-        ...(options.eventTypes === undefined ? [] : [sql.in("event_type", options.eventTypes)])
-      ]
       return Subscription.follow(
         {
           horizon: watcher.horizon,
           read: ({ after, upTo, limit }) =>
-            page(
-              "subscribe",
-              sql`SELECT ${sql.literal(EventRows.COLUMNS)} FROM events
-                  WHERE ${sql.and([sql`global_position > ${after}`, sql`global_position <= ${upTo}`, ...filters])}
-                  ORDER BY global_position ASC LIMIT ${limit}`
-            )
+            Effect.suspend(() => {
+              const query = new EventQuery().filters(options)
+              query
+                .where(`global_position > ${query.param(after, "int8")}`)
+                .where(`global_position <= ${query.param(upTo, "int8")}`)
+              return page("subscribe", query, "global_position ASC", limit)
+            })
         },
         options
       )

@@ -87,6 +87,12 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           assert.strictEqual(second!.globalPosition, result.lastPosition)
           assert.strictEqual(typeof first!.globalPosition, "bigint")
           assert.instanceOf(first!.createdAt, Date)
+          // Every read hands out events of its own: what one reader does to its copy, no other sees.
+          const [again] = yield* collect(store.readStream(s))
+          assert.notStrictEqual(again!.event, first!.event)
+          ;(first!.event as { sku?: string }).sku = "changed by a careless reader"
+          const [third] = yield* collect(store.readStreamEvents(s))
+          assert.deepStrictEqual<unknown>(third!.event, { _tag: "ItemAdded", sku: "A-1", quantity: 2, price: 9.99 })
         })
       )
 

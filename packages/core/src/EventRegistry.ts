@@ -82,19 +82,26 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
         new UnknownEventTypeError({ eventType, eventId: meta.eventId, globalPosition: meta.globalPosition })
       )
     }
-    return decoder(payload).pipe(
-      Either.map((fields): Event.Any => ({ _tag: eventType, ...fields })),
-      Either.mapLeft(
-        (error) =>
-          new EventDecodeError({
-            eventId: meta.eventId,
-            eventType,
-            globalPosition: meta.globalPosition,
-            message: ParseResult.TreeFormatter.formatErrorSync(error),
-            cause: error
-          })
+    // Once per event read: no Either combinators, and the tag set on the Schema's output
+    // rather than on a copy of it. The output is the decoder's own object or part of the
+    // payload, which backends hand to one read only; an output that is the payload itself
+    // (an empty struct) is copied all the same.
+    const decoded = decoder(payload)
+    if (Either.isLeft(decoded)) {
+      return Either.left(
+        new EventDecodeError({
+          eventId: meta.eventId,
+          eventType,
+          globalPosition: meta.globalPosition,
+          message: ParseResult.TreeFormatter.formatErrorSync(decoded.left),
+          cause: decoded.left
+        })
       )
-    )
+    }
+    const fields = decoded.right
+    if (fields === payload) return Either.right({ _tag: eventType, ...fields })
+    ;(fields as { _tag?: string })._tag = eventType
+    return Either.right(fields as unknown as Event.Any)
   }
 
   return { types, encode, decode }

@@ -110,6 +110,7 @@ export interface RecordedEvent<E extends Event.Any = Event.Any> {
  * @category models
  */
 export interface StoredEvent extends Omit<RecordedEvent, "event"> {
+  /** Owned by this read: a backend never hands the same payload object to two reads. */
   readonly payload: unknown
 }
 
@@ -134,6 +135,7 @@ export interface StreamEvent<E extends Event.Any = Event.Any> {
 export interface StoredStreamEvent {
   readonly version: number
   readonly eventType: string
+  /** Owned by this read, as {@link StoredEvent}'s. */
   readonly payload: unknown
 }
 

@@ -81,13 +81,16 @@ export const make = (): Backend => {
       })
     })
 
+  /** Each read gets a payload of its own, as from PostgreSQL (the registry may build the event from it). */
+  const owned = (event: StoredEvent): StoredEvent => ({ ...event, payload: structuredClone(event.payload) })
+
   const readStream: Backend["readStream"] = (stream, options) =>
     Stream.suspend(() => {
       const events = state.streams.get(key(stream.aggregateType, stream.aggregateId)) ?? []
       const to = options.toVersion ?? Number.MAX_SAFE_INTEGER
       const selected = events.filter((e) => e.version >= options.fromVersion && e.version <= to)
       if (options.direction === "backward") selected.reverse()
-      return Stream.fromIterable(selected).pipe(Stream.rechunk(PAGE))
+      return Stream.fromIterable(selected.map(owned)).pipe(Stream.rechunk(PAGE))
     })
 
   const readStreamEvents: Backend["readStreamEvents"] = (stream, fromVersion) =>
@@ -116,7 +119,7 @@ export const make = (): Backend => {
             if (end) break
             position = next
             const event = state.log[Number(next) - 1]!
-            if (matches(event)) page.push(event)
+            if (matches(event)) page.push(owned(event))
           }
           const done = end || taken + page.length >= limit
           return [
@@ -149,7 +152,7 @@ export const make = (): Backend => {
             const end = Math.min(Number(upTo), state.log.length)
             for (let i = Number(after); i < end && page.length < limit; i++) {
               const event = state.log[i]!
-              if (matches(event)) page.push(event)
+              if (matches(event)) page.push(owned(event))
             }
             return page
           })

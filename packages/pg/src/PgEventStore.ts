@@ -39,6 +39,7 @@ import * as AppendSql from "./internal/appendSql.js"
 import * as EventRows from "./internal/eventRows.js"
 import * as LeanQuery from "./internal/leanQuery.js"
 import * as PgSubscription from "./internal/pgSubscription.js"
+import * as ReadSql from "./internal/readSql.js"
 import { PgPool } from "./PgPool.js"
 
 /**
@@ -101,70 +102,6 @@ const prepared = <A>(
   })
 
 const asIs = (row: LeanQuery.Row): ReadonlyArray<unknown> => row
-
-/** A PostgreSQL array literal of text: each element quoted, `"` and `\\` escaped. */
-const textArray = (values: ReadonlyArray<string>): string =>
-  `{${values.map((value) => `"${value.replace(/["\\]/g, "\\$&")}"`).join(",")}}`
-
-/**
- * A SELECT of stored events, built condition by condition with numbered parameters.
- * Its text depends only on which filters are present (values are parameters), so each
- * shape is one named prepared statement per connection.
- */
-class EventQuery {
-  readonly values: Array<unknown> = []
-  private readonly conditions: Array<string> = []
-
-  param(value: unknown, type: string): string {
-    this.values.push(value)
-    return `$${this.values.length}::${type}`
-  }
-
-  where(condition: string): this {
-    this.conditions.push(condition)
-    return this
-  }
-
-  /** Tenant, aggregate types and event types: the filters of readAll and subscribe. */
-  filters(options: {
-    readonly tenantId?: string | undefined
-    readonly aggregateTypes?: ReadonlyArray<string> | undefined
-    readonly eventTypes?: ReadonlyArray<string> | undefined
-  }): this {
-    if (options.tenantId !== undefined) this.where(`tenant_id = ${this.param(options.tenantId, "uuid")}`)
-    if (options.aggregateTypes !== undefined) {
-      this.where(`aggregate_type = ANY (${this.param(textArray(options.aggregateTypes), "varchar[]")})`)
-    }
-    if (options.eventTypes !== undefined) {
-      this.where(`event_type = ANY (${this.param(textArray(options.eventTypes), "varchar[]")})`)
-    }
-    return this
-  }
-
-  statement(order: string, limit: number): LeanQuery.Statement {
-    const text = `SELECT ${EventRows.COLUMNS} FROM events${
-      this.conditions.length === 0 ? "" : ` WHERE ${this.conditions.join(" AND ")}`
-    } ORDER BY ${order} LIMIT ${this.param(limit, "int")}`
-    let name = statementNames.get(text)
-    if (name === undefined) {
-      name = `eventfold_read_${statementNames.size + 1}`
-      statementNames.set(text, name)
-    }
-    return { name, text }
-  }
-}
-
-/** One name per statement text, for the process: pg keys prepared statements by name on each connection. */
-const statementNames = new Map<string, string>()
-
-/** A page of a stream for folding: the narrow columns, by the (aggregate_id, aggregate_type, version) index. */
-const READ_STREAM_EVENTS: LeanQuery.Statement = {
-  name: "eventfold_read_stream_events",
-  // The payload as text on both paths (pg would parse jsonb through @effect/sql, not on the lean one).
-  text: `SELECT version, event_type, payload::text FROM events
-          WHERE aggregate_id = $1::uuid AND aggregate_type = $2::varchar AND version >= $3::int
-          ORDER BY version LIMIT $4::int`
-}
 
 /** An append that did not go in is explained again after a lost race this many times, then reported. */
 const MAX_RETRIES = 10
@@ -362,7 +299,7 @@ export const makeBackend = (
     }
 
     /** A page of stored events, on the lean path outside a caller's transaction. */
-    const page = (method: string, query: EventQuery, order: string, limit: number) =>
+    const page = (method: string, query: ReadSql.EventQuery, order: string, limit: number) =>
       Effect.serviceOption(SqlClient.TransactionConnection).pipe(
         Effect.flatMap((transaction) =>
           run(query.statement(order, limit), query.values, Option.isSome(transaction), EventRows.decodeRow)
@@ -375,13 +312,8 @@ export const makeBackend = (
       const to = options.toVersion ?? 2147483647
       return Stream.paginateChunkEffect(forward ? options.fromVersion : to, (cursor) =>
         Effect.suspend(() => {
-          const query = new EventQuery()
-          query
-            .where(`aggregate_id = ${query.param(stream.aggregateId, "uuid")}`)
-            .where(`aggregate_type = ${query.param(stream.aggregateType, "varchar")}`)
-            .where(`version ${forward ? ">=" : "<="} ${query.param(cursor, "int")}`)
-            .where(`version ${forward ? "<=" : ">="} ${query.param(forward ? to : options.fromVersion, "int")}`)
-          return page("readStream", query, forward ? "version ASC" : "version DESC", pageSize)
+          const [query, order] = ReadSql.streamPage(stream, forward, cursor, forward ? to : options.fromVersion)
+          return page("readStream", query, order, pageSize)
         }).pipe(
           Effect.map((events) => {
             const last = events[events.length - 1]
@@ -401,7 +333,7 @@ export const makeBackend = (
         Effect.serviceOption(SqlClient.TransactionConnection).pipe(
           Effect.flatMap((transaction) =>
             run(
-              READ_STREAM_EVENTS,
+              ReadSql.READ_STREAM_EVENTS,
               [stream.aggregateId, stream.aggregateType, cursor, foldPageSize],
               Option.isSome(transaction),
               // Decoded row by row as they arrive, while the server is still sending the page.
@@ -426,18 +358,8 @@ export const makeBackend = (
       return Stream.paginateChunkEffect({ cursor: start, taken: 0 }, ({ cursor, taken }) => {
         const size = Math.min(pageSize, limit - taken)
         if (size <= 0) return Effect.succeed([Chunk.empty<EventStore.StoredEvent>(), Option.none()] as const)
-        const query = new EventQuery().filters(options)
-        if (options.since !== undefined)
-          query.where(`timestamp >= ${query.param(options.since.toISOString(), "timestamptz")}`)
-        if (options.until !== undefined)
-          query.where(`timestamp < ${query.param(options.until.toISOString(), "timestamptz")}`)
-        if (options.before !== undefined && forward) {
-          query.where(`global_position < ${query.param(options.before, "int8")}`)
-        }
-        if (options.after !== undefined && !forward)
-          query.where(`global_position > ${query.param(options.after, "int8")}`)
-        if (cursor !== undefined) query.where(`global_position ${forward ? ">" : "<"} ${query.param(cursor, "int8")}`)
-        return page("readAll", query, forward ? "global_position ASC" : "global_position DESC", size).pipe(
+        const [query, order] = ReadSql.logPage(options, cursor)
+        return page("readAll", query, order, size).pipe(
           Effect.map((events) => {
             const last = events[events.length - 1]
             return [
@@ -460,11 +382,8 @@ export const makeBackend = (
           horizon: watcher.horizon,
           read: ({ after, upTo, limit }) =>
             Effect.suspend(() => {
-              const query = new EventQuery().filters(options)
-              query
-                .where(`global_position > ${query.param(after, "int8")}`)
-                .where(`global_position <= ${query.param(upTo, "int8")}`)
-              return page("subscribe", query, "global_position ASC", limit)
+              const [query, order] = ReadSql.subscriptionPage(options, after, upTo)
+              return page("subscribe", query, order, limit)
             })
         },
         options

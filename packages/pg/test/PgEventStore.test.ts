@@ -8,6 +8,7 @@ import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
 import * as AppendSql from "../src/internal/appendSql.js"
+import * as ReadSql from "../src/internal/readSql.js"
 
 /**
  * The append's statements are prepared once per connection, and after five runs
@@ -26,7 +27,7 @@ describe("append statements", () => {
         sql.withTransaction(
           Effect.gen(function* () {
             yield* sql.unsafe("SET LOCAL plan_cache_mode = force_generic_plan")
-            yield* sql.unsafe(`PREPARE ${name}(${types}) AS ${text}`)
+            yield* sql.unsafe(`PREPARE ${name}${types === "" ? "" : `(${types})`} AS ${text}`)
             const rows = yield* sql.unsafe<{ "QUERY PLAN": string }>(`EXPLAIN EXECUTE ${name}(${args})`)
             yield* sql.unsafe(`DEALLOCATE ${name}`)
             return rows.map((row) => row["QUERY PLAN"]).join("\n")
@@ -64,6 +65,30 @@ describe("append statements", () => {
       assert.notMatch(explain, /Seq Scan on events/, explain)
       assert.match(explain, /Index Scan using events_event_id_key/, explain)
       assert.strictEqual(new Set(checked).size, 8)
+
+      // The named reads: a stream both ways, the log both ways, a subscription's page, a fold.
+      const target = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      const reads = [
+        ReadSql.streamPage(target, true, 1, 100),
+        ReadSql.streamPage(target, false, 100, 1),
+        ReadSql.logPage({ direction: "forward" }, 0n),
+        ReadSql.logPage({ direction: "backward" }, 100n),
+        ReadSql.subscriptionPage({}, 0n, 100n)
+      ].map(([query, order]) => ({ ...query.statement(order, 1000), values: query.values }))
+      for (const read of [
+        ...reads,
+        { ...ReadSql.READ_STREAM_EVENTS, values: [target.aggregateId, "Order", 1, 1000] }
+      ]) {
+        assert.notStrictEqual(read.name, "")
+        const literal = read.values.map((v) => `'${String(v)}'`).join(", ")
+        const text = yield* plan("read_plan", "", read.text, literal)
+        assert.notMatch(text, /Seq Scan on events|Sort/, `${read.text}:\n${text}`)
+      }
+      // With filters, a read is planned for its values on every run.
+      const [filtered] = ReadSql.logPage({ direction: "forward", tenantId: crypto.randomUUID() }, 0n)
+      assert.strictEqual(filtered.statement("global_position ASC", 10).name, "")
+      const [typed] = ReadSql.subscriptionPage({ aggregateTypes: ["Order"] }, 0n, 10n)
+      assert.strictEqual(typed.statement("global_position ASC", 10).name, "")
     })
   )
 })

@@ -16,7 +16,7 @@ import type * as Pg from "pg"
 /** A row: the columns' text, in the statement's order. */
 export type Row = ReadonlyArray<string | null>
 
-/** The statement's name (parsed once per connection under it) and text. */
+/** The statement's name (parsed once per connection under it; "" for a statement planned on every run) and text. */
 export interface Statement {
   readonly name: string
   readonly text: string
@@ -73,7 +73,9 @@ class LeanQuery<A> {
   submit(connection: Connection): null {
     connection.stream.cork?.()
     try {
-      if (
+      // Named: parsed once per connection. Unnamed (""): parsed, and planned, on every run.
+      if (this.name === "") connection.parse({ text: this.text, name: "" })
+      else if (
         connection.parsedStatements[this.name] === undefined &&
         connection.submittedNamedStatements[this.name] === undefined
       ) {

@@ -48,7 +48,10 @@ export class RowError extends Error {
   }
 }
 
-/** Parameters are text: strings as they are, numbers and booleans as PostgreSQL reads them. */
+/**
+ * Parameters are text: strings as they are; numbers, bigints and booleans as PostgreSQL
+ * reads them. Callers pass only these (dates as ISO strings, arrays as array literals).
+ */
 const toText = (value: unknown): string | null =>
   value === null || value === undefined ? null : typeof value === "string" ? value : String(value)
 

@@ -299,13 +299,21 @@ export const makeBackend = (
     }
 
     /** A page of stored events, on the lean path outside a caller's transaction. */
-    const page = (method: string, query: ReadSql.EventQuery, order: string, limit: number) =>
+    /** A page of a read, on the lean path outside a caller's transaction, decoded by `parseRow`. */
+    const read = <A>(
+      method: string,
+      statement: LeanQuery.Statement,
+      values: ReadonlyArray<unknown>,
+      parseRow: (row: ReadonlyArray<unknown>) => A
+    ) =>
       Effect.serviceOption(SqlClient.TransactionConnection).pipe(
-        Effect.flatMap((transaction) =>
-          run(query.statement(order, limit), query.values, Option.isSome(transaction), EventRows.decodeRow)
-        ),
+        Effect.flatMap((transaction) => run(statement, values, Option.isSome(transaction), parseRow)),
         Effect.mapError(EventStore.storeError(method))
       )
+
+    /** A page of stored events. */
+    const page = (method: string, query: ReadSql.EventQuery, order: string, limit: number) =>
+      read(method, query.statement(order, limit), query.values, EventRows.decodeRow)
 
     const readStream: EventStore.Backend["readStream"] = (stream, options) => {
       const forward = options.direction === "forward"
@@ -330,17 +338,12 @@ export const makeBackend = (
 
     const readStreamEvents: EventStore.Backend["readStreamEvents"] = (stream, fromVersion) =>
       Stream.paginateChunkEffect(fromVersion, (cursor) =>
-        Effect.serviceOption(SqlClient.TransactionConnection).pipe(
-          Effect.flatMap((transaction) =>
-            run(
-              ReadSql.READ_STREAM_EVENTS,
-              [stream.aggregateId, stream.aggregateType, cursor, foldPageSize],
-              Option.isSome(transaction),
-              // Decoded row by row as they arrive, while the server is still sending the page.
-              EventRows.decodeStreamRow
-            )
-          ),
-          Effect.mapError(EventStore.storeError("readStreamEvents")),
+        read(
+          "readStreamEvents",
+          ReadSql.READ_STREAM_EVENTS,
+          [stream.aggregateId, stream.aggregateType, cursor, foldPageSize],
+          EventRows.decodeStreamRow
+        ).pipe(
           Effect.map((events) => {
             const last = events[events.length - 1]
             return [

@@ -52,10 +52,12 @@ export type AppendParameters = readonly [
 
 const COLUMNS = "event_id, aggregate_id, aggregate_type, event_type, tenant_id, actor_id, version, timestamp, payload"
 
-/** The stream's last version, 0 when it has none: a backward probe of the version index. */
-const HEAD = `(SELECT coalesce((SELECT e.version FROM events e
+/** The stream ($1, $2)'s last version, 0 when it has none: a backward probe of the version index. */
+const LAST_VERSION = `coalesce((SELECT e.version FROM events e
                      WHERE e.aggregate_id = $1::uuid AND e.aggregate_type = $2::varchar
-                     ORDER BY e.version DESC LIMIT 1), 0) AS version) AS h`
+                     ORDER BY e.version DESC LIMIT 1), 0)`
+
+const HEAD = `(SELECT ${LAST_VERSION} AS version) AS h`
 
 /**
  * The append. Returns one row per appended event for a single event, one row in all
@@ -134,9 +136,7 @@ export const explainStatement = {
   // One probe of events_event_id_key per id (a lateral equality, kept apart by its LIMIT):
   // `event_id = ANY($3)` gets a sequential scan as its generic plan when the table was
   // small at planning, and keeps it as the table grows.
-  text: `SELECT coalesce((SELECT e.version FROM events e
-                     WHERE e.aggregate_id = $1::uuid AND e.aggregate_type = $2::varchar
-                     ORDER BY e.version DESC LIMIT 1), 0) AS current_version,
+  text: `SELECT ${LAST_VERSION} AS current_version,
        count(e.event_id)::int AS found,
        coalesce(bool_and(e.aggregate_id = $1::uuid AND e.aggregate_type = $2::varchar), false) AS same_stream,
        min(e.version - ids.n::int) AS base_min,

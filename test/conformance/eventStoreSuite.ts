@@ -235,6 +235,33 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
         })
       )
 
+      it.effect("a race of single events: one wins, each loser learns the version it lost to", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          yield* store.append(s, notes(3), { expectedVersion: ExpectedVersion.noStream })
+          const results = yield* Effect.all(
+            Arr.makeBy(12, (i) =>
+              Effect.either(store.append(s, notes(1, `w${i}-`), { expectedVersion: ExpectedVersion.exact(3) }))
+            ),
+            { concurrency: "unbounded" }
+          )
+          assert.strictEqual(results.filter(Either.isRight).length, 1)
+          for (const loss of results.filter(Either.isLeft).map((r) => r.left)) {
+            assert.deepInclude(loss, { _tag: "ConcurrencyError", actualVersion: 4 })
+          }
+          // A stale writer, then one that caught up.
+          const stale = yield* Effect.flip(store.append(s, notes(1), { expectedVersion: ExpectedVersion.exact(2) }))
+          assert.deepInclude(stale, { _tag: "ConcurrencyError", actualVersion: 4 })
+          const caughtUp = yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.exact(4) })
+          assert.strictEqual(caughtUp.version, 5)
+          assert.deepStrictEqual(
+            (yield* collect(store.readStream(s))).map((e) => e.version),
+            [1, 2, 3, 4, 5]
+          )
+        })
+      )
+
       it.effect.prop(
         "concurrent writers with `any` and retried exact expectations never duplicate or skip a version",
         [FastCheck.array(FastCheck.integer({ min: 1, max: 4 }), { minLength: 2, maxLength: 10 })],
@@ -280,6 +307,30 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           const anyReplay = yield* store.append(s, batch, { expectedVersion: ExpectedVersion.any })
           assert.deepStrictEqual(anyReplay, first)
           assert.strictEqual((yield* collect(store.readStream(s))).length, 4)
+        })
+      )
+
+      it.effect("a single event re-appended returns the original result, even under a stale expectation", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          yield* store.append(s, notes(2), { expectedVersion: ExpectedVersion.noStream })
+          const event = { ...note("x"), eventId: uuid() }
+          const first = yield* store.append(s, [event], { expectedVersion: ExpectedVersion.exact(2) })
+          assert.deepStrictEqual(yield* store.append(s, [event], { expectedVersion: ExpectedVersion.exact(2) }), first)
+          assert.deepStrictEqual(yield* store.append(s, [event], { expectedVersion: ExpectedVersion.any }), first)
+          // Appended at version 3, so an expectation of version 0 (no stream) is not a replay of it.
+          const misplaced = yield* Effect.flip(store.append(s, [event], { expectedVersion: ExpectedVersion.noStream }))
+          assert.deepInclude(misplaced, { _tag: "DuplicateEventError", eventId: event.eventId })
+          // Stored in another stream: a duplicate, whatever that stream's expectation.
+          const other = stream()
+          yield* store.append(other, notes(1), { expectedVersion: ExpectedVersion.noStream })
+          for (const expectedVersion of [ExpectedVersion.exact(1), ExpectedVersion.exact(7), ExpectedVersion.any]) {
+            const duplicate = yield* Effect.flip(store.append(other, [event], { expectedVersion }))
+            assert.deepInclude(duplicate, { _tag: "DuplicateEventError", eventId: event.eventId })
+          }
+          assert.strictEqual((yield* collect(store.readStream(s))).length, 3)
+          assert.strictEqual((yield* collect(store.readStream(other))).length, 1)
         })
       )
 

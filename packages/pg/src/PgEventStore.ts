@@ -30,6 +30,7 @@ import * as EventStore from "@eventfold/core/EventStore"
 import * as ExpectedVersion from "@eventfold/core/ExpectedVersion"
 import * as Subscription from "@eventfold/core/Subscription"
 import * as Chunk from "effect/Chunk"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -73,16 +74,19 @@ export interface Options {
  * this path, and wrapping it cost another Error); anything else is a SqlError, as
  * through @effect/sql.
  */
-const prepared = <A>(
+const prepared = <A, B, E>(
   pool: Pg.Pool,
   statement: LeanQuery.Statement,
   values: ReadonlyArray<unknown>,
-  parseRow: (row: LeanQuery.Row) => A
+  parseRow: (row: LeanQuery.Row) => A,
+  // What to run next, resumed with directly: an append's outcome is decided here, without
+  // further steps through the runtime.
+  then: (error: SqlError | Pg.DatabaseError | undefined, rows: ReadonlyArray<A>) => Effect.Effect<B, E>
 ) =>
-  Effect.async<ReadonlyArray<A>, SqlError | Pg.DatabaseError>((resume) => {
+  Effect.async<B, E>((resume) => {
     pool.connect((connectError, client, release) => {
       if (connectError !== undefined || client === undefined) {
-        resume(Effect.fail(new SqlError({ cause: connectError, message: "Failed to acquire connection" })))
+        resume(then(new SqlError({ cause: connectError, message: "Failed to acquire connection" }), []))
         return
       }
       LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
@@ -91,20 +95,79 @@ const prepared = <A>(
         const database = error instanceof Pg.DatabaseError
         release(error !== undefined && !database && !(error instanceof LeanQuery.RowError) ? error : undefined)
         resume(
-          database
-            ? Effect.fail(error)
-            : error !== undefined
-              ? Effect.fail(new SqlError({ cause: error, message: "Failed to execute statement" }))
-              : Effect.succeed(rows)
+          then(
+            database || error === undefined
+              ? error
+              : new SqlError({ cause: error, message: "Failed to execute statement" }),
+            rows
+          )
         )
       })
     })
   })
 
+/** The outcome of a statement as an Effect: its rows, or its error. */
+const rowsOrError = <A>(
+  error: SqlError | Pg.DatabaseError | undefined,
+  rows: ReadonlyArray<A>
+): Effect.Effect<ReadonlyArray<A>, SqlError | Pg.DatabaseError> =>
+  error === undefined ? Effect.succeed(rows) : Effect.fail(error)
+
 const asIs = (row: LeanQuery.Row): ReadonlyArray<unknown> => row
 
 /** An append that did not go in is explained again after a lost race this many times, then reported. */
 const MAX_RETRIES = 10
+
+/** One append, prepared once: its statement and parameters, and where it runs. */
+interface Append {
+  readonly input: EventStore.PreparedAppend
+  /** The event, when the append has one (the common case). */
+  readonly single: EventStore.PreparedAppend["events"][number] | undefined
+  readonly statement: LeanQuery.Statement
+  readonly values: AppendSql.AppendParameters
+  /** Inside a caller's transaction. */
+  readonly transaction: boolean
+}
+
+type Statements = Record<AppendSql.Base, Record<AppendSql.Shape, LeanQuery.Statement>>
+
+const prepareStatement = (
+  input: EventStore.PreparedAppend,
+  statements: Statements,
+  transaction: Option.Option<unknown>
+): Append => {
+  const { aggregateId, aggregateType } = input.stream
+  const expected = input.expectedVersion
+  const [base, expectation] =
+    expected._tag === "Exact"
+      ? (["expected", expected.version] as const)
+      : expected._tag === "NoStream"
+        ? (["expected", 0] as const)
+        : (["head", expected._tag === "StreamExists"] as const)
+  const single = input.events.length === 1 ? input.events[0]! : undefined
+  return {
+    input,
+    single,
+    statement: statements[base][single === undefined ? "batch" : "single"],
+    values:
+      single === undefined
+        ? [aggregateId, aggregateType, input.tenantId, input.actorId, expectation, eventsDocument(input.events)]
+        : [
+            aggregateId,
+            aggregateType,
+            input.tenantId,
+            input.actorId,
+            expectation,
+            single.eventId,
+            single.eventType,
+            single.timestamp.toISOString(),
+            single.payloadJson
+          ],
+    transaction: Option.isSome(transaction)
+  }
+}
+
+const appendFailed = (cause: unknown) => Effect.fail(EventStore.storeError("append")(cause))
 
 /** The batch as one JSON document; payloads are embedded as the JSON text core produced. */
 const eventsDocument = (events: EventStore.PreparedAppend["events"]) => {
@@ -154,7 +217,7 @@ export const makeBackend = (
     const foldPageSize = options.foldPageSize ?? 10_000
     const outbox = options.outbox ?? false
 
-    const statements = {
+    const statements: Statements = {
       expected: {
         single: AppendSql.appendStatement("expected", "single", outbox),
         batch: AppendSql.appendStatement("expected", "batch", outbox)
@@ -182,123 +245,151 @@ export const makeBackend = (
               catch: (cause) => new SqlError({ cause, message: "Failed to read a row" })
             })
           )
-        : prepared(pool.value.pool, statement, values, parseRow)
+        : prepared(pool.value.pool, statement, values, parseRow, rowsOrError)
 
-    const append: EventStore.Backend["append"] = (input) => {
-      const { aggregateId, aggregateType } = input.stream
-      const expected = input.expectedVersion
-      const count = input.events.length
-      const [base, expectation] =
-        expected._tag === "Exact"
-          ? (["expected", expected.version] as const)
-          : expected._tag === "NoStream"
-            ? (["expected", 0] as const)
-            : (["head", expected._tag === "StreamExists"] as const)
-      const single = count === 1 ? input.events[0]! : undefined
-      const statement = statements[base][single === undefined ? "batch" : "single"]
-      const values: AppendSql.AppendParameters =
-        single === undefined
-          ? [aggregateId, aggregateType, input.tenantId, input.actorId, expectation, eventsDocument(input.events)]
-          : [
-              aggregateId,
-              aggregateType,
-              input.tenantId,
-              input.actorId,
-              expectation,
-              single.eventId,
-              single.eventType,
-              single.timestamp.toISOString(),
-              single.payloadJson
-            ]
-      const failed = (cause: unknown) => Effect.fail(EventStore.storeError("append")(cause))
+    type Outcome = Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError>
 
-      /**
-       * The append did not go in (a conflict on a unique constraint, or an expectation
-       * the stream did not meet): an idempotent replay, a duplicate id, a conflict, or
-       * a race lost by a writer whose expectation still holds, which tries again.
-       */
-      const explain = (
-        transaction: boolean,
-        attempt: number
-      ): Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError> =>
-        run(
-          AppendSql.explainStatement,
-          // A uuid[] literal (the ids are checked lower-case UUIDs), text on either path.
-          [aggregateId, aggregateType, `{${input.events.map((e) => e.eventId).join(",")}}`],
-          transaction
-        ).pipe(
-          Effect.catchAll(failed),
-          Effect.flatMap((rows) => {
-            // The columns of AppendSql.explainStatement, in order.
-            const row = rows[0] ?? []
-            const current = EventRows.integer(row[0])
-            const found = EventRows.integer(row[1])
-            if (current === undefined || found === undefined) {
-              return failed(new Error(`unexpected explanation of a failed append: ${JSON.stringify(row)}`))
-            }
-            if (found === 0) {
-              return ExpectedVersion.isSatisfiedBy(expected, current) && attempt < MAX_RETRIES
-                ? insert(transaction, attempt + 1)
-                : Effect.fail(
-                    concurrencyError({ aggregateId, aggregateType, expectedVersion: expected, actualVersion: current })
-                  )
-            }
-            const baseMin = EventRows.integer(row[3])
-            const lastVersion = EventRows.integer(row[5])
-            const first = EventRows.int8(row[6])
-            const last = EventRows.int8(row[7])
-            const replayed =
-              found === count &&
-              EventRows.boolean(row[2]) &&
-              baseMin !== undefined &&
-              baseMin === EventRows.integer(row[4]) &&
-              ExpectedVersion.isSatisfiedBy(expected, baseMin)
-            return replayed && lastVersion !== undefined && first !== undefined && last !== undefined
-              ? Effect.succeed({ version: lastVersion, firstPosition: first, lastPosition: last })
-              : Effect.fail(new DuplicateEventError({ eventId: String(row[8]), aggregateId, aggregateType }, true))
-          })
-        )
+    /**
+     * Runs the append's statement. Outside a caller's transaction the outcome is decided
+     * in the driver's callback (see `prepared`); inside one, the statement runs under a
+     * savepoint, so that a failure does not abort the caller's transaction.
+     */
+    const insert = (append: Append, attempt: number): Outcome =>
+      append.transaction || Option.isNone(pool)
+        ? (append.transaction
+            ? sql.withTransaction(run(append.statement, append.values, true))
+            : run(append.statement, append.values, false)
+          ).pipe(
+            Effect.matchEffect({
+              onFailure: (error) => inserted(append, attempt, error, []),
+              onSuccess: (rows) => inserted(append, attempt, undefined, rows)
+            })
+          )
+        : prepared(pool.value.pool, append.statement, append.values, asIs, (error, rows) =>
+            inserted(append, attempt, error, rows)
+          )
 
-      const insert = (
-        transaction: boolean,
-        attempt: number
-      ): Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError> =>
-        // In a caller's transaction a failing statement would abort it: run under a savepoint.
-        (transaction ? sql.withTransaction(run(statement, values, true)) : run(statement, values, false)).pipe(
-          Effect.matchEffect({
-            onFailure: (error) => {
-              const cause = databaseError(error)
-              return cause?.code === "23505" &&
-                (cause.constraint === VERSION_CONSTRAINT || cause.constraint === EVENT_ID_CONSTRAINT)
-                ? explain(transaction, attempt)
-                : failed(error)
-            },
-            onSuccess: (rows) => {
-              // No row (a single event) or none inserted: the expectation did not hold, or a race
-              // was lost. Columns: inserted, version, first_position, last_position.
-              const row = rows[0]
-              const inserted = row === undefined ? 0 : EventRows.integer(row[0])
-              if (inserted === count && row !== undefined) {
-                const version = EventRows.integer(row[1])
-                const first = EventRows.int8(row[2])
-                const last = EventRows.int8(row[3])
-                if (version !== undefined && first !== undefined && last !== undefined) {
-                  return Effect.succeed({ version, firstPosition: first, lastPosition: last })
-                }
-              }
-              return inserted === 0
-                ? explain(transaction, attempt)
-                : failed(new Error(`unexpected result of an append: ${JSON.stringify(row ?? null)}`))
-            }
-          })
-        )
+    /** What the statement's outcome means. Columns: inserted, version, first_position, last_position. */
+    const inserted = (
+      append: Append,
+      attempt: number,
+      error: SqlError | Pg.DatabaseError | undefined,
+      rows: ReadonlyArray<ReadonlyArray<unknown>>
+    ): Outcome => {
+      if (error !== undefined) {
+        const cause = databaseError(error)
+        // A batch that lost a race at the version constraint, or an id stored already.
+        return cause?.code === "23505" &&
+          (cause.constraint === VERSION_CONSTRAINT || cause.constraint === EVENT_ID_CONSTRAINT)
+          ? explain(append, attempt)
+          : appendFailed(error)
+      }
+      const row = rows[0]
+      // No row (a single event) or none inserted: the expectation did not hold of the version
+      // read, or a single event lost a race.
+      const count = row === undefined ? 0 : EventRows.integer(row[0])
+      if (row !== undefined && count === append.input.events.length) {
+        const version = EventRows.integer(row[1])
+        const first = EventRows.int8(row[2])
+        const last = EventRows.int8(row[3])
+        if (version !== undefined && first !== undefined && last !== undefined) {
+          return Effect.succeed({ version, firstPosition: first, lastPosition: last })
+        }
+      }
+      return count !== 0
+        ? appendFailed(new Error(`unexpected result of an append: ${JSON.stringify(row ?? null)}`))
+        : append.single === undefined
+          ? explain(append, attempt)
+          : lookUp(append, attempt)
+    }
 
-      return Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
-        insert(Option.isSome(transaction), 1)
+    /**
+     * A single event did not go in: its id is stored (a replay, or a duplicate), or the
+     * expectation failed, or a race was lost.
+     */
+    const lookUp = (append: Append, attempt: number): Outcome =>
+      run(
+        AppendSql.headStatement,
+        [append.input.stream.aggregateId, append.input.stream.aggregateType, append.single!.eventId],
+        append.transaction
+      ).pipe(
+        Effect.catchAll(appendFailed),
+        Effect.flatMap((rows) => {
+          // The columns of AppendSql.headStatement: current_version, known.
+          const row = rows[0] ?? []
+          const current = EventRows.integer(row[0])
+          if (current === undefined) {
+            return appendFailed(new Error(`unexpected lookup of a failed append: ${JSON.stringify(row)}`))
+          }
+          return EventRows.boolean(row[1]) ? explain(append, attempt) : retryOrConflict(append, current, attempt)
+        })
+      )
+
+    /**
+     * The append did not go in (a batch, or a single event whose id is stored; or it met
+     * a unique constraint): an idempotent replay, a duplicate id, a conflict, or a race
+     * lost by a writer whose expectation still holds.
+     */
+    const explain = (append: Append, attempt: number): Outcome => {
+      const { aggregateId, aggregateType } = append.input.stream
+      const events = append.input.events
+      return run(
+        AppendSql.explainStatement,
+        // A uuid[] literal (the ids are checked lower-case UUIDs), text on either path.
+        [aggregateId, aggregateType, `{${events.map((e) => e.eventId).join(",")}}`],
+        append.transaction
+      ).pipe(
+        Effect.catchAll(appendFailed),
+        Effect.flatMap((rows) => {
+          // The columns of AppendSql.explainStatement, in order.
+          const row = rows[0] ?? []
+          const current = EventRows.integer(row[0])
+          const found = EventRows.integer(row[1])
+          if (current === undefined || found === undefined) {
+            return appendFailed(new Error(`unexpected explanation of a failed append: ${JSON.stringify(row)}`))
+          }
+          if (found === 0) return retryOrConflict(append, current, attempt)
+          const baseMin = EventRows.integer(row[3])
+          const lastVersion = EventRows.integer(row[5])
+          const first = EventRows.int8(row[6])
+          const last = EventRows.int8(row[7])
+          const replayed =
+            found === events.length &&
+            EventRows.boolean(row[2]) &&
+            baseMin !== undefined &&
+            baseMin === EventRows.integer(row[4]) &&
+            ExpectedVersion.isSatisfiedBy(append.input.expectedVersion, baseMin)
+          return replayed && lastVersion !== undefined && first !== undefined && last !== undefined
+            ? Effect.succeed({ version: lastVersion, firstPosition: first, lastPosition: last })
+            : Effect.fail(new DuplicateEventError({ eventId: String(row[8]), aggregateId, aggregateType }, true))
+        })
       )
     }
 
-    /** A page of stored events, on the lean path outside a caller's transaction. */
+    /**
+     * The stream is at `current` and none of the ids is stored: the expectation failed,
+     * or it still holds and a race was lost (the version was read before the winner
+     * committed), which runs the append again.
+     */
+    const retryOrConflict = (append: Append, current: number, attempt: number): Outcome => {
+      const { stream, expectedVersion } = append.input
+      return ExpectedVersion.isSatisfiedBy(expectedVersion, current) && attempt < MAX_RETRIES
+        ? insert(append, attempt + 1)
+        : Effect.fail(
+            concurrencyError({
+              aggregateId: stream.aggregateId,
+              aggregateType: stream.aggregateType,
+              expectedVersion,
+              actualVersion: current
+            })
+          )
+    }
+
+    const append: EventStore.Backend["append"] = (input) =>
+      Effect.contextWithEffect((context) =>
+        insert(prepareStatement(input, statements, Context.getOption(context, SqlClient.TransactionConnection)), 1)
+      )
+
     /** A page of a read, on the lean path outside a caller's transaction, decoded by `parseRow`. */
     const read = <A>(
       method: string,

@@ -64,6 +64,15 @@ describe("append statements", () => {
       )
       assert.notMatch(explain, /Seq Scan on events/, explain)
       assert.match(explain, /Index Scan using events_event_id_key/, explain)
+      const head = yield* plan(
+        AppendSql.headStatement.name,
+        "uuid, varchar, uuid",
+        AppendSql.headStatement.text,
+        "gen_random_uuid(), 'Order', gen_random_uuid()"
+      )
+      assert.notMatch(head, /Seq Scan on events|Sort/, head)
+      assert.match(head, /Index Only Scan Backward using idx_events_aggregate_version/, head)
+      assert.match(head, /Index Only Scan using events_event_id_key/, head)
       assert.strictEqual(new Set(checked).size, 8)
 
       // The named reads: a stream both ways, the log both ways, a subscription's page, a fold.

@@ -4,11 +4,12 @@
  *
  * Optimistic concurrency is the unique constraint on (aggregate_id, aggregate_type,
  * version), as in plain SQL. The statement reads the stream's last version (one
- * backward probe of that index), numbers the batch from it, and inserts only if the
- * caller's expectation holds of it:
+ * backward probe of that index) and inserts only if the caller's expectation holds
+ * of it:
  *
- * - `exact(n)`, `noStream` (n = 0): the stream is at version n, so no gap is possible
- *   and a writer that read an older version inserts nothing, without an error;
+ * - `exact(n)`: the stream is at version n, so no gap is possible and a writer that
+ *   read an older version inserts nothing, without an error;
+ * - `noStream`: no probe; version 1 is taken by any stream, which the constraint decides;
  * - `any`: always; `streamExists`: the stream has a version.
  *
  * Nothing else serializes writers: an append costs what a plain INSERT of the same
@@ -81,13 +82,16 @@ export const appendStatement = (
   shape: Shape,
   outbox: boolean
 ): { readonly name: string; readonly text: string } => {
+  // With an expected version the versions are numbered from it (the guard makes it the
+  // stream's), so that `noStream` never reads the stream: version 1 is taken by any stream.
+  const from = base === "expected" ? "$5::int" : "h.version"
   const fields =
     shape === "single"
-      ? `$6::uuid, $1::uuid, $2::varchar, $7::varchar, $3::uuid, $4::varchar, h.version + 1, $8::timestamptz, $9::jsonb`
-      : `(i.d->>'event_id')::uuid, $1::uuid, $2::varchar, i.d->>'event_type', $3::uuid, $4::varchar, h.version + i.n::int,
+      ? `$6::uuid, $1::uuid, $2::varchar, $7::varchar, $3::uuid, $4::varchar, ${from} + 1, $8::timestamptz, $9::jsonb`
+      : `(i.d->>'event_id')::uuid, $1::uuid, $2::varchar, i.d->>'event_type', $3::uuid, $4::varchar, ${from} + i.n::int,
          (i.d->>'timestamp')::timestamptz, i.d->'payload'`
   const sources = [HEAD, ...(shape === "batch" ? ["jsonb_array_elements($6::jsonb) WITH ORDINALITY AS i(d, n)"] : [])]
-  const guard = base === "expected" ? "h.version = $5::int" : "NOT $5::boolean OR h.version > 0"
+  const guard = base === "expected" ? "$5::int = 0 OR h.version = $5::int" : "NOT $5::boolean OR h.version > 0"
   const insert = `INSERT INTO events (${COLUMNS})
   SELECT ${fields}
     FROM ${sources.join(",\n       ")}

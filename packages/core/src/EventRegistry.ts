@@ -9,6 +9,7 @@ import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { EventDecodeError, InvalidEventError, UnknownEventTypeError } from "./Errors.js"
 import type * as Event from "./Event.js"
+import * as PlainStruct from "./internal/plainStruct.js"
 
 /**
  * @since 0.1.0
@@ -24,6 +25,23 @@ export interface EventRegistry {
     payload: unknown,
     meta: { readonly eventId: string; readonly globalPosition: bigint }
   ) => Either.Either<Event.Any, UnknownEventTypeError | EventDecodeError>
+}
+
+/**
+ * Schema's parser, behind the fast path of a plain struct (see internal/plainStruct.ts)
+ * when the schema is one; a value the fast path does not accept goes to Schema, which
+ * accepts or explains it.
+ */
+const withFastPath = <A>(
+  schema: Schema.Schema.Any,
+  parse: (u: unknown) => Either.Either<A, ParseResult.ParseError>
+): ((u: unknown) => Either.Either<A, ParseResult.ParseError>) => {
+  const fast = PlainStruct.compile(schema.ast)
+  if (fast === undefined) return parse
+  return (u) => {
+    const output = fast(u)
+    return output === undefined ? parse(u) : Either.right(output as A)
+  }
 }
 
 /**
@@ -47,8 +65,11 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
       throw new Error(`EventRegistry: event type "${definition.type}" is defined twice`)
     }
     types.set(definition.type, definition)
-    encoders.set(definition.type, Schema.encodeUnknownEither(definition.payload))
-    decoders.set(definition.type, Schema.decodeUnknownEither(definition.decodePayload))
+    encoders.set(definition.type, withFastPath(definition.payload, Schema.encodeUnknownEither(definition.payload)))
+    decoders.set(
+      definition.type,
+      withFastPath(definition.decodePayload, Schema.decodeUnknownEither(definition.decodePayload))
+    )
   }
 
   const encode = (event: Event.Any) => {

@@ -1,0 +1,70 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Event, EventRegistry } from "@eventfold/core"
+import * as Either from "effect/Either"
+import * as FastCheck from "effect/FastCheck"
+import * as Option from "effect/Option"
+import * as ParseResult from "effect/ParseResult"
+import * as Schema from "effect/Schema"
+import * as PlainStruct from "../src/internal/plainStruct.js"
+
+// A plain struct: the registry decodes and encodes it on its fast path.
+const fields = { sku: Schema.String, quantity: Schema.Number, gift: Schema.Boolean }
+const ItemAdded = Event.make("ItemAdded", fields)
+const registry = EventRegistry.make(ItemAdded)
+const reference = Schema.Struct(fields)
+const meta = { eventId: "e-1", globalPosition: 1n }
+
+/** Inputs around the struct's shape: right and wrong types, missing and extra keys, non-objects. */
+const value = FastCheck.oneof(
+  FastCheck.string(),
+  FastCheck.double(),
+  FastCheck.boolean(),
+  FastCheck.constant(null),
+  FastCheck.constant(undefined),
+  FastCheck.array(FastCheck.integer(), { maxLength: 2 })
+)
+const input = FastCheck.oneof(
+  FastCheck.record({ sku: value, quantity: value, gift: value, extra: value, __proto__: value }, { requiredKeys: [] }),
+  FastCheck.record({ sku: FastCheck.string(), quantity: FastCheck.double(), gift: FastCheck.boolean() }),
+  FastCheck.anything()
+)
+
+describe("EventRegistry", () => {
+  it.prop("decodes a plain struct exactly as Schema does, and explains what it rejects", [input], ([payload]) => {
+    const expected = Schema.decodeUnknownEither(reference)(payload)
+    const decoded = registry.decode("ItemAdded", payload, meta)
+    if (Either.isRight(expected)) {
+      assert.deepStrictEqual(decoded, Either.right({ ...expected.right, _tag: "ItemAdded" }))
+      assert.deepStrictEqual(Object.keys(Either.getOrThrow(decoded)), ["sku", "quantity", "gift", "_tag"])
+    } else {
+      assert.isTrue(Either.isLeft(decoded))
+      assert.deepInclude(Either.getLeft(decoded).pipe(Option.getOrUndefined), {
+        _tag: "EventDecodeError",
+        message: ParseResult.TreeFormatter.formatErrorSync(expected.left)
+      })
+    }
+  })
+
+  it.prop("encodes a plain struct exactly as Schema does", [input], ([payload]) => {
+    const event = { ...(typeof payload === "object" && payload !== null ? payload : {}), _tag: "ItemAdded" }
+    const expected = Schema.encodeUnknownEither(reference)(event)
+    const encoded = registry.encode(event)
+    if (Either.isRight(expected)) assert.deepStrictEqual(encoded, Either.right(expected.right))
+    else assert.isTrue(Either.isLeft(encoded))
+  })
+
+  it("takes the fast path only for required string, number and boolean fields without parse options", () => {
+    assert.isDefined(PlainStruct.compile(reference.ast))
+    for (const schema of [
+      Schema.Struct({ sku: Schema.optional(Schema.String) }),
+      Schema.Struct({ sku: Schema.String.pipe(Schema.minLength(1)) }),
+      Schema.Struct({ at: Schema.DateFromString }),
+      Schema.Struct({ kind: Schema.Literal("a") }),
+      Schema.Struct({ sku: Schema.String }, Schema.Record({ key: Schema.String, value: Schema.String })),
+      Schema.Struct({ sku: Schema.String }).annotations({ parseOptions: { onExcessProperty: "error" } }),
+      Schema.Union(Schema.Struct({ sku: Schema.String }), Schema.Struct({ id: Schema.String }))
+    ]) {
+      assert.isUndefined(PlainStruct.compile(schema.ast), String(schema.ast))
+    }
+  })
+})

@@ -303,26 +303,35 @@ export const makeBackend = (
           : lookUp(append, attempt)
     }
 
+    /** Runs a lookup after an append that did not go in, and decides from its one row. */
+    const afterLookup = (
+      append: Append,
+      statement: LeanQuery.Statement,
+      values: ReadonlyArray<unknown>,
+      decide: (row: ReadonlyArray<unknown>) => Outcome
+    ): Outcome =>
+      run(statement, values, append.transaction).pipe(
+        Effect.catchAll(appendFailed),
+        Effect.flatMap((rows) => decide(rows[0] ?? []))
+      )
+
     /**
      * A single event did not go in: its id is stored (a replay, or a duplicate), or the
      * expectation failed, or a race was lost.
      */
     const lookUp = (append: Append, attempt: number): Outcome =>
-      run(
+      afterLookup(
+        append,
         AppendSql.headStatement,
         [append.input.stream.aggregateId, append.input.stream.aggregateType, append.single!.eventId],
-        append.transaction
-      ).pipe(
-        Effect.catchAll(appendFailed),
-        Effect.flatMap((rows) => {
-          // The columns of AppendSql.headStatement: current_version, known.
-          const row = rows[0] ?? []
+        // The columns of AppendSql.headStatement: current_version, known.
+        (row) => {
           const current = EventRows.integer(row[0])
           if (current === undefined) {
             return appendFailed(new Error(`unexpected lookup of a failed append: ${JSON.stringify(row)}`))
           }
           return EventRows.boolean(row[1]) ? explain(append, attempt) : retryOrConflict(append, current, attempt)
-        })
+        }
       )
 
     /**
@@ -333,16 +342,13 @@ export const makeBackend = (
     const explain = (append: Append, attempt: number): Outcome => {
       const { aggregateId, aggregateType } = append.input.stream
       const events = append.input.events
-      return run(
+      return afterLookup(
+        append,
         AppendSql.explainStatement,
         // A uuid[] literal (the ids are checked lower-case UUIDs), text on either path.
         [aggregateId, aggregateType, `{${events.map((e) => e.eventId).join(",")}}`],
-        append.transaction
-      ).pipe(
-        Effect.catchAll(appendFailed),
-        Effect.flatMap((rows) => {
-          // The columns of AppendSql.explainStatement, in order.
-          const row = rows[0] ?? []
+        // The columns of AppendSql.explainStatement, in order.
+        (row) => {
           const current = EventRows.integer(row[0])
           const found = EventRows.integer(row[1])
           if (current === undefined || found === undefined) {
@@ -362,7 +368,7 @@ export const makeBackend = (
           return replayed && lastVersion !== undefined && first !== undefined && last !== undefined
             ? Effect.succeed({ version: lastVersion, firstPosition: first, lastPosition: last })
             : Effect.fail(new DuplicateEventError({ eventId: String(row[8]), aggregateId, aggregateType }, true))
-        })
+        }
       )
     }
 

@@ -7,6 +7,7 @@ import { assert, describe, layer } from "@effect/vitest"
 import { type Errors, Event, EventRegistry, type EventStore, ExpectedVersion } from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -93,6 +94,27 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           ;(first!.event as { sku?: string }).sku = "changed by a careless reader"
           const [third] = yield* collect(store.readStreamEvents(s))
           assert.deepStrictEqual<unknown>(third!.event, { _tag: "ItemAdded", sku: "A-1", quantity: 2, price: 9.99 })
+        })
+      )
+
+      it.effect("an event without a timestamp is stamped by the fiber's clock", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          const now = Date.parse("2025-01-02T03:04:05.678Z")
+          const stopped: Clock.Clock = {
+            [Clock.ClockTypeId]: Clock.ClockTypeId,
+            unsafeCurrentTimeMillis: () => now,
+            currentTimeMillis: Effect.succeed(now),
+            unsafeCurrentTimeNanos: () => BigInt(now) * 1_000_000n,
+            currentTimeNanos: Effect.succeed(BigInt(now) * 1_000_000n),
+            sleep: () => Effect.void
+          }
+          yield* store
+            .append(s, [note("stamped")], { expectedVersion: ExpectedVersion.noStream })
+            .pipe(Effect.withClock(stopped))
+          const [event] = yield* collect(store.readStream(s))
+          assert.strictEqual(event!.timestamp.getTime(), now)
         })
       )
 

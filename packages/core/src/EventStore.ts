@@ -6,7 +6,6 @@
  * @since 0.1.0
  */
 import * as Chunk from "effect/Chunk"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -296,10 +295,10 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
   // synchronous validation and encoding.
   const append = (stream: StreamId, events: ReadonlyArray<EventToAppend>, options: AppendOptions) =>
     withHotSpan(
-      Effect.flatMap(Clock.currentTimeMillis, (now): Effect.Effect<AppendResult, AppendError> => {
+      (now): Effect.Effect<AppendResult, AppendError> => {
         const prepared = prepareAppend(registry, stream, events, options, now)
         return Either.isLeft(prepared) ? Effect.fail(prepared.left) : backend.append(prepared.right)
-      }),
+      },
       Spans.append,
       () => ({
         captureStackTrace: false,

@@ -9,6 +9,7 @@
  */
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
+import * as PlainStruct from "./internal/plainStruct.js"
 
 /**
  * Any event value: a struct tagged with its event type.
@@ -134,11 +135,16 @@ const fastMake = (
       if (value !== undefined) defaults.push([key, value])
     }
   }
+  // A plain struct is checked in one loop; Schema validates anything else, and explains
+  // what the loop rejects.
+  const plain = PlainStruct.compile(schema.ast)
   let validate: ((input: unknown) => unknown) | undefined
   return (props, options) => {
     const out: Record<PropertyKey, unknown> = { ...props }
     for (const [key, value] of defaults) if (out[key] === undefined) out[key] = value()
     if (options === true || (typeof options === "object" && options.disableValidation === true)) return out
+    const checked = plain?.(out)
+    if (checked !== undefined) return checked
     validate ??= ParseResult.validateSync(schema)
     return validate(out)
   }

@@ -26,7 +26,35 @@ const outcome = (make: () => unknown) => {
   }
 }
 
+// A plain struct: `make` checks it in one loop (internal/plainStruct.ts).
+const plainFields = { sku: Schema.String, quantity: Schema.Number, gift: Schema.Boolean }
+const ItemAdded = Event.make("ItemAdded", plainFields)
+const PlainReference = Schema.TaggedStruct("ItemAdded", plainFields)
+
 describe("Event.make's make", () => {
+  it.prop(
+    "of a plain struct builds, and rejects, what the schema's own make does",
+    [
+      FastCheck.record(
+        {
+          sku: FastCheck.oneof(FastCheck.string(), FastCheck.integer()),
+          quantity: FastCheck.oneof(FastCheck.double(), FastCheck.string()),
+          gift: FastCheck.oneof(FastCheck.boolean(), FastCheck.constant(null)),
+          _tag: FastCheck.constantFrom("ItemAdded", "Other")
+        },
+        { requiredKeys: [] }
+      )
+    ],
+    ([props]) => {
+      const input = props as Parameters<typeof PlainReference.make>[0]
+      const ours = outcome(() => ItemAdded.make(input))
+      const theirs = outcome(() => PlainReference.make(input))
+      assert.deepStrictEqual(ours, theirs)
+      if ("value" in ours)
+        assert.deepStrictEqual(Object.keys(ours.value as object), ["_tag", "sku", "quantity", "gift"])
+    }
+  )
+
   it.prop(
     "builds what the schema's own make builds, and rejects what it rejects",
     [

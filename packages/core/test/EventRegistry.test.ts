@@ -8,7 +8,7 @@ import * as Schema from "effect/Schema"
 import * as PlainStruct from "../src/internal/plainStruct.js"
 
 // A plain struct: the registry decodes and encodes it on its fast path.
-const fields = { sku: Schema.String, quantity: Schema.Number, gift: Schema.Boolean }
+const fields = { sku: Schema.String, quantity: Schema.Number, gift: Schema.Boolean, unit: Schema.Literal("piece") }
 const ItemAdded = Event.make("ItemAdded", fields)
 const registry = EventRegistry.make(ItemAdded)
 const reference = Schema.Struct(fields)
@@ -21,11 +21,17 @@ const value = FastCheck.oneof(
   FastCheck.boolean(),
   FastCheck.constant(null),
   FastCheck.constant(undefined),
+  FastCheck.constant("piece"),
   FastCheck.array(FastCheck.integer(), { maxLength: 2 })
 )
 const input = FastCheck.oneof(
   FastCheck.record({ sku: value, quantity: value, gift: value, extra: value, __proto__: value }, { requiredKeys: [] }),
-  FastCheck.record({ sku: FastCheck.string(), quantity: FastCheck.double(), gift: FastCheck.boolean() }),
+  FastCheck.record({
+    sku: FastCheck.string(),
+    quantity: FastCheck.double(),
+    gift: FastCheck.boolean(),
+    unit: FastCheck.constantFrom("piece", "box")
+  }),
   FastCheck.anything()
 )
 
@@ -35,7 +41,7 @@ describe("EventRegistry", () => {
     const decoded = registry.decode("ItemAdded", payload, meta)
     if (Either.isRight(expected)) {
       assert.deepStrictEqual(decoded, Either.right({ ...expected.right, _tag: "ItemAdded" }))
-      assert.deepStrictEqual(Object.keys(Either.getOrThrow(decoded)), ["sku", "quantity", "gift", "_tag"])
+      assert.deepStrictEqual(Object.keys(Either.getOrThrow(decoded)), ["sku", "quantity", "gift", "unit", "_tag"])
     } else {
       assert.isTrue(Either.isLeft(decoded))
       assert.deepInclude(Either.getLeft(decoded).pipe(Option.getOrUndefined), {
@@ -53,13 +59,15 @@ describe("EventRegistry", () => {
     else assert.isTrue(Either.isLeft(encoded))
   })
 
-  it("takes the fast path only for required string, number and boolean fields without parse options", () => {
+  it("takes the fast path only for required strings, numbers, booleans and string literals, without parse options", () => {
     assert.isDefined(PlainStruct.compile(reference.ast))
+    assert.isDefined(PlainStruct.compile(ItemAdded.ast))
     for (const schema of [
       Schema.Struct({ sku: Schema.optional(Schema.String) }),
       Schema.Struct({ sku: Schema.String.pipe(Schema.minLength(1)) }),
       Schema.Struct({ at: Schema.DateFromString }),
-      Schema.Struct({ kind: Schema.Literal("a") }),
+      Schema.Struct({ kind: Schema.Literal(1) }),
+      Schema.Struct({ kind: Schema.Literal("a", "b") }),
       Schema.Struct({ sku: Schema.String }, Schema.Record({ key: Schema.String, value: Schema.String })),
       Schema.Struct({ sku: Schema.String }).annotations({ parseOptions: { onExcessProperty: "error" } }),
       Schema.Union(Schema.Struct({ sku: Schema.String }), Schema.Struct({ id: Schema.String }))

@@ -1,8 +1,9 @@
 import * as AST from "effect/SchemaAST"
 
 /**
- * A decoder (or encoder) for the common event payload: a struct of required string,
- * number and boolean fields, with no refinement, transformation or parse option. For
+ * A decoder (or encoder, or validator) for the common event payload: a struct of
+ * required string, number and boolean fields (and string literals, as an event's
+ * `_tag`), with no refinement, transformation or parse option. For
  * these Schema's parser checks each field's `typeof` and copies it into a new object
  * in the struct's order, leaving other keys behind; this does the same with one loop
  * and no Either per field (0.74 us per decoded event of seven fields; about 0.1 us
@@ -24,13 +25,18 @@ export const compile = (ast: AST.AST): PlainStruct | undefined => {
   if (ast.annotations[AST.ParseOptionsAnnotationId] !== undefined) return undefined
   const names: Array<string> = []
   const kinds: Array<string> = []
+  // A string literal (an event's `_tag`) is checked by value; other fields by typeof.
+  const literals: Array<string | undefined> = []
   for (const property of ast.propertySignatures) {
-    const kind = KINDS[property.type._tag]
+    const type = property.type
+    const literal = type._tag === "Literal" && typeof type.literal === "string" ? type.literal : undefined
+    const kind = literal === undefined ? KINDS[type._tag] : "string"
     if (typeof property.name !== "string" || property.name === "__proto__" || property.isOptional || !kind) {
       return undefined
     }
     names.push(property.name)
     kinds.push(kind)
+    literals.push(literal)
   }
   return (input) => {
     if (typeof input !== "object" || input === null || Array.isArray(input)) return undefined
@@ -38,7 +44,7 @@ export const compile = (ast: AST.AST): PlainStruct | undefined => {
     for (let i = 0; i < names.length; i++) {
       // As Schema's parser: the value read by name, own or inherited.
       const value = (input as Record<string, unknown>)[names[i]!]
-      if (typeof value !== kinds[i]) return undefined
+      if (typeof value !== kinds[i] || (literals[i] !== undefined && value !== literals[i])) return undefined
       output[names[i]!] = value
     }
     return output

@@ -372,6 +372,25 @@ interface Summary {
   readonly cpuUsPerEvent: number
   readonly counters: Readonly<Record<string, number>>
   readonly ratio?: number
+  /**
+   * The ratio within each interleaved pair (the same repeat of both sides, run back to
+   * back, so that noise hits both alike): median, lowest and highest. On a noisy machine
+   * it moves less than the ratio of the two sides' medians, which may come from
+   * different pairs.
+   */
+  readonly pairs?: { readonly median: number; readonly min: number; readonly max: number }
+}
+
+/** The ratio of `side` to raw within each repeat that both ran without a problem. */
+const pairRatios = (side: Side, records: ReadonlyArray<RunRecord>): ReadonlyArray<number> => {
+  const okRate = (r: RunRecord) => (r.result !== undefined && r.problems.length === 0 ? rate(r.result) : undefined)
+  return records.flatMap((record) => {
+    if (record.side !== side) return []
+    const mine = okRate(record)
+    const raw = records.find((r) => r.side === "raw" && r.repeat === record.repeat)
+    const base = raw === undefined ? undefined : okRate(raw)
+    return mine === undefined || base === undefined ? [] : [mine / base]
+  })
 }
 
 const summarize = (workload: Workload, side: Side, records: ReadonlyArray<RunRecord>): Summary => {
@@ -418,10 +437,10 @@ const notesOf = (s: Summary): string => {
 const table = (rows: ReadonlyArray<ReadonlyArray<string>>) => {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)))
   const line = (r: ReadonlyArray<string>) =>
-    `| ${r.map((cell, c) => (c >= 2 && c <= 7 ? cell.padStart(widths[c]!) : cell.padEnd(widths[c]!))).join(" | ")} |`
+    `| ${r.map((cell, c) => (c >= 2 && c <= 8 ? cell.padStart(widths[c]!) : cell.padEnd(widths[c]!))).join(" | ")} |`
   return [
     line(rows[0]!),
-    `|${widths.map((w, c) => (c >= 2 && c <= 7 ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`
+    `|${widths.map((w, c) => (c >= 2 && c <= 8 ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`
   ]
     .concat(rows.slice(1).map(line))
     .join("\n")
@@ -437,6 +456,7 @@ const report = (summaries: ReadonlyArray<Summary>, repeat: number) => {
     "peak RSS MB",
     "CPU µs/event",
     "Eventfold/raw",
+    "pairs",
     "notes"
   ]
   const rows = summaries.map((s) => [
@@ -448,6 +468,7 @@ const report = (summaries: ReadonlyArray<Summary>, repeat: number) => {
     mb(s.peakRssMb),
     ms(s.cpuUsPerEvent),
     s.ratio === undefined || !Number.isFinite(s.ratio) ? "" : `${s.ratio.toFixed(2)}×`,
+    s.pairs === undefined ? "" : `${s.pairs.median.toFixed(2)}× (${s.pairs.min.toFixed(2)}–${s.pairs.max.toFixed(2)})`,
     notesOf(s)
   ])
   return table([header, ...rows])
@@ -517,8 +538,17 @@ const main = Effect.gen(function* () {
     const raw = summarize(workload, "raw", records)
     for (const side of options.sides) {
       const summary = summarize(workload, side, records)
+      const pairs = pairRatios(side, records)
       summaries.push(
-        side === "raw" || !options.sides.includes("raw") ? summary : { ...summary, ratio: summary.rate / raw.rate }
+        side === "raw" || !options.sides.includes("raw")
+          ? summary
+          : {
+              ...summary,
+              ratio: summary.rate / raw.rate,
+              ...(pairs.length < 2
+                ? {}
+                : { pairs: { median: median(pairs), min: Math.min(...pairs), max: Math.max(...pairs) } })
+            }
       )
     }
   }

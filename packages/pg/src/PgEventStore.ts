@@ -254,20 +254,20 @@ export const makeBackend = (
      * in the driver's callback (see `prepared`); inside one, the statement runs under a
      * savepoint, so that a failure does not abort the caller's transaction.
      */
-    const insert = (append: Append, attempt: number): Outcome =>
-      append.transaction || Option.isNone(pool)
-        ? (append.transaction
-            ? sql.withTransaction(run(append.statement, append.values, true))
-            : run(append.statement, append.values, false)
-          ).pipe(
-            Effect.matchEffect({
-              onFailure: (error) => inserted(append, attempt, error, []),
-              onSuccess: (rows) => inserted(append, attempt, undefined, rows)
-            })
-          )
-        : prepared(pool.value.pool, append.statement, append.values, asIs, (error, rows) =>
-            inserted(append, attempt, error, rows)
-          )
+    const insert = (append: Append, attempt: number): Outcome => {
+      if (!append.transaction && Option.isSome(pool)) {
+        return prepared(pool.value.pool, append.statement, append.values, asIs, (error, rows) =>
+          inserted(append, attempt, error, rows)
+        )
+      }
+      const statement = run(append.statement, append.values, append.transaction)
+      return (append.transaction ? sql.withTransaction(statement) : statement).pipe(
+        Effect.matchEffect({
+          onFailure: (error) => inserted(append, attempt, error, []),
+          onSuccess: (rows) => inserted(append, attempt, undefined, rows)
+        })
+      )
+    }
 
     /** What the statement's outcome means. Columns: inserted, version, first_position, last_position. */
     const inserted = (

@@ -2,10 +2,12 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, describe, it } from "@effect/vitest"
 import { Event, EventRegistry, ExpectedVersion } from "@eventfold/core"
 import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
+import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
 import * as AppendSql from "../src/internal/appendSql.js"
 import * as ReadSql from "../src/internal/readSql.js"
@@ -35,23 +37,28 @@ describe("append statements", () => {
         )
       const stream = "gen_random_uuid(), 'Order', NULL, NULL"
       const checked: Array<string> = []
-      for (const base of ["expected", "head"] as const) {
+      for (const base of ["expected", "known", "head"] as const) {
         for (const shape of ["single", "batch"] as const) {
           for (const outbox of [false, true]) {
             const statement = AppendSql.appendStatement(base, shape, outbox)
-            const expected = base === "expected" ? "int" : "boolean"
+            const expected = base === "head" ? "boolean" : "int"
             const text = yield* plan(
               statement.name,
               shape === "single"
                 ? `uuid, varchar, uuid, varchar, ${expected}, uuid, varchar, timestamptz, jsonb`
                 : `uuid, varchar, uuid, varchar, ${expected}, jsonb`,
               statement.text,
-              `${stream}, ${base === "expected" ? "3" : "true"}, ${
+              `${stream}, ${base === "head" ? "true" : "3"}, ${
                 shape === "single" ? "gen_random_uuid(), 'Placed', now(), '{}'" : "'[]'"
               }`
             )
             assert.notMatch(text, /Seq Scan on events/, `${statement.name}:\n${text}`)
-            assert.match(text, /Index Only Scan( Backward)? using idx_events_aggregate_version/, statement.name)
+            if (base === "known") {
+              // The expected version is known to be stored: nothing of the stream is read.
+              assert.notMatch(text, /Scan.* on events|Scan using/, `${statement.name}:\n${text}`)
+            } else {
+              assert.match(text, /Index Only Scan( Backward)? using idx_events_aggregate_version/, statement.name)
+            }
             checked.push(statement.name)
           }
         }
@@ -73,7 +80,7 @@ describe("append statements", () => {
       assert.notMatch(head, /Seq Scan on events|Sort/, head)
       assert.match(head, /Index Only Scan Backward using idx_events_aggregate_version/, head)
       assert.match(head, /Index Only Scan using events_event_id_key/, head)
-      assert.strictEqual(new Set(checked).size, 8)
+      assert.strictEqual(new Set(checked).size, 12)
 
       // The named reads: a stream both ways, the log both ways, a subscription's page, a fold.
       const target = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
@@ -152,5 +159,104 @@ describe("append", () => {
         const rows = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM events`
         assert.strictEqual(rows[0]!.n, 2)
       })
+  )
+})
+
+/**
+ * An append that expects a version the store saw committed skips reading the stream
+ * (internal/knownVersions.ts). What it remembers must never let an append through
+ * that the probe would have stopped.
+ */
+describe("known versions", () => {
+  const Placed = Event.make("Placed", { number: Schema.String })
+  const registry = EventRegistry.make(Placed)
+  const placed = (number: string) => [{ event: Placed.make({ number }) }]
+
+  const setup = Effect.gen(function* () {
+    const url = yield* TestDatabase.fresh
+    const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 2 }))
+    yield* PgMigrations.run.pipe(Effect.provide(context))
+    const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+    const store = () => PgEventStore.make({ registry }).pipe(Effect.provide(context))
+    const versions = (aggregateId: string) =>
+      sql<{ version: number }>`SELECT version FROM events WHERE aggregate_id = ${aggregateId} ORDER BY version`.pipe(
+        Effect.map((rows) => rows.map((row) => row.version))
+      )
+    return { sql, store, versions, context }
+  })
+
+  it.scopedLive("a version written or read in a transaction that rolled back is not trusted", () =>
+    Effect.gen(function* () {
+      const { sql, store: makeStore, versions, context } = yield* setup
+      const store = yield* makeStore()
+      for (const how of ["append", "read"] as const) {
+        const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+        yield* store.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
+        // Version 2 exists only inside the transaction, which then rolls back.
+        const rolledBack = yield* sql
+          .withTransaction(
+            Effect.gen(function* () {
+              yield* store.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) })
+              if (how === "read") {
+                const seen = yield* Stream.runCollect(store.readStream(stream))
+                assert.strictEqual(Chunk.size(seen), 2)
+              }
+              return yield* Effect.fail("roll back" as const)
+            })
+          )
+          .pipe(Effect.provide(context), Effect.flip)
+        assert.strictEqual(rolledBack, "roll back")
+        const error = yield* Effect.flip(
+          store.append(stream, placed("3"), { expectedVersion: ExpectedVersion.exact(2) })
+        )
+        assert.strictEqual(error._tag, "ConcurrencyError")
+        assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 1)
+        assert.deepStrictEqual(yield* versions(stream.aggregateId), [1])
+      }
+    })
+  )
+
+  it.scopedLive("a store that knows a version loses to another store's append, and is told the version now", () =>
+    Effect.gen(function* () {
+      const { store: makeStore, versions } = yield* setup
+      const [mine, theirs] = [yield* makeStore(), yield* makeStore()]
+      const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      yield* mine.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
+      yield* mine.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) })
+      yield* theirs.append(stream, placed("3"), { expectedVersion: ExpectedVersion.exact(2) })
+      // `mine` knows version 2; 3 is taken. An older expectation fails alike, batches too.
+      for (const [expected, events] of [
+        [2, placed("x")],
+        [1, placed("y")],
+        [2, [...placed("z1"), ...placed("z2")]]
+      ] as const) {
+        const error = yield* Effect.flip(
+          mine.append(stream, events, { expectedVersion: ExpectedVersion.exact(expected) })
+        )
+        assert.strictEqual(error._tag, "ConcurrencyError")
+        assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 3)
+      }
+      // Told of version 3, it appends after it.
+      const result = yield* mine.append(stream, placed("4"), { expectedVersion: ExpectedVersion.exact(3) })
+      assert.strictEqual(result.version, 4)
+      assert.deepStrictEqual(yield* versions(stream.aggregateId), [1, 2, 3, 4])
+    })
+  )
+
+  it.scopedLive("a version the store never saw is read from the stream: no gap, with or without the memory", () =>
+    Effect.gen(function* () {
+      const { context, versions } = yield* setup
+      for (const knownVersions of [10_000, 0]) {
+        const store = yield* PgEventStore.make({ registry, knownVersions }).pipe(Effect.provide(context))
+        const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+        yield* store.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
+        const error = yield* Effect.flip(
+          store.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(5) })
+        )
+        assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 1)
+        yield* store.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) })
+        assert.deepStrictEqual(yield* versions(stream.aggregateId), [1, 2])
+      }
+    })
   )
 })

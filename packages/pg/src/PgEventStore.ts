@@ -139,6 +139,10 @@ interface Append {
 
 type Statements = Record<AppendSql.Base, Record<AppendSql.Shape, LeanQuery.Statement>>
 
+/** The statement for an expected version, by what the store knows of it. */
+const baseOf = (knowledge: KnownVersions.Knowledge): AppendSql.Base =>
+  knowledge === "unknown" ? "expected" : knowledge
+
 const prepareStatement = (
   input: EventStore.PreparedAppend,
   statements: Statements,
@@ -147,12 +151,11 @@ const prepareStatement = (
 ): Append => {
   const { aggregateId, aggregateType } = input.stream
   const expected = input.expectedVersion
+  const version = expected._tag === "Exact" ? expected.version : expected._tag === "NoStream" ? 0 : undefined
   const [base, expectation] =
-    expected._tag === "Exact"
-      ? ([known.knows(aggregateId, aggregateType, expected.version) ? "known" : "expected", expected.version] as const)
-      : expected._tag === "NoStream"
-        ? (["known", 0] as const)
-        : (["head", expected._tag === "StreamExists"] as const)
+    version === undefined
+      ? (["head", expected._tag === "StreamExists"] as const)
+      : ([baseOf(known.knows(aggregateId, aggregateType, version)), version] as const)
   const single = input.events.length === 1 ? input.events[0]! : undefined
   return {
     input,
@@ -235,6 +238,11 @@ export const makeBackend = (
       },
       known: {
         single: AppendSql.appendStatement("known", "single", outbox),
+        batch: AppendSql.appendStatement("known", "batch", outbox)
+      },
+      contended: {
+        single: AppendSql.appendStatement("contended", "single", outbox),
+        // A batch never skips a taken version: it is the same statement.
         batch: AppendSql.appendStatement("known", "batch", outbox)
       },
       head: {
@@ -406,6 +414,7 @@ export const makeBackend = (
      */
     const retryOrConflict = (append: Append, current: number, attempt: number): Outcome => {
       const { stream, expectedVersion } = append.input
+      if (!append.transaction) known.lostRace(stream.aggregateId, stream.aggregateType, current)
       return ExpectedVersion.isSatisfiedBy(expectedVersion, current) && attempt < MAX_RETRIES
         ? insert(append, attempt + 1)
         : Effect.fail(

@@ -37,7 +37,7 @@ describe("append statements", () => {
         )
       const stream = "gen_random_uuid(), 'Order', NULL, NULL"
       const checked: Array<string> = []
-      for (const base of ["expected", "known", "head"] as const) {
+      for (const base of ["expected", "known", "contended", "head"] as const) {
         for (const shape of ["single", "batch"] as const) {
           for (const outbox of [false, true]) {
             const statement = AppendSql.appendStatement(base, shape, outbox)
@@ -53,7 +53,7 @@ describe("append statements", () => {
               }`
             )
             assert.notMatch(text, /Seq Scan on events/, `${statement.name}:\n${text}`)
-            if (base === "known") {
+            if (base === "known" || base === "contended") {
               // The expected version is known to be stored: nothing of the stream is read.
               assert.notMatch(text, /Scan.* on events|Scan using/, `${statement.name}:\n${text}`)
             } else {
@@ -80,7 +80,7 @@ describe("append statements", () => {
       assert.notMatch(head, /Seq Scan on events|Sort/, head)
       assert.match(head, /Index Only Scan Backward using idx_events_aggregate_version/, head)
       assert.match(head, /Index Only Scan using events_event_id_key/, head)
-      assert.strictEqual(new Set(checked).size, 12)
+      assert.strictEqual(new Set(checked).size, 16)
 
       // The named reads: a stream both ways, the log both ways, a subscription's page, a fold.
       const target = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }

@@ -29,19 +29,18 @@
  * a stale writer inserts nothing), and on a stream where an append lost a race
  * before (base "contended"). A unique violation costs the server a heap insert
  * rolled back, and the client an Error (11-30 us); 8 writers racing on one stream
- * (W6) do it on four appends of five.
- * Any other unique violation (a duplicate event id, an index of the application's)
- * raises. A batch cannot skip conflicts (some rows could go in and others not): it
- * fails whole. In a caller's transaction the statement runs under a savepoint, so
- * that no failure aborts it.
+ * (W6) do it on four appends of five. Any other unique violation (a duplicate event
+ * id, an index of the application's) raises. A batch cannot skip conflicts (some
+ * rows could go in and others not): it fails whole. In a caller's transaction the
+ * statement runs under a savepoint, so that no failure aborts it.
  *
- * A single event that did not go in, or met the version constraint, is looked up with
- * {@link headStatement}: the stream's version and whether the event's id is stored,
- * two index probes planned once. Only a stored id, a batch, or another unique
- * violation needs
- * {@link explainStatement}, whose array of ids makes PostgreSQL plan it on every run
- * (0.15-0.4 ms of planning: a conflict cost 410 us of server CPU with it, against
- * 230 us for raw SQL's failed INSERT and lookup; about 150 us with the head lookup).
+ * A single event that did not go in, or met the version constraint, is looked up
+ * with {@link headStatement}: the stream's version and whether the event's id is
+ * stored, two index probes planned once. Only a stored id, a batch, or another
+ * unique violation needs {@link explainStatement}, whose array of ids makes
+ * PostgreSQL plan it on every run (0.15-0.4 ms of planning: a conflict cost 410 us
+ * of server CPU with it, against 230 us for raw SQL's failed INSERT and lookup;
+ * about 150 us with the head lookup).
  * The INSERT could return the version itself when it inserts nothing (a CTE and a
  * UNION ALL), but that made every successful append about 10% slower.
  *

@@ -25,6 +25,12 @@ export interface EventRegistry {
     payload: unknown,
     meta: { readonly eventId: string; readonly globalPosition: bigint }
   ) => Either.Either<Event.Any, UnknownEventTypeError | EventDecodeError>
+  /**
+   * As {@link EventRegistry.decode}, for a payload the caller hands over (a store's
+   * read, which gets a payload of its own): when the payload has exactly the event's
+   * fields, the event is the payload object itself, given its `_tag`.
+   */
+  readonly decodeOwned: EventRegistry["decode"]
 }
 
 /**
@@ -54,6 +60,7 @@ const withFastPath = <A>(
 export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRegistry => {
   const types = new Map<string, Event.AnyEventType>()
   const encoders = new Map<string, (u: unknown) => Either.Either<unknown, ParseResult.ParseError>>()
+  const exact = new Map<string, (u: unknown) => boolean>()
   const decoders = new Map<
     string,
     (u: unknown) => Either.Either<{ readonly [k: string]: unknown }, ParseResult.ParseError>
@@ -70,6 +77,8 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
       definition.type,
       withFastPath(definition.decodePayload, Schema.decodeUnknownEither(definition.decodePayload))
     )
+    const isExact = PlainStruct.compileExact(definition.decodePayload.ast)
+    if (isExact !== undefined) exact.set(definition.type, isExact)
   }
 
   const encode = (event: Event.Any) => {
@@ -125,7 +134,13 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
     return Either.right(fields as unknown as Event.Any)
   }
 
-  return { types, encode, decode }
+  const decodeOwned: EventRegistry["decode"] = (eventType, payload, meta) => {
+    if (exact.get(eventType)?.(payload) !== true) return decode(eventType, payload, meta)
+    ;(payload as { _tag?: string })._tag = eventType
+    return Either.right(payload as Event.Any)
+  }
+
+  return { types, encode, decode, decodeOwned }
 }
 
 /**

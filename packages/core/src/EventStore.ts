@@ -320,7 +320,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
   ): Stream.Stream<RecordedEvent, UnknownEventTypeError | EventDecodeError> => {
     const decoded: Array<RecordedEvent> = []
     for (const stored of chunk) {
-      const result = registry.decode(stored.eventType, stored.payload, stored)
+      const result = registry.decodeOwned(stored.eventType, stored.payload, stored)
       if (Either.isLeft(result)) {
         // Hand out what decoded before the bad event, then fail naming it: a reader
         // can resume after `globalPosition`.
@@ -372,7 +372,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       const decoded = new Array<StreamEvent>(chunk.length)
       let i = 0
       for (const stored of chunk) {
-        const result = registry.decode(stored.eventType, stored.payload, unnamed)
+        const result = registry.decodeOwned(stored.eventType, stored.payload, unnamed)
         if (Either.isLeft(result)) {
           const failure = backend
             .readStream(stream, { direction: "forward", fromVersion: stored.version, toVersion: stored.version })
@@ -380,7 +380,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
               Stream.runHead,
               Effect.flatMap((full): Effect.Effect<never, ReadError> => {
                 if (full._tag === "None") return Effect.fail(result.left)
-                const named = registry.decode(full.value.eventType, full.value.payload, full.value)
+                const named = registry.decodeOwned(full.value.eventType, full.value.payload, full.value)
                 return Effect.fail(Either.isLeft(named) ? named.left : result.left)
               })
             )
@@ -428,7 +428,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
         Stream.map((message): Subscription.Message => {
           if (message._tag !== "Event") return message
           const stored = message.event
-          const result = registry.decode(stored.eventType, stored.payload, stored)
+          const result = registry.decodeOwned(stored.eventType, stored.payload, stored)
           if (Either.isLeft(result)) return { _tag: "Undecodable", stored, error: result.left }
           return { _tag: "Event", event: recorded(stored, result.right) }
         })

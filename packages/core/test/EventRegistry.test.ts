@@ -51,6 +51,36 @@ describe("EventRegistry", () => {
     }
   })
 
+  it.prop(
+    "decodes a payload it is handed over as decode does, taking it as the event only when nothing is to drop",
+    [input],
+    ([payload]) => {
+      const expected = registry.decode("ItemAdded", structuredClone(payload), meta)
+      const keys = typeof payload === "object" && payload !== null ? Object.keys(payload) : []
+      const decoded = registry.decodeOwned("ItemAdded", payload, meta)
+      assert.deepStrictEqual(decoded, expected)
+      if (Either.isRight(decoded) && decoded.right === payload) {
+        // Only the struct's four fields were there: the event is the payload, given its tag.
+        assert.sameMembers(keys, ["sku", "quantity", "gift", "unit"])
+        assert.sameMembers(Object.keys(payload), [...keys, "_tag"])
+      }
+    }
+  )
+
+  it("takes a handed-over payload as the event when it has exactly the fields, and copies it otherwise", () => {
+    const payload: Record<string, unknown> = { unit: "piece", gift: false, quantity: 2, sku: "A-1" }
+    assert.strictEqual<unknown>(Either.getOrThrow(registry.decodeOwned("ItemAdded", payload, meta)), payload)
+    assert.strictEqual(payload._tag, "ItemAdded")
+    const extra = { unit: "piece", gift: false, quantity: 2, sku: "A-1", note: "dropped" }
+    const decoded: unknown = Either.getOrThrow(registry.decodeOwned("ItemAdded", extra, meta))
+    assert.notStrictEqual(decoded, extra)
+    assert.deepStrictEqual(decoded, { sku: "A-1", quantity: 2, gift: false, unit: "piece", _tag: "ItemAdded" })
+    // decode never touches what it is given.
+    const mine = { unit: "piece", gift: false, quantity: 2, sku: "A-1" }
+    assert.notStrictEqual<unknown>(Either.getOrThrow(registry.decode("ItemAdded", mine, meta)), mine)
+    assert.notProperty(mine, "_tag")
+  })
+
   it.prop("encodes a plain struct exactly as Schema does", [input], ([payload]) => {
     const event = { ...(typeof payload === "object" && payload !== null ? payload : {}), _tag: "ItemAdded" }
     const expected = Schema.encodeUnknownEither(reference)(event)
@@ -62,6 +92,7 @@ describe("EventRegistry", () => {
   it("takes the fast path only for required strings, numbers, booleans and string literals, without parse options", () => {
     assert.isDefined(PlainStruct.compile(reference.ast))
     assert.isDefined(PlainStruct.compile(ItemAdded.ast))
+    assert.isDefined(PlainStruct.compileExact(reference.ast))
     for (const schema of [
       Schema.Struct({ sku: Schema.optional(Schema.String) }),
       Schema.Struct({ sku: Schema.String.pipe(Schema.minLength(1)) }),
@@ -73,6 +104,7 @@ describe("EventRegistry", () => {
       Schema.Union(Schema.Struct({ sku: Schema.String }), Schema.Struct({ id: Schema.String }))
     ]) {
       assert.isUndefined(PlainStruct.compile(schema.ast), String(schema.ast))
+      assert.isUndefined(PlainStruct.compileExact(schema.ast), String(schema.ast))
     }
   })
 })

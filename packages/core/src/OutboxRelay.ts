@@ -55,6 +55,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { type Entry, Outbox, type OutboxError, type Service as OutboxService, type Settlement } from "./Outbox.js"
 import { Outcome, type PublishError, Publisher } from "./Publisher.js"
+import * as Settings from "./Settings.js"
 import { Attributes, Spans } from "./Telemetry.js"
 
 /**
@@ -444,29 +445,29 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxRelay, never, Ou
  * @since 0.1.0
  * @category constructors
  */
-export const config = (defaultOptions: Options = {}): Config.Config<Options> => {
-  const optional = <A>(c: Config.Config<A>) => Config.option(c).pipe(Config.map(Option.getOrUndefined))
-  return Config.all({
-    batchSize: optional(Config.integer("OUTBOX_BATCH_SIZE")),
-    pollInterval: optional(Config.duration("OUTBOX_POLL_INTERVAL")),
-    lease: optional(Config.duration("OUTBOX_LEASE")),
-    retryBudget: optional(Config.integer("OUTBOX_RETRY_BUDGET")),
-    retryDelay: optional(Config.duration("OUTBOX_RETRY_DELAY")),
-    retryMaxDelay: optional(Config.duration("OUTBOX_RETRY_MAX_DELAY"))
-  }).pipe(
-    Config.map(({ retryDelay, retryMaxDelay, ...values }): Options => {
-      const options: Record<string, unknown> = { ...defaultOptions }
-      for (const [key, value] of Object.entries(values)) if (value !== undefined) options[key] = value
-      if (retryDelay !== undefined || retryMaxDelay !== undefined) {
-        options.retrySchedule = Schedule.exponential(retryDelay ?? Duration.seconds(1), 2).pipe(
+export const config = (defaultOptions: Options = {}): Config.Config<Options> =>
+  Settings.overDefaults(
+    {
+      batchSize: Config.integer("OUTBOX_BATCH_SIZE"),
+      pollInterval: Config.duration("OUTBOX_POLL_INTERVAL"),
+      lease: Config.duration("OUTBOX_LEASE"),
+      retryBudget: Config.integer("OUTBOX_RETRY_BUDGET"),
+      retryDelay: Config.duration("OUTBOX_RETRY_DELAY"),
+      retryMaxDelay: Config.duration("OUTBOX_RETRY_MAX_DELAY")
+    },
+    defaultOptions
+  ).pipe(
+    Config.map(({ retryDelay, retryMaxDelay, ...options }): Options => {
+      if (retryDelay === undefined && retryMaxDelay === undefined) return options
+      return {
+        ...options,
+        retrySchedule: Schedule.exponential(retryDelay ?? Duration.seconds(1), 2).pipe(
           Schedule.union(Schedule.spaced(retryMaxDelay ?? Duration.minutes(5))),
           Schedule.jittered
         )
       }
-      return options as Options
     })
   )
-}
 
 /**
  * The relay with settings from {@link config}.

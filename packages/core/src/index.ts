@@ -53,6 +53,10 @@ export * as Publisher from "./Publisher.js"
 /**
  * @since 0.1.0
  */
+export * as Settings from "./Settings.js"
+/**
+ * @since 0.1.0
+ */
 export * as Subscription from "./Subscription.js"
 /**
  * @since 0.1.0

@@ -18,6 +18,7 @@
  */
 
 import * as Publisher from "@eventfold/core/Publisher"
+import * as Settings from "@eventfold/core/Settings"
 import * as Jet from "@nats-io/jetstream"
 import * as Nats from "@nats-io/transport-node"
 import * as Config from "effect/Config"
@@ -289,23 +290,18 @@ export const layer = (options: Options = {}): Layer.Layer<Publisher.Publisher, J
  * @since 0.1.0
  * @category constructors
  */
-export const config = (defaults: Options = {}): Config.Config<Options> => {
-  const optional = <A>(c: Config.Config<A>) => Config.option(c).pipe(Config.map(Option.getOrUndefined))
-  return Config.all({
-    servers: optional(Config.string("NATS_URL")),
-    subjectPrefix: optional(Config.string("NATS_SUBJECT_PREFIX")),
-    stream: optional(Config.string("NATS_STREAM")),
-    token: optional(Config.redacted("NATS_TOKEN")),
-    user: optional(Config.string("NATS_USER")),
-    password: optional(Config.redacted("NATS_PASSWORD"))
-  }).pipe(
-    Config.map((values): Options => {
-      const options: Record<string, unknown> = { ...defaults }
-      for (const [key, value] of Object.entries(values)) if (value !== undefined) options[key] = value
-      return options as Options
-    })
+export const config = (defaults: Options = {}): Config.Config<Options> =>
+  Settings.overDefaults(
+    {
+      servers: Config.string("NATS_URL"),
+      subjectPrefix: Config.string("NATS_SUBJECT_PREFIX"),
+      stream: Config.string("NATS_STREAM"),
+      token: Config.redacted("NATS_TOKEN"),
+      user: Config.string("NATS_USER"),
+      password: Config.redacted("NATS_PASSWORD")
+    },
+    defaults
   )
-}
 
 /**
  * The publisher with settings from {@link config}.

@@ -16,13 +16,13 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Settings from "@eventfold/core/Settings"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as Pg from "pg"
@@ -303,28 +303,23 @@ export const layer = (options: Options): Layer.Layer<PgPool | PgClient.PgClient 
  * @since 0.1.0
  * @category constructors
  */
-export const config = (defaultOptions: PoolOptions = {}): Config.Config<Options> => {
-  const optional = <A>(c: Config.Config<A>) => Config.option(c).pipe(Config.map(Option.getOrUndefined))
-  return Config.all({
-    url: optional(Config.redacted("DATABASE_URL")),
-    host: optional(Config.string("PGHOST")),
-    port: optional(Config.port("PGPORT")),
-    user: optional(Config.string("PGUSER")),
-    password: optional(Config.redacted("PGPASSWORD")),
-    database: optional(Config.string("PGDATABASE")),
-    poolSize: optional(Config.integer("DATABASE_POOL_SIZE")),
-    maxOverflow: optional(Config.integer("DATABASE_MAX_OVERFLOW")),
-    acquireTimeout: optional(Config.duration("DATABASE_POOL_TIMEOUT")),
-    recycle: optional(Config.duration("DATABASE_POOL_RECYCLE")),
-    prePing: optional(Config.boolean("DATABASE_POOL_PRE_PING"))
-  }).pipe(
-    Config.map((values) => {
-      const options: Record<string, unknown> = { ...defaultOptions }
-      for (const [key, value] of Object.entries(values)) if (value !== undefined) options[key] = value
-      return options as Options
-    })
+export const config = (defaultOptions: PoolOptions = {}): Config.Config<Options> =>
+  Settings.overDefaults(
+    {
+      url: Config.redacted("DATABASE_URL"),
+      host: Config.string("PGHOST"),
+      port: Config.port("PGPORT"),
+      user: Config.string("PGUSER"),
+      password: Config.redacted("PGPASSWORD"),
+      database: Config.string("PGDATABASE"),
+      poolSize: Config.integer("DATABASE_POOL_SIZE"),
+      maxOverflow: Config.integer("DATABASE_MAX_OVERFLOW"),
+      acquireTimeout: Config.duration("DATABASE_POOL_TIMEOUT"),
+      recycle: Config.duration("DATABASE_POOL_RECYCLE"),
+      prePing: Config.boolean("DATABASE_POOL_PRE_PING")
+    },
+    defaultOptions
   )
-}
 
 /**
  * Whether the options name a server (a URL or a host).

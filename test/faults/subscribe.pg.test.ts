@@ -454,6 +454,77 @@ layer(postgresql({ poolSize: 12 }), { excludeTestServices: true, timeout: "240 s
           }).pipe(Effect.scoped)
       )
 
+      it.effect(
+        "a log that keeps moving is polled: busy appends do not notify, and the watcher waits again once quiet",
+        () =>
+          Effect.gen(function* () {
+            const b = yield* Backend
+            const { sql, url } = Option.getOrThrow(b.database)
+            const store = yield* storeWith({ pollInterval: "30 seconds" })
+            const aggregateType = `Busy${uuid().slice(0, 8)}`
+            const received = yield* Ref.make(0)
+            // A bystander counts the notifications appends send.
+            yield* Effect.acquireRelease(
+              Effect.promise(async () => {
+                const client = new pg.Client({ connectionString: url })
+                await client.connect()
+                client.on("notification", () => Effect.runSync(Ref.update(received, (n) => n + 1)))
+                await client.query("LISTEN eventfold_events")
+                return client
+              }),
+              (client) => Effect.promise(() => client.end())
+            )
+            const delivered = yield* Ref.make(0)
+            const follower = yield* Effect.fork(
+              Stream.runForEach(store.subscribe({ aggregateTypes: [aggregateType] }), () =>
+                Ref.update(delivered, (n) => n + 1)
+              )
+            )
+            const waiting = sql<{ n: number }>`SELECT count(*)::int AS n FROM eventfold_listeners WHERE waiting`
+            yield* eventually(waiting, (rows) => rows[0]!.n === 1)
+            // Four writers append without a pause for two seconds.
+            let appended = 0
+            const busyUntil = Date.now() + 2_000
+            const writers = yield* Effect.fork(
+              Effect.all(
+                Array.from({ length: 4 }, () =>
+                  Effect.whileLoop({
+                    while: () => Date.now() < busyUntil,
+                    body: () =>
+                      store.append(
+                        { aggregateId: uuid(), aggregateType },
+                        [{ event: Noted.make({ writer: 0, n: 0 }) }],
+                        { expectedVersion: ExpectedVersion.noStream }
+                      ),
+                    step: () => {
+                      appended++
+                    }
+                  })
+                ),
+                { concurrency: "unbounded", discard: true }
+              )
+            )
+            // The watcher sees the log moving and stops waiting for notifications ...
+            yield* eventually(waiting, (rows) => rows[0]!.n === 0, { timeout: "2 seconds" })
+            yield* Effect.sleep("100 millis")
+            const before = yield* Ref.get(received)
+            const appendedBefore = appended
+            yield* Effect.sleep("1 second")
+            // ... so the appends of the next second send next to none (a hiccup of the machine
+            // can make the log look quiet for a moment): flipping the flag at every lull made
+            // 15-20% of them notify.
+            const notified = (yield* Ref.get(received)) - before
+            const busy = appended - appendedBefore
+            assert.isAbove(busy, 100)
+            assert.isBelow(notified, busy / 20, `${notified} notifications for ${busy} appends`)
+            yield* Fiber.join(writers)
+            // Quiet again: it waits for notifications, and has delivered every event.
+            yield* eventually(waiting, (rows) => rows[0]!.n === 1)
+            yield* eventually(Ref.get(delivered), (n) => n === appended, { timeout: "5 seconds" })
+            yield* Fiber.interrupt(follower)
+          }).pipe(Effect.scoped)
+      )
+
       it.effect("a lost LISTEN connection is reported, polled around, and reconnected", () =>
         capturingLogs((logs) =>
           Effect.gen(function* () {

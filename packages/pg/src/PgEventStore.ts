@@ -143,6 +143,15 @@ type Statements = Record<AppendSql.Base, Record<AppendSql.Shape, LeanQuery.State
 const baseOf = (knowledge: KnownVersions.Knowledge): AppendSql.Base =>
   knowledge === "unknown" ? "expected" : knowledge
 
+/**
+ * In a caller's transaction, what the store knows is not used: under REPEATABLE READ
+ * a version committed after the snapshot makes a plain INSERT fail at the constraint
+ * while the lookup still shows the expected version, so the append would be retried
+ * in vain and reported as a conflict with the version it expected. The probe and ON
+ * CONFLICT make that a serialization failure, as PostgreSQL reports it.
+ */
+const baseInTransaction = (version: number): AppendSql.Base => (version === 0 ? "contended" : "expected")
+
 const prepareStatement = (
   input: EventStore.PreparedAppend,
   statements: Statements,
@@ -155,7 +164,9 @@ const prepareStatement = (
   const [base, expectation] =
     version === undefined
       ? (["head", expected._tag === "StreamExists"] as const)
-      : ([baseOf(known.knows(aggregateId, aggregateType, version)), version] as const)
+      : Option.isSome(transaction)
+        ? ([baseInTransaction(version), version] as const)
+        : ([baseOf(known.knows(aggregateId, aggregateType, version)), version] as const)
   const single = input.events.length === 1 ? input.events[0]! : undefined
   return {
     input,

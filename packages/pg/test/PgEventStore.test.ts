@@ -243,6 +243,34 @@ describe("known versions", () => {
     })
   )
 
+  it.scopedLive(
+    "in a REPEATABLE READ transaction, a version committed after the snapshot is PostgreSQL's serialization failure",
+    () =>
+      Effect.gen(function* () {
+        const { sql, store: makeStore, versions, context } = yield* setup
+        const [mine, theirs] = [yield* makeStore(), yield* makeStore()]
+        const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+        yield* mine.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
+        const error = yield* sql
+          .withTransaction(
+            Effect.gen(function* () {
+              yield* sql`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`
+              yield* sql`SELECT count(*) FROM events`
+              // Committed after the snapshot, by another session.
+              yield* Effect.promise(() =>
+                Effect.runPromise(theirs.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) }))
+              )
+              return yield* mine.append(stream, placed("x"), { expectedVersion: ExpectedVersion.exact(1) })
+            })
+          )
+          .pipe(Effect.provide(context), Effect.flip)
+        // Not a conflict "expected version 1, but the stream is at version 1": the snapshot cannot see version 2.
+        assert.strictEqual(error._tag, "EventStoreError")
+        assert.include(error.message, "could not serialize")
+        assert.deepStrictEqual(yield* versions(stream.aggregateId), [1, 2])
+      })
+  )
+
   it.scopedLive("a version the store never saw is read from the stream: no gap, with or without the memory", () =>
     Effect.gen(function* () {
       const { context, versions } = yield* setup

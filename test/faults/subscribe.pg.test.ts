@@ -50,6 +50,23 @@ const storeWith = (subscriptions: NonNullable<PgEventStore.Options["subscription
     PgEventStore.make({ registry, subscriptions }).pipe(Effect.provide(Option.getOrThrow(b.database).pool))
   )
 
+/** A bystander session that counts the notifications appends send, for as long as the scope lasts. */
+const notificationCounter = (url: string) =>
+  Effect.gen(function* () {
+    const received = yield* Ref.make(0)
+    yield* Effect.acquireRelease(
+      Effect.promise(async () => {
+        const client = new pg.Client({ connectionString: url })
+        await client.connect()
+        client.on("notification", () => Effect.runSync(Ref.update(received, (n) => n + 1)))
+        await client.query("LISTEN eventfold_events")
+        return client
+      }),
+      (client) => Effect.promise(() => client.end())
+    )
+    return received
+  })
+
 /** Collects what the watcher logs while `effect` runs (the watcher logs through its first subscriber's logger). */
 const capturingLogs = <A, E, R>(effect: (logs: Ref.Ref<Array<string>>) => Effect.Effect<A, E, R>) =>
   Effect.gen(function* () {
@@ -401,19 +418,7 @@ layer(postgresql({ poolSize: 12 }), { excludeTestServices: true, timeout: "240 s
             const { sql, url } = Option.getOrThrow(b.database)
             const store = yield* storeWith({ pollInterval: "30 seconds" })
             const aggregateType = `Quiet${uuid().slice(0, 8)}`
-            const received = yield* Ref.make(0)
-            // A bystander counts the notifications appends send.
-            const client = yield* Effect.acquireRelease(
-              Effect.promise(async () => {
-                const client = new pg.Client({ connectionString: url })
-                await client.connect()
-                client.on("notification", () => Effect.runSync(Ref.update(received, (n) => n + 1)))
-                await client.query("LISTEN eventfold_events")
-                return client
-              }),
-              (client) => Effect.promise(() => client.end())
-            )
-            void client
+            const received = yield* notificationCounter(url)
             const append = () =>
               store.append({ aggregateId: uuid(), aggregateType }, [{ event: Noted.make({ writer: 0, n: 0 }) }], {
                 expectedVersion: ExpectedVersion.noStream
@@ -462,18 +467,7 @@ layer(postgresql({ poolSize: 12 }), { excludeTestServices: true, timeout: "240 s
             const { sql, url } = Option.getOrThrow(b.database)
             const store = yield* storeWith({ pollInterval: "30 seconds" })
             const aggregateType = `Busy${uuid().slice(0, 8)}`
-            const received = yield* Ref.make(0)
-            // A bystander counts the notifications appends send.
-            yield* Effect.acquireRelease(
-              Effect.promise(async () => {
-                const client = new pg.Client({ connectionString: url })
-                await client.connect()
-                client.on("notification", () => Effect.runSync(Ref.update(received, (n) => n + 1)))
-                await client.query("LISTEN eventfold_events")
-                return client
-              }),
-              (client) => Effect.promise(() => client.end())
-            )
+            const received = yield* notificationCounter(url)
             const delivered = yield* Ref.make(0)
             const follower = yield* Effect.fork(
               Stream.runForEach(store.subscribe({ aggregateTypes: [aggregateType] }), () =>

@@ -25,10 +25,10 @@
  * NOTIFY from appends (coalesced); while positions wait, on a delay that starts at
  * `settleInterval` and grows with the wait, up to `pollInterval`; every
  * `settleInterval` while the log keeps moving (new positions at three refreshes in a
- * row, each within a few intervals of the last); and at least every `pollInterval`. Readers wait only for transactions that wrote to `events`: a long
- * transaction elsewhere (a report, a vacuum, another database) never holds them back,
- * unlike a filter on the snapshot's xmin. A transaction that appended and stays open
- * does: after `stallThreshold` the watcher logs which session it is (pid, transaction
+ * row, each within a few intervals of the last); and at least every `pollInterval`.
+ * Readers wait only for transactions that wrote to `events`: a long transaction
+ * elsewhere (a report, a vacuum, another database) never holds them back, unlike a
+ * filter on the snapshot's xmin. A transaction that appended and stays open does: after `stallThreshold` the watcher logs which session it is (pid, transaction
  * start, state, query) and publishes a stall; `eventfold_log_writers` shows the same
  * from SQL.
  *
@@ -38,10 +38,10 @@
  * watcher waits when nothing is pending and the log is quiet, and when something has
  * been pending for long; while the log keeps moving it polls, so that busy appends
  * never notify (W7, a subscriber following 8 writers: 0.65x of naive polling's
- * throughput with a flag flipped at every lull, 0.80x polling). After it raises its flag it refreshes once more,
- * which catches a writer that read the flag just before: still running, it is pending;
- * committed, it is settled. Notifications only ever wake; the guarantee never depends
- * on them.
+ * throughput with a flag flipped at every lull, 0.80x polling). After it raises its
+ * flag it refreshes once more, which catches a writer that read the flag just
+ * before: still running, it is pending; committed, it is settled. Notifications only
+ * ever wake; the guarantee never depends on them.
  *
  * Assumptions: the sequence is not cached per session (`CACHE 1`, the BIGSERIAL
  * default); subscriptions read the primary (a standby's `pg_locks` does not show the

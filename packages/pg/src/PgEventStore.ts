@@ -66,9 +66,10 @@ export interface Options {
   readonly subscriptions?: PgSubscription.WatchOptions
   /**
    * How many streams' last committed version the store remembers (from its own
-   * appends and reads). An append that expects a version it remembers, or an older
-   * one, does not read the stream's last version first: the unique constraint on
-   * versions decides alone. Default 10,000 streams (about 1 MB); 0 turns it off.
+   * appends and reads outside transactions). An append outside a transaction that
+   * expects a version it remembers, or an older one, does not read the stream's last
+   * version first: the unique constraint on versions decides alone. Default 10,000
+   * streams (about 1 MB); 0 turns it off.
    */
   readonly knownVersions?: number
 }

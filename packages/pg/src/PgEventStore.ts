@@ -282,9 +282,15 @@ export const makeBackend = (
           )
         : prepared(pool.value.pool, statement, values, parseRow, rowsOrError)
 
-    /** The stream of an append outside a caller's transaction is at `version`, committed. */
-    const committed = (append: Append, version: number) => {
-      if (!append.transaction) known.saw(append.input.stream.aggregateId, append.input.stream.aggregateType, version)
+    /**
+     * The stream of an append outside a caller's transaction is at `version`, committed
+     * (and, with `lostRace`, the append met a version it did not expect).
+     */
+    const committed = (append: Append, version: number, lostRace = false) => {
+      if (append.transaction) return
+      const { aggregateId, aggregateType } = append.input.stream
+      if (lostRace) known.lostRace(aggregateId, aggregateType, version)
+      else known.saw(aggregateId, aggregateType, version)
     }
 
     type Outcome = Effect.Effect<EventStore.AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError>
@@ -426,7 +432,7 @@ export const makeBackend = (
      */
     const retryOrConflict = (append: Append, current: number, attempt: number): Outcome => {
       const { stream, expectedVersion } = append.input
-      if (!append.transaction) known.lostRace(stream.aggregateId, stream.aggregateType, current)
+      committed(append, current, true)
       return ExpectedVersion.isSatisfiedBy(expectedVersion, current) && attempt < MAX_RETRIES
         ? insert(append, attempt + 1)
         : Effect.fail(

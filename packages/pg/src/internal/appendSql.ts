@@ -41,6 +41,7 @@
  * PostgreSQL plan it on every run (0.15-0.4 ms of planning: a conflict cost 410 us
  * of server CPU with it, against 230 us for raw SQL's failed INSERT and lookup;
  * about 150 us with the head lookup).
+ *
  * The INSERT could return the version itself when it inserts nothing (a CTE and a
  * UNION ALL), but that made every successful append about 10% slower.
  *

@@ -1,6 +1,6 @@
 /**
  * The Eventfold side: the public API through Effect layers, as an application
- * wires it (PgPool.layer + PgEventStore.layer; AggregateRepository for W4).
+ * wires it (PgPool.layer + PgEventStore.layerPrepared; AggregateRepository for W4).
  * Same workloads, warm-up and counters as `raw.ts`.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -57,7 +57,7 @@ const warmThenTime = <E>(
   operations: number,
   events: (counters: Counters) => number
 ): Promise<Measurement> => {
-  const live = PgEventStore.layer({ registry, pageSize: context.params.pageSize ?? 1000 }).pipe(
+  const live = PgEventStore.layerPrepared({ registry, pageSize: context.params.pageSize ?? 1000 }).pipe(
     Layer.provideMerge(PgPool.layer({ url: Redacted.make(context.url), poolSize: connections, maxOverflow: 0 }))
   )
   const program = Effect.gen(function* () {

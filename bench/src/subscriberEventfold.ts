@@ -1,6 +1,6 @@
 /**
  * W7, Eventfold's side: `EventStore.subscribe()` from the start of the log, on a
- * store wired as an application wires it (PgPool.layer + PgEventStore.layer). The
+ * store wired as an application wires it (PgPool.layer + PgEventStore.layerPrepared). The
  * writers and the bookkeeping are the shared harness of `subscriber.ts`.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -22,7 +22,7 @@ import { measure } from "./subscriber.js"
 const CONNECTIONS = 2
 
 export const run: Runner = (context) => {
-  const live = PgEventStore.layer({ registry }).pipe(
+  const live = PgEventStore.layerPrepared({ registry }).pipe(
     Layer.provideMerge(PgPool.layer({ url: Redacted.make(context.url), poolSize: CONNECTIONS, maxOverflow: 0 }))
   )
   const program = Effect.gen(function* () {

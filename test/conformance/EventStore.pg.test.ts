@@ -1,10 +1,11 @@
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Errors, type EventStore } from "@eventfold/core"
+import { Errors } from "@eventfold/core"
 import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Scope from "effect/Scope"
 import * as TestDatabase from "../support/TestDatabase.js"
 import { Harness, suite } from "./eventStoreSuite.js"
 
@@ -14,6 +15,7 @@ const storeError = (cause: unknown) => new Errors.EventStoreError({ method: "tes
 const PgHarness = Layer.scoped(
   Harness,
   Effect.gen(function* () {
+    const scope = yield* Effect.scope
     const url = yield* TestDatabase.fresh
     const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 4, maxOverflow: 12 }))
     const sql = SqlClient.SqlClient.pipe(Effect.provide(context))
@@ -23,8 +25,8 @@ const PgHarness = Layer.scoped(
     return Harness.of({
       store: (registry) =>
         PgEventStore.make({ registry, pageSize: 100, foldPageSize: 70 }).pipe(
-          Effect.map((store): EventStore.Service => store),
-          Effect.provide(context)
+          Effect.provide(context),
+          Scope.extend(scope)
         ),
       transaction: Option.some((effect) =>
         client.withTransaction(effect).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(storeError(e))))

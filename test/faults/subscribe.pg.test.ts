@@ -27,6 +27,7 @@ import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import pg from "pg"
 import { Backend, eventually, postgresql } from "../support/projectionHarness.js"
@@ -46,9 +47,13 @@ const collect = <A, E>(s: Stream.Stream<A, E>) => Effect.map(Stream.runCollect(s
 
 /** A store of its own (its own watcher), with the given subscription settings. */
 const storeWith = (subscriptions: NonNullable<PgEventStore.Options["subscriptions"]>) =>
-  Effect.flatMap(Backend, (b) =>
-    PgEventStore.make({ registry, subscriptions }).pipe(Effect.provide(Option.getOrThrow(b.database).pool))
-  )
+  Effect.flatMap(Backend, (b) => {
+    const database = Option.getOrThrow(b.database)
+    return PgEventStore.make({ registry, subscriptions }).pipe(
+      Effect.provide(database.pool),
+      Scope.extend(database.scope)
+    )
+  })
 
 /** A bystander session that counts the notifications appends send, for as long as the scope lasts. */
 const notificationCounter = (url: string) =>

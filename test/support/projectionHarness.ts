@@ -14,7 +14,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as TestDatabase from "./TestDatabase.js"
 
 const storeError = (cause: unknown) => new Errors.EventStoreError({ method: "test", message: String(cause), cause })
@@ -37,6 +37,8 @@ export interface BackendService {
     readonly url: string
     readonly sql: SqlClient.SqlClient
     readonly pool: Layer.Layer<SqlClient.SqlClient | PgClient.PgClient>
+    /** The backend's scope: stores made for a test live as long as the file's backend. */
+    readonly scope: Scope.Scope
   }>
 }
 
@@ -83,6 +85,7 @@ export const postgresql = (options: { readonly poolSize?: number } = {}): Layer.
   Layer.scoped(
     Backend,
     Effect.gen(function* (): Effect.fn.Return<BackendService, unknown, Scope.Scope> {
+      const scope = yield* Effect.scope
       const url = yield* TestDatabase.fresh
       const context = yield* Layer.build(
         PgPool.layer({ url: Redacted.make(url), poolSize: options.poolSize ?? 4, maxOverflow: 16 })
@@ -95,8 +98,8 @@ export const postgresql = (options: { readonly poolSize?: number } = {}): Layer.
         name: "postgresql",
         store: (registry) =>
           PgEventStore.make({ registry, pageSize: 100, subscriptions: testSubscriptions }).pipe(
-            Effect.map((store): EventStore.Service => store),
-            Effect.provide(context)
+            Effect.provide(context),
+            Scope.extend(scope)
           ),
         services: (registry) =>
           Layer.mergeAll(
@@ -115,7 +118,7 @@ export const postgresql = (options: { readonly poolSize?: number } = {}): Layer.
         sideWrite: Option.some((value) =>
           sql`INSERT INTO side_effects (value) VALUES (${value})`.pipe(Effect.asVoid, Effect.mapError(storeError))
         ),
-        database: Option.some({ url, sql, pool })
+        database: Option.some({ url, sql, pool, scope })
       }
     }).pipe(Effect.orDie)
   )

@@ -38,7 +38,7 @@ const PoolLive = PgPool.layerConfig(
 const RelayLive = OutboxRelay.layerConfig({ batchSize: 100 }).pipe(
   Layer.provide(Layer.mergeAll(PgOutbox.layer(), NatsPublisher.layerConfig(settings), PgMigrations.layer))
 )
-const AppLive = Layer.merge(PgEventStore.layer({ registry, outbox: true }), RelayLive).pipe(
+const AppLive = Layer.merge(PgEventStore.layerPrepared({ registry, outbox: true }), RelayLive).pipe(
   Layer.provideMerge(PoolLive)
 )
 

@@ -25,7 +25,7 @@ const PoolLive = PgPool.layerConfig(
   { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
 )
 // The event store and everything a projection runner needs, on one pool.
-const AppLive = Layer.mergeAll(PgEventStore.layer({ registry }), PgProjection.layer()).pipe(
+const AppLive = Layer.mergeAll(PgEventStore.layerPrepared({ registry }), PgProjection.layer()).pipe(
   Layer.provideMerge(PoolLive)
 )
 

@@ -207,7 +207,7 @@ const main = Effect.gen(function* () {
   )
   const url = new URL(server)
   url.pathname = `/${name}`
-  const live = PgEventStore.layer({
+  const live = PgEventStore.layerPrepared({
     registry,
     subscriptions: SETTLE === undefined ? {} : { settleInterval: `${Number(SETTLE)} millis` }
   }).pipe(

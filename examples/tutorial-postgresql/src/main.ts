@@ -25,7 +25,7 @@ const PoolLive = PgPool.layerConfig(
   { poolSize: 5, maxOverflow: 10, acquireTimeout: "30 seconds", recycle: "30 minutes", prePing: true },
   { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
 )
-const EventStoreLive = PgEventStore.layer({ registry }).pipe(Layer.provideMerge(PoolLive))
+const EventStoreLive = PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PoolLive))
 
 const tutorial = Effect.gen(function* () {
   yield* Console.log("2. Setting up database schema...")

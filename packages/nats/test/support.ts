@@ -175,7 +175,7 @@ export const database: Effect.Effect<
   const url = yield* TestDatabase.fresh
   const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 4, maxOverflow: 12 }))
   yield* PgMigrations.run.pipe(Effect.provide(context))
-  const store = yield* PgEventStore.make({ registry, outbox: true }).pipe(Effect.provide(context))
+  const store = yield* PgEventStore.makePrepared({ registry, outbox: true }).pipe(Effect.provide(context))
   const outbox = yield* PgOutbox.make().pipe(Effect.provide(context))
   return { store, outbox, context }
 }).pipe(Effect.orDie)

@@ -174,6 +174,26 @@ CREATE INDEX IF NOT EXISTS idx_dlq_projection_status ON dead_letter_queue (proje
 DROP FUNCTION IF EXISTS eventfold_append(UUID, VARCHAR, TEXT, INTEGER, UUID, VARCHAR, JSONB, BOOLEAN);
 DROP FUNCTION IF EXISTS eventfold_append(UUID, VARCHAR, TEXT, INTEGER, UUID, VARCHAR, JSONB);
 
+
+-- 10_stream_heads
+CREATE TABLE IF NOT EXISTS event_streams (
+  aggregate_id UUID NOT NULL,
+  aggregate_type VARCHAR(255) NOT NULL,
+  tenant_id UUID,
+  version INTEGER NOT NULL,
+  created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+  updated_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+  CONSTRAINT pk_event_streams PRIMARY KEY (aggregate_id, aggregate_type),
+  CONSTRAINT chk_event_streams_version CHECK (version > 0)
+) WITH (fillfactor = 80);
+INSERT INTO event_streams (aggregate_id, aggregate_type, tenant_id, version, created_at, updated_at)
+SELECT aggregate_id, aggregate_type, (array_agg(tenant_id ORDER BY version))[1], max(version),
+       min(created_at), max(created_at)
+  FROM events
+ GROUP BY aggregate_id, aggregate_type
+ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
+   SET version = greatest(event_streams.version, EXCLUDED.version);
+
 -- The Migrator's record, so PgMigrations.run knows these are applied.
 CREATE TABLE IF NOT EXISTS eventfold_migrations (
   migration_id integer primary key,
@@ -189,6 +209,7 @@ INSERT INTO eventfold_migrations (migration_id, name) VALUES
   (6, 'eventfold_append'),
   (7, 'outbox_relay'),
   (8, 'subscriptions'),
-  (9, 'append_statement')
+  (9, 'append_statement'),
+  (10, 'stream_heads')
 ON CONFLICT (migration_id) DO NOTHING;
 COMMIT;

@@ -63,7 +63,8 @@ const fail = (method: string) => (cause: unknown) =>
  * @category constructors
  */
 export const make: Effect.Effect<CheckpointStore.Service, never, SqlClient.SqlClient> = Effect.gen(function* () {
-  const sql = yield* SqlClient.SqlClient
+  // Column names exactly as written, whatever name transforms the application's client has.
+  const sql = (yield* SqlClient.SqlClient).withoutTransforms()
 
   const rows = (method: string, query: Effect.Effect<ReadonlyArray<unknown>, unknown>) =>
     query.pipe(

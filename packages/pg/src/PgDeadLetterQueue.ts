@@ -70,7 +70,8 @@ const storable = (text: string) => text.replace(/\u0000/g, "\uFFFD")
  * @category constructors
  */
 export const make: Effect.Effect<DeadLetterQueue.Service, never, SqlClient.SqlClient> = Effect.gen(function* () {
-  const sql = yield* SqlClient.SqlClient
+  // Column names exactly as written, whatever name transforms the application's client has.
+  const sql = (yield* SqlClient.SqlClient).withoutTransforms()
 
   const rows = (method: string, query: Effect.Effect<ReadonlyArray<unknown>, unknown>) =>
     query.pipe(

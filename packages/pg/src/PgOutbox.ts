@@ -17,9 +17,10 @@
  *   (`idx_outbox_aggregate_unpublished`); entries held behind a failed one are still
  *   scanned past, so a large `held` count slows claims down.
  * - `settle` is one statement for the whole batch.
- * - `wakeups` LISTENs on `eventfold_outbox` and checks the LISTEN connection with a
- *   heartbeat of its own (a lost connection would otherwise go unnoticed), so that
- *   the relay falls back to polling only while notifications are really lost.
+ * - `wakeups` LISTENs on `eventfold_outbox` on a connection of its own, and fails as
+ *   soon as that connection is lost; a heartbeat of its own also catches a connection
+ *   that hangs without failing (a network that drops packets), so that the relay falls
+ *   back to polling only while notifications are really lost.
  *
  * @since 0.1.0
  */
@@ -37,6 +38,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import { Int8 } from "./internal/eventRows.js"
+import * as Driver from "./internal/pgDriver.js"
 
 /**
  * The NOTIFY channel the append statement signals on when it writes outbox entries.
@@ -56,7 +58,7 @@ export interface Options {
    * three periods ends `wakeups` with an `OutboxError`, so that it is listened to
    * anew. Default 30 seconds.
    */
-  readonly heartbeat?: Duration.DurationInput
+  readonly heartbeat?: Duration.DurationInput | undefined
 }
 
 const Count = Schema.Union(Schema.Number, Schema.NumberFromString)
@@ -144,7 +146,8 @@ export const make = (
   options: Options = {}
 ): Effect.Effect<Outbox.Service, never, SqlClient.SqlClient | PgClient.PgClient> =>
   Effect.gen(function* () {
-    const sql = yield* SqlClient.SqlClient
+    // Column names exactly as written, whatever name transforms the application's client has.
+    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
     const pg = yield* PgClient.PgClient
     const heartbeat = Duration.decode(options.heartbeat ?? Duration.seconds(30))
 
@@ -355,7 +358,7 @@ RETURNING 1 AS deleted`.pipe(Effect.map((rows) => rows.length))
     const wakeups: Stream.Stream<void, Outbox.OutboxError> = Stream.suspend(() => {
       const token = `heartbeat:${crypto.randomUUID()}`
       const silence = Duration.times(heartbeat, 3)
-      const notifications = pg.listen(channel).pipe(
+      const notifications = Driver.listen(pg.config, channel).pipe(
         Stream.mapError(Outbox.outboxError("wakeups")),
         Stream.timeoutFail(
           () =>

@@ -24,9 +24,10 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import * as Pg from "pg"
 import * as EmbeddedPostgres from "./EmbeddedPostgres.js"
+import * as Driver from "./internal/pgDriver.js"
 
 /**
  * Where the server is: a URL, or its parts.
@@ -35,13 +36,13 @@ import * as EmbeddedPostgres from "./EmbeddedPostgres.js"
  * @category models
  */
 export interface ConnectionOptions {
-  readonly url?: Redacted.Redacted<string>
-  readonly host?: string
-  readonly port?: number
-  readonly user?: string
-  readonly password?: Redacted.Redacted<string>
-  readonly database?: string
-  readonly ssl?: boolean
+  readonly url?: Redacted.Redacted<string> | undefined
+  readonly host?: string | undefined
+  readonly port?: number | undefined
+  readonly user?: string | undefined
+  readonly password?: Redacted.Redacted<string> | undefined
+  readonly database?: string | undefined
+  readonly ssl?: boolean | undefined
 }
 
 /**
@@ -50,21 +51,40 @@ export interface ConnectionOptions {
  */
 export interface PoolOptions {
   /** Connections kept open once opened (spec: pool_size). Default 5. */
-  readonly poolSize?: number
+  readonly poolSize?: number | undefined
   /** Extra connections under load, closed after `idleTimeout` (spec: max_overflow). Default 10. */
-  readonly maxOverflow?: number
+  readonly maxOverflow?: number | undefined
   /** How long a caller waits for a connection before failing (spec: pool_timeout). Default 30 s. */
-  readonly acquireTimeout?: Duration.DurationInput
+  readonly acquireTimeout?: Duration.DurationInput | undefined
   /** Connections are replaced after this age (spec: pool_recycle). Default: never. */
-  readonly recycle?: Duration.DurationInput
+  readonly recycle?: Duration.DurationInput | undefined
   /** Validate a connection on checkout when it has been idle for a while (spec: pool_pre_ping). Default false. */
-  readonly prePing?: boolean
+  readonly prePing?: boolean | undefined
   /** With `prePing`, how long a connection may sit idle and still be handed out unchecked. Default 5 s. */
-  readonly prePingAfterIdle?: Duration.DurationInput
+  readonly prePingAfterIdle?: Duration.DurationInput | undefined
   /** Overflow connections idle this long are closed. Default 10 s. */
-  readonly idleTimeout?: Duration.DurationInput
+  readonly idleTimeout?: Duration.DurationInput | undefined
   /** Shown in `pg_stat_activity`. Default "eventfold". */
-  readonly applicationName?: string
+  readonly applicationName?: string | undefined
+  /**
+   * The server cancels a statement that runs longer (`statement_timeout` of every
+   * connection). Default: the server's setting (usually none).
+   */
+  readonly statementTimeout?: Duration.DurationInput | undefined
+  /** The server cancels a statement that waits longer for a lock (`lock_timeout`). Default: the server's. */
+  readonly lockTimeout?: Duration.DurationInput | undefined
+  /**
+   * The server ends a session whose transaction stays idle longer
+   * (`idle_in_transaction_session_timeout`): a transaction the application forgot open
+   * then no longer holds subscribers back forever. Default: the server's setting.
+   */
+  readonly idleInTransactionTimeout?: Duration.DurationInput | undefined
+  /**
+   * While the server cannot be reached when the pool starts, how to try again (each
+   * failure is logged with host and port). When the schedule ends, the layer fails with
+   * a `SqlError` that names them. Default: every second, for 10 seconds.
+   */
+  readonly connectRetry?: Schedule.Schedule<unknown, unknown> | undefined
 }
 
 /**
@@ -97,6 +117,11 @@ export interface PoolStats {
 }
 
 /**
+ * The pool made by {@link layer}: its statistics, and its connections for
+ * `PgEventStore.layerPrepared`. An application whose `SqlClient` comes from another
+ * layer (`PgClient.layer`, say) has no `PgPool`: pool statistics are then not
+ * available, and the event store runs every statement through @effect/sql.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -105,8 +130,8 @@ export class PgPool extends Context.Tag("@eventfold/pg/PgPool")<
   {
     readonly stats: Effect.Effect<PoolStats>
     readonly options: Options
-    /** The driver's pool behind `PgClient`, for hot paths that use prepared statements (see PgEventStore). */
-    readonly pool: Pg.Pool
+    /** The pool's connections, for the prepared-statement path of `PgEventStore.layerPrepared`. */
+    readonly connections: Driver.Connections
   }
 >() {}
 
@@ -114,181 +139,113 @@ const defaults = {
   poolSize: 5,
   maxOverflow: 10,
   acquireTimeout: Duration.seconds(30),
-  idleTimeout: Duration.seconds(10)
+  idleTimeout: Duration.seconds(10),
+  connectRetry: Schedule.spaced("1 second").pipe(Schedule.upTo("10 seconds"))
 }
 
 /**
- * A pg pool that can validate connections on checkout. pg-pool only verifies new
- * connections; a connection that sat idle while the server or the network dropped
- * it would fail the caller's first query.
+ * Where the options point, for messages: host and port, never credentials.
+ *
+ * @since 0.1.0
+ * @category utils
  */
-class ValidatingPool extends Pg.Pool {
-  private readonly releasedAt = new WeakMap<Pg.PoolClient, number>()
-  constructor(
-    config: Pg.PoolConfig,
-    private readonly pingAfterMillis: number | undefined
-  ) {
-    super(config)
-    if (pingAfterMillis !== undefined) {
-      this.on("release", (_error, client) => this.releasedAt.set(client, Date.now()))
+export const describeServer = (options: ConnectionOptions): string => {
+  let host = options.host
+  let port = options.port
+  if (options.url !== undefined) {
+    try {
+      const url = new URL(Redacted.value(options.url))
+      host ??= decodeURIComponent(url.hostname) || undefined
+      port ??= url.port === "" ? undefined : Number(url.port)
+    } catch {
+      return "a server whose URL does not parse"
     }
   }
-
-  override connect(): Promise<Pg.PoolClient>
-  override connect(
-    callback: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
-  ): void
-  override connect(
-    callback?: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
-  ): Promise<Pg.PoolClient> | undefined {
-    if (callback === undefined) {
-      return new Promise((resolve, reject) =>
-        this.connect((err, client) => (err || !client ? reject(err) : resolve(client)))
-      )
-    }
-    const threshold = this.pingAfterMillis
-    if (threshold === undefined && this.takeIdle(callback)) return undefined
-    super.connect((err, client, done) => {
-      if (err || client === undefined || threshold === undefined) return callback(err, client, done)
-      const releasedAt = this.releasedAt.get(client)
-      if (releasedAt === undefined || Date.now() - releasedAt < threshold) return callback(undefined, client, done)
-      client.query("SELECT 1", (pingError) => {
-        if (!pingError) return callback(undefined, client, done)
-        // The connection is dead: destroy it and hand out a fresh one.
-        done(pingError)
-        super.connect((retryError, retryClient, retryDone) => callback(retryError, retryClient, retryDone))
-      })
-    })
-    return undefined
-  }
-
-  /**
-   * Hands out an idle connection at once, when no caller is waiting: what pg-pool does
-   * on its next tick, without the tick, the checkout timer and the waiter record it
-   * allocates on the way (about 3 us per statement, half the pool's cost). The
-   * checkout itself is pg-pool's (`_acquireClient`): release, errors and events are
-   * its own.
-   */
-  private takeIdle(
-    callback: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
-  ): boolean {
-    const pool = this as unknown as PoolInternals
-    if (
-      pool.ending ||
-      pool._pendingQueue?.length !== 0 ||
-      pool._idle === undefined ||
-      pool._idle.length === 0 ||
-      typeof pool._acquireClient !== "function"
-    ) {
-      return false
-    }
-    const idle = pool._idle.pop()!
-    clearTimeout(idle.timeoutId)
-    idle.client.ref?.()
-    pool._acquireClient.call(this, idle.client, { callback, timedOut: false }, idle.idleListener, false)
-    return true
-  }
+  return `${host ?? "localhost"}:${port ?? 5432}`
 }
 
-/**
- * pg-pool's own fields (3.x), read by {@link ValidatingPool.takeIdle}; each is checked
- * before use, so another version only loses the shortcut.
- */
-interface PoolInternals {
-  readonly ending: boolean
-  readonly _idle?: Array<{
-    readonly client: Pg.PoolClient & { ref?: () => void }
-    readonly idleListener: (error: Error) => void
-    readonly timeoutId: ReturnType<typeof setTimeout> | undefined
-  }>
-  readonly _pendingQueue?: ReadonlyArray<unknown>
-  readonly _acquireClient?: (
-    client: Pg.PoolClient,
-    pendingItem: {
-      readonly callback: (
-        err: Error | undefined,
-        client: Pg.PoolClient | undefined,
-        done: (release?: unknown) => void
-      ) => void
-      readonly timedOut: boolean
-    },
-    idleListener: (error: Error) => void,
-    isNew: boolean
-  ) => void
-}
+const millis = (duration: Duration.DurationInput | undefined) =>
+  duration === undefined ? undefined : Duration.toMillis(Duration.decode(duration))
 
 /**
- * Opens the pool (checking one connection) and closes it when the scope closes.
+ * Opens the pool (checking one connection, retrying by `connectRetry`) and closes it
+ * when the scope closes.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make = (
   options: Options
-): Effect.Effect<{ readonly pool: Pg.Pool; readonly stats: Effect.Effect<PoolStats> }, SqlError, Scope.Scope> =>
+): Effect.Effect<
+  { readonly connections: Driver.Connections; readonly stats: Effect.Effect<PoolStats> },
+  SqlError,
+  Scope.Scope
+> =>
   Effect.gen(function* () {
     const poolSize = options.poolSize ?? defaults.poolSize
     const max = poolSize + (options.maxOverflow ?? defaults.maxOverflow)
-    const config: Pg.PoolConfig = {
-      ...(options.url === undefined ? {} : { connectionString: Redacted.value(options.url) }),
-      ...(options.host === undefined ? {} : { host: options.host }),
-      ...(options.port === undefined ? {} : { port: options.port }),
-      ...(options.user === undefined ? {} : { user: options.user }),
-      ...(options.password === undefined ? {} : { password: Redacted.value(options.password) }),
-      ...(options.database === undefined ? {} : { database: options.database }),
-      ...(options.ssl === undefined ? {} : { ssl: options.ssl }),
+    const { check, connections, counts } = yield* Driver.makePool({
+      url: options.url,
+      host: options.host,
+      port: options.port,
+      user: options.user,
+      password: options.password,
+      database: options.database,
+      ssl: options.ssl,
       min: poolSize,
       max,
-      connectionTimeoutMillis: Duration.toMillis(options.acquireTimeout ?? defaults.acquireTimeout),
-      idleTimeoutMillis: Duration.toMillis(options.idleTimeout ?? defaults.idleTimeout),
-      ...(options.recycle === undefined ? {} : { maxLifetimeSeconds: Duration.toSeconds(options.recycle) }),
-      application_name: options.applicationName ?? "eventfold"
-    }
-    const pool = new ValidatingPool(
-      config,
-      options.prePing === true ? Duration.toMillis(options.prePingAfterIdle ?? Duration.seconds(5)) : undefined
+      acquireTimeoutMillis: millis(options.acquireTimeout ?? defaults.acquireTimeout)!,
+      idleTimeoutMillis: millis(options.idleTimeout ?? defaults.idleTimeout)!,
+      maxLifetimeSeconds: options.recycle === undefined ? undefined : Duration.toSeconds(options.recycle),
+      applicationName: options.applicationName ?? "eventfold",
+      prePingAfterMillis:
+        options.prePing === true ? millis(options.prePingAfterIdle ?? Duration.seconds(5)) : undefined,
+      statementTimeoutMillis: millis(options.statementTimeout),
+      lockTimeoutMillis: millis(options.lockTimeout),
+      idleInTransactionTimeoutMillis: millis(options.idleInTransactionTimeout)
+    })
+    const server = describeServer(options)
+    yield* check.pipe(
+      Effect.tapError((error) =>
+        Effect.logWarning(`PgPool: PostgreSQL at ${server} cannot be reached yet (${error.message}); trying again`)
+      ),
+      Effect.retry(options.connectRetry ?? defaults.connectRetry),
+      Effect.mapError(
+        (error) =>
+          new SqlError({ cause: error, message: `PgPool: cannot connect to PostgreSQL at ${server}: ${error.message}` })
+      )
     )
-    // An idle connection the server closed: pg-pool already removes it; we report it.
-    pool.on("error", (error) =>
-      Effect.runFork(Effect.logWarning(`PostgreSQL pool: idle connection lost: ${error.message}`))
-    )
-    yield* Effect.acquireRelease(
-      Effect.tryPromise({
-        try: () => pool.query("SELECT 1"),
-        catch: (cause) => new SqlError({ cause, message: "PgPool: cannot connect to PostgreSQL" })
-      }),
-      () => Effect.promise(() => pool.end())
-    )
-    const stats = Effect.sync(
-      (): PoolStats => ({
+    const stats = Effect.map(
+      counts,
+      ({ idle, open, waiting }): PoolStats => ({
         size: poolSize,
         max,
-        open: pool.totalCount,
-        checkedOut: pool.totalCount - pool.idleCount,
-        idle: pool.idleCount,
-        overflow: Math.max(0, pool.totalCount - poolSize),
-        waiting: pool.waitingCount
+        open,
+        checkedOut: open - idle,
+        idle,
+        overflow: Math.max(0, open - poolSize),
+        waiting
       })
     )
-    return { pool, stats }
+    return { connections, stats }
   })
 
 /**
  * `PgClient` and `SqlClient` over a new pool, and the `PgPool` service for its
- * statistics. The pool is closed when the layer is released.
+ * statistics and connections. The pool is closed when the layer is released.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layer = (options: Options): Layer.Layer<PgPool | PgClient.PgClient | SqlClient.SqlClient, SqlError> =>
   Layer.unwrapScoped(
-    Effect.map(make(options), ({ pool, stats }) =>
+    Effect.map(make(options), ({ connections, stats }) =>
       Layer.merge(
         PgClient.layerFromPool({
-          acquire: Effect.succeed(pool),
+          acquire: Effect.succeed(Driver.pgPool(connections)),
           applicationName: options.applicationName ?? "eventfold"
         }),
-        Layer.succeed(PgPool, { stats, options, pool })
+        Layer.succeed(PgPool, { stats, options, connections })
       )
     )
   )
@@ -297,7 +254,8 @@ export const layer = (options: Options): Layer.Layer<PgPool | PgClient.PgClient 
  * The pool's settings from the environment:
  * `DATABASE_URL` (or `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`), and
  * `DATABASE_POOL_SIZE`, `DATABASE_MAX_OVERFLOW`, `DATABASE_POOL_TIMEOUT`,
- * `DATABASE_POOL_RECYCLE` (durations such as "30 seconds"), `DATABASE_POOL_PRE_PING`.
+ * `DATABASE_POOL_RECYCLE` (durations such as "30 seconds"), `DATABASE_POOL_PRE_PING`,
+ * `DATABASE_STATEMENT_TIMEOUT`, `DATABASE_LOCK_TIMEOUT`, `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`.
  * Values given in `defaults` apply where the environment says nothing.
  *
  * @since 0.1.0
@@ -316,7 +274,10 @@ export const config = (defaultOptions: PoolOptions = {}): Config.Config<Options>
       maxOverflow: Config.integer("DATABASE_MAX_OVERFLOW"),
       acquireTimeout: Config.duration("DATABASE_POOL_TIMEOUT"),
       recycle: Config.duration("DATABASE_POOL_RECYCLE"),
-      prePing: Config.boolean("DATABASE_POOL_PRE_PING")
+      prePing: Config.boolean("DATABASE_POOL_PRE_PING"),
+      statementTimeout: Config.duration("DATABASE_STATEMENT_TIMEOUT"),
+      lockTimeout: Config.duration("DATABASE_LOCK_TIMEOUT"),
+      idleInTransactionTimeout: Config.duration("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT")
     },
     defaultOptions
   )

@@ -16,7 +16,6 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
 import type * as CheckpointStore from "@eventfold/core/CheckpointStore"
 import type * as DeadLetterQueue from "@eventfold/core/DeadLetterQueue"
 import * as Projection from "@eventfold/core/Projection"
@@ -27,6 +26,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as Driver from "./internal/pgDriver.js"
 import * as PgCheckpointStore from "./PgCheckpointStore.js"
 import * as PgDeadLetterQueue from "./PgDeadLetterQueue.js"
 
@@ -44,18 +44,8 @@ export interface Options {
 /** The advisory lock's key text; hashed to a bigint in SQL. */
 const lockKey = (name: string) => `eventfold.projection:${name}`
 
-/** The SQLSTATE of a failed statement (pg's DatabaseError under @effect/sql's SqlError). */
-const pgCode = (error: unknown): unknown => {
-  const cause = typeof error === "object" && error !== null && "cause" in error ? error.cause : undefined
-  return typeof cause === "object" && cause !== null && "code" in cause ? cause.code : undefined
-}
-
 class NotAcquired {
   readonly _tag = "NotAcquired"
-}
-
-class Inner<E> {
-  constructor(readonly error: E) {}
 }
 
 /**
@@ -70,21 +60,22 @@ export const makeRuntime = (options: Options = {}) =>
     const heartbeat = Duration.decode(options.heartbeat ?? "2 seconds")
     const heartbeatTimeout = Duration.decode(options.heartbeatTimeout ?? "10 seconds")
 
-    const failure = (projection: string, method: string) => (cause: SqlError) =>
+    const executor = Driver.sqlExecutor(sql)
+
+    const failure = (projection: string, method: string) => (cause: Driver.DriverError) =>
       new Projection.ProjectionError({ projection, method, message: `${method} failed: ${cause.message}`, cause })
 
-    // The effect's own failures pass through untouched (boxed on the way); only the
-    // transaction's statements (BEGIN, SAVEPOINT, ROLLBACK) become ProjectionError.
+    // The effect's own failures pass through untouched; only the transaction's statements
+    // (BEGIN, SAVEPOINT, COMMIT, ROLLBACK) become ProjectionError, typed on every path.
     const transaction = <A, E, R>(
       effect: Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | Projection.ProjectionError, R> =>
-      sql
-        .withTransaction(Effect.mapError(effect, (error) => new Inner(error)))
-        .pipe(
-          Effect.catchAll((error) =>
-            Effect.fail(error instanceof Inner ? (error.error as E) : failure("", "transaction")(error))
-          )
+      executor.transaction(effect).pipe(
+        Effect.catchIf(
+          (error): error is Driver.DriverError => error instanceof Driver.DriverError,
+          (error) => Effect.fail(failure("", "transaction")(error))
         )
+      )
 
     const lock: Projection.RuntimeService["lock"] = (name, { retry }) =>
       Effect.gen(function* () {
@@ -96,16 +87,16 @@ export const makeRuntime = (options: Options = {}) =>
           // in between, a connection could go back to the pool still holding the session lock
           // (and @effect/sql-pg's reserve loses a connection that arrives after an interrupt).
           const acquired = Effect.gen(function* () {
-            const connection = yield* Scope.extend(sql.reserve, scope)
+            const connection = yield* Scope.extend(Driver.reserve(sql), scope)
             let lockPid: number | undefined
             // Registered first: runs before the connection goes back to the pool (finalizers
             // run in reverse). A pooled connection must never keep the lock: when the unlock
             // fails and the session may live on, the session is ended.
             yield* Scope.addFinalizer(
               scope,
-              connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", [lockKey(name)], undefined).pipe(
+              connection.run("SELECT pg_advisory_unlock(hashtextextended($1, 0))", [lockKey(name)]).pipe(
                 // The late cancel of an interrupted statement (pg_cancel_backend) can hit it.
-                Effect.retry({ times: 3, while: (error) => pgCode(error) === "57014" }),
+                Effect.retry({ times: 3, while: (error) => error.code === "57014" }),
                 Effect.catchAll((error) =>
                   Effect.logWarning(`projection ${name}: releasing the lock failed; ending its session`, error).pipe(
                     Effect.zipRight(lockPid === undefined ? Effect.void : sql`SELECT pg_terminate_backend(${lockPid})`),
@@ -116,16 +107,15 @@ export const makeRuntime = (options: Options = {}) =>
                 )
               )
             )
-            const [row] = yield* connection.execute(
+            const [row] = yield* connection.run(
               `SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS locked, pg_backend_pid() AS pid,
                       (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()) AS started`,
-              [lockKey(name)],
-              undefined
+              [lockKey(name)]
             )
-            const session = row as { locked?: unknown; pid?: unknown; started?: unknown } | undefined
-            if (session?.locked !== true) return yield* Effect.fail(new NotAcquired())
-            lockPid = Number(session.pid)
-            return { connection, pid: Number(session.pid), started: String(session.started) }
+            const [locked, pid, started] = row ?? []
+            if (locked !== true) return yield* Effect.fail(new NotAcquired())
+            lockPid = Number(pid)
+            return { connection, pid: Number(pid), started: String(started) }
           }).pipe(Effect.uninterruptible)
           return yield* acquired.pipe(Effect.onError((cause) => Scope.close(scope, Exit.failCause(cause))))
         })
@@ -147,23 +137,29 @@ export const makeRuntime = (options: Options = {}) =>
           )
         )
         // The lock lives as long as its session: the same session still there means it is held.
-        const held = sql`SELECT 1 FROM pg_stat_get_activity(${pid}) WHERE backend_start::text = ${started}`.pipe(
-          Effect.mapError(failure(name, "lock")),
-          Effect.flatMap((rows) =>
-            rows.length > 0
-              ? Effect.void
-              : Effect.fail(
-                  new Projection.ProjectionError({
-                    projection: name,
-                    method: "lock",
-                    message: `lost the projection's lock: its session (pid ${pid}) is gone`
-                  })
-                )
+        const held = executor
+          .run(
+            { name: "", text: "SELECT 1 FROM pg_stat_get_activity($1::int) WHERE backend_start::text = $2::text" },
+            [pid, started],
+            (row) => row
           )
-        )
+          .pipe(
+            Effect.mapError(failure(name, "lock")),
+            Effect.flatMap((rows) =>
+              rows.length > 0
+                ? Effect.void
+                : Effect.fail(
+                    new Projection.ProjectionError({
+                      projection: name,
+                      method: "lock",
+                      message: `lost the projection's lock: its session (pid ${pid}) is gone`
+                    })
+                  )
+            )
+          )
         // Fails as soon as the lock's session is gone: the runner must stop at once. The query
         // is never interrupted (its cancel could hit the unlock that follows), only left behind.
-        const lost = connection.execute("SELECT 1", [], undefined).pipe(
+        const lost = connection.run("SELECT 1", []).pipe(
           Effect.uninterruptible,
           Effect.disconnect,
           Effect.timeoutFail({

@@ -35,52 +35,57 @@ describe("append statements", () => {
             return rows.map((row) => row["QUERY PLAN"]).join("\n")
           })
         )
-      const stream = "gen_random_uuid(), 'Order', NULL, NULL"
+      // Each parameter's type and a value to plan with, by name (statements bind by name).
+      const parameters: Record<keyof AppendSql.Parameters, readonly [string, string]> = {
+        aggregateId: ["uuid", "gen_random_uuid()"],
+        aggregateType: ["varchar", "'Order'"],
+        tenantId: ["uuid", "NULL"],
+        actorId: ["varchar", "NULL"],
+        expected: ["int", "3"],
+        count: ["int", "2"],
+        eventId: ["uuid", "gen_random_uuid()"],
+        eventType: ["varchar", "'Placed'"],
+        timestamp: ["timestamptz", "now()"],
+        payload: ["jsonb", "'{}'"],
+        events: ["jsonb", "'[]'"],
+        eventIds: ["uuid[]", "ARRAY[gen_random_uuid(), gen_random_uuid()]"],
+        lastVersion: ["int", "3"]
+      }
+      const planOf = (statement: AppendSql.Statement) =>
+        plan(
+          statement.name,
+          statement.params.map((name) => parameters[name][0]).join(", "),
+          statement.text,
+          statement.params.map((name) => parameters[name][1]).join(", ")
+        )
       const checked: Array<string> = []
-      for (const base of ["expected", "known", "contended", "head"] as const) {
+      for (const base of ["exact", "noStream", "any", "streamExists"] as const) {
         for (const shape of ["single", "batch"] as const) {
           for (const outbox of [false, true]) {
             const statement = AppendSql.appendStatement(base, shape, outbox)
-            const expected = base === "head" ? "boolean" : "int"
-            const text = yield* plan(
-              statement.name,
-              shape === "single"
-                ? `uuid, varchar, uuid, varchar, ${expected}, uuid, varchar, timestamptz, jsonb`
-                : `uuid, varchar, uuid, varchar, ${expected}, jsonb`,
-              statement.text,
-              `${stream}, ${base === "head" ? "true" : "3"}, ${
-                shape === "single" ? "gen_random_uuid(), 'Placed', now(), '{}'" : "'[]'"
-              }`
-            )
-            assert.notMatch(text, /Seq Scan on events/, `${statement.name}:\n${text}`)
-            if (base === "known" || base === "contended") {
-              // The expected version is known to be stored: nothing of the stream is read.
-              assert.notMatch(text, /Scan.* on events|Scan using/, `${statement.name}:\n${text}`)
-            } else {
-              assert.match(text, /Index Only Scan( Backward)? using idx_events_aggregate_version/, statement.name)
+            const text = yield* planOf(statement)
+            assert.notMatch(text, /Seq Scan/, `${statement.name}:\n${text}`)
+            // The stream's head is the only thing read: events are inserted, never scanned.
+            assert.notMatch(text, /Scan.* on events|using idx_events|using events_/, `${statement.name}:\n${text}`)
+            if (base === "exact" || base === "streamExists") {
+              assert.match(text, /Index Scan using pk_event_streams/, `${statement.name}:\n${text}`)
             }
             checked.push(statement.name)
           }
         }
       }
-      const explain = yield* plan(
-        AppendSql.explainStatement.name,
-        "uuid, varchar, uuid[]",
-        AppendSql.explainStatement.text,
-        "gen_random_uuid(), 'Order', ARRAY[gen_random_uuid(), gen_random_uuid()]"
-      )
-      assert.notMatch(explain, /Seq Scan on events/, explain)
-      assert.match(explain, /Index Scan using events_event_id_key/, explain)
-      const head = yield* plan(
-        AppendSql.headStatement.name,
-        "uuid, varchar, uuid",
-        AppendSql.headStatement.text,
-        "gen_random_uuid(), 'Order', gen_random_uuid()"
-      )
-      assert.notMatch(head, /Seq Scan on events|Sort/, head)
-      assert.match(head, /Index Only Scan Backward using idx_events_aggregate_version/, head)
-      assert.match(head, /Index Only Scan using events_event_id_key/, head)
       assert.strictEqual(new Set(checked).size, 16)
+      const explain = yield* planOf(AppendSql.explainStatement)
+      assert.notMatch(explain, /Seq Scan/, explain)
+      assert.match(explain, /Index Scan using events_event_id_key/, explain)
+      assert.match(explain, /Index Only Scan Backward using idx_events_aggregate_version/, explain)
+      assert.match(explain, /Index Scan using pk_event_streams/, explain)
+      const head = yield* planOf(AppendSql.headStatement)
+      assert.notMatch(head, /Seq Scan|Sort/, head)
+      assert.match(head, /Index Scan using pk_event_streams/, head)
+      assert.match(head, /Index Only Scan using events_event_id_key/, head)
+      const repair = yield* planOf(AppendSql.repairStatement)
+      assert.notMatch(repair, /Seq Scan|Sort/, repair)
 
       // The named reads: a stream both ways, the log both ways, a subscription's page, a fold.
       const target = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
@@ -163,11 +168,11 @@ describe("append", () => {
 })
 
 /**
- * An append that expects a version the store saw committed skips reading the stream
- * (internal/knownVersions.ts). What it remembers must never let an append through
- * that the probe would have stopped.
+ * Every stream has a head (`event_streams`) that the append moves in the same
+ * statement as it inserts the events: it serializes the stream's writers and outlives
+ * the stream's events.
  */
-describe("known versions", () => {
+describe("stream heads", () => {
   const Placed = Event.make("Placed", { number: Schema.String })
   const registry = EventRegistry.make(Placed)
   const placed = (number: string) => [{ event: Placed.make({ number }) }]
@@ -177,46 +182,43 @@ describe("known versions", () => {
     const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 2 }))
     yield* PgMigrations.run.pipe(Effect.provide(context))
     const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
-    const store = () => PgEventStore.make({ registry }).pipe(Effect.provide(context))
+    const store = () => PgEventStore.makePrepared({ registry }).pipe(Effect.provide(context))
     const versions = (aggregateId: string) =>
       sql<{ version: number }>`SELECT version FROM events WHERE aggregate_id = ${aggregateId} ORDER BY version`.pipe(
         Effect.map((rows) => rows.map((row) => row.version))
       )
-    return { sql, store, versions, context }
+    const head = (aggregateId: string) =>
+      sql<{ version: number }>`SELECT version FROM event_streams WHERE aggregate_id = ${aggregateId}`.pipe(
+        Effect.map((rows) => rows[0]?.version)
+      )
+    return { sql, store, versions, head, context }
   })
 
-  it.scopedLive("a version written or read in a transaction that rolled back is not trusted", () =>
+  it.scopedLive("an append that rolls back with the caller's transaction leaves the head where it was", () =>
     Effect.gen(function* () {
-      const { sql, store: makeStore, versions, context } = yield* setup
+      const { sql, store: makeStore, versions, head, context } = yield* setup
       const store = yield* makeStore()
-      for (const how of ["append", "read"] as const) {
-        const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
-        yield* store.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
-        // Version 2 exists only inside the transaction, which then rolls back.
-        const rolledBack = yield* sql
-          .withTransaction(
-            Effect.gen(function* () {
-              yield* store.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) })
-              if (how === "read") {
-                const seen = yield* Stream.runCollect(store.readStream(stream))
-                assert.strictEqual(Chunk.size(seen), 2)
-              }
-              return yield* Effect.fail("roll back" as const)
-            })
-          )
-          .pipe(Effect.provide(context), Effect.flip)
-        assert.strictEqual(rolledBack, "roll back")
-        const error = yield* Effect.flip(
-          store.append(stream, placed("3"), { expectedVersion: ExpectedVersion.exact(2) })
+      const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      yield* store.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
+      const rolledBack = yield* sql
+        .withTransaction(
+          Effect.gen(function* () {
+            yield* store.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) })
+            const seen = yield* Stream.runCollect(store.readStream(stream))
+            assert.strictEqual(Chunk.size(seen), 2)
+            return yield* Effect.fail("roll back" as const)
+          })
         )
-        assert.strictEqual(error._tag, "ConcurrencyError")
-        assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 1)
-        assert.deepStrictEqual(yield* versions(stream.aggregateId), [1])
-      }
+        .pipe(Effect.provide(context), Effect.flip)
+      assert.strictEqual(rolledBack, "roll back")
+      assert.strictEqual(yield* head(stream.aggregateId), 1)
+      const error = yield* Effect.flip(store.append(stream, placed("3"), { expectedVersion: ExpectedVersion.exact(2) }))
+      assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 1)
+      assert.deepStrictEqual(yield* versions(stream.aggregateId), [1])
     })
   )
 
-  it.scopedLive("a store that knows a version loses to another store's append, and is told the version now", () =>
+  it.scopedLive("a writer that lost a race is told the version now, whichever store won", () =>
     Effect.gen(function* () {
       const { store: makeStore, versions } = yield* setup
       const [mine, theirs] = [yield* makeStore(), yield* makeStore()]
@@ -224,7 +226,6 @@ describe("known versions", () => {
       yield* mine.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
       yield* mine.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) })
       yield* theirs.append(stream, placed("3"), { expectedVersion: ExpectedVersion.exact(2) })
-      // `mine` knows version 2; 3 is taken. An older expectation fails alike, batches too.
       for (const [expected, events] of [
         [2, placed("x")],
         [1, placed("y")],
@@ -236,7 +237,10 @@ describe("known versions", () => {
         assert.strictEqual(error._tag, "ConcurrencyError")
         assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 3)
       }
-      // Told of version 3, it appends after it.
+      const noStream = yield* Effect.flip(
+        mine.append(stream, placed("n"), { expectedVersion: ExpectedVersion.noStream })
+      )
+      assert.strictEqual(noStream._tag === "ConcurrencyError" && noStream.actualVersion, 3)
       const result = yield* mine.append(stream, placed("4"), { expectedVersion: ExpectedVersion.exact(3) })
       assert.strictEqual(result.version, 4)
       assert.deepStrictEqual(yield* versions(stream.aggregateId), [1, 2, 3, 4])
@@ -260,31 +264,65 @@ describe("known versions", () => {
               yield* Effect.promise(() =>
                 Effect.runPromise(theirs.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) }))
               )
-              return yield* mine.append(stream, placed("x"), { expectedVersion: ExpectedVersion.exact(1) })
+              return yield* mine.append(stream, placed("x"), { expectedVersion: ExpectedVersion.any })
             })
           )
           .pipe(Effect.provide(context), Effect.flip)
-        // Not a conflict "expected version 1, but the stream is at version 1": the snapshot cannot see version 2.
         assert.strictEqual(error._tag, "EventStoreError")
         assert.include(error.message, "could not serialize")
         assert.deepStrictEqual(yield* versions(stream.aggregateId), [1, 2])
       })
   )
 
-  it.scopedLive("a version the store never saw is read from the stream: no gap, with or without the memory", () =>
+  it.scopedLive("the head outlives the events: a stream whose events were deleted never reuses a version", () =>
     Effect.gen(function* () {
-      const { context, versions } = yield* setup
-      for (const knownVersions of [10_000, 0]) {
-        const store = yield* PgEventStore.make({ registry, knownVersions }).pipe(Effect.provide(context))
-        const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
-        yield* store.append(stream, placed("1"), { expectedVersion: ExpectedVersion.noStream })
-        const error = yield* Effect.flip(
-          store.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(5) })
-        )
-        assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 1)
-        yield* store.append(stream, placed("2"), { expectedVersion: ExpectedVersion.exact(1) })
-        assert.deepStrictEqual(yield* versions(stream.aggregateId), [1, 2])
+      const { sql, store: makeStore, versions } = yield* setup
+      const store = yield* makeStore()
+      const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      yield* store.append(stream, [...placed("1"), ...placed("2"), ...placed("3")], {
+        expectedVersion: ExpectedVersion.noStream
+      })
+      // The spec's archive SQL moves old events away with a plain DELETE.
+      yield* sql`DELETE FROM events WHERE aggregate_id = ${stream.aggregateId}`
+      const noStream = yield* Effect.flip(
+        store.append(stream, placed("x"), { expectedVersion: ExpectedVersion.noStream })
+      )
+      assert.strictEqual(noStream._tag === "ConcurrencyError" && noStream.actualVersion, 3)
+      const result = yield* store.append(stream, placed("4"), { expectedVersion: ExpectedVersion.any })
+      assert.strictEqual(result.version, 4)
+      assert.deepStrictEqual(yield* versions(stream.aggregateId), [4])
+    })
+  )
+
+  it.scopedLive("events written around the store raise the head: no conflict is lost, no version doubled", () =>
+    Effect.gen(function* () {
+      const { sql, store: makeStore, versions, head } = yield* setup
+      const store = yield* makeStore()
+      const written = (aggregateId: string, version: number) =>
+        sql`INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
+            VALUES (gen_random_uuid(), ${aggregateId}, 'Order', 'Placed', ${version}, now(), '{"number":"sql"}')`
+      // A stream the store never saw, and one whose head is behind.
+      const fresh = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      yield* written(fresh.aggregateId, 1)
+      yield* written(fresh.aggregateId, 2)
+      for (const expectedVersion of [ExpectedVersion.noStream, ExpectedVersion.exact(1)]) {
+        const error = yield* Effect.flip(store.append(fresh, placed("x"), { expectedVersion }))
+        assert.strictEqual(error._tag === "ConcurrencyError" && error.actualVersion, 2, String(error))
       }
+      assert.strictEqual(yield* head(fresh.aggregateId), 2)
+      assert.strictEqual(
+        (yield* store.append(fresh, placed("3"), { expectedVersion: ExpectedVersion.exact(2) })).version,
+        3
+      )
+      const behind = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      yield* store.append(behind, placed("1"), { expectedVersion: ExpectedVersion.noStream })
+      yield* written(behind.aggregateId, 2)
+      assert.strictEqual(
+        (yield* store.append(behind, placed("3"), { expectedVersion: ExpectedVersion.any })).version,
+        3
+      )
+      assert.deepStrictEqual(yield* versions(fresh.aggregateId), [1, 2, 3])
+      assert.deepStrictEqual(yield* versions(behind.aggregateId), [1, 2, 3])
     })
   )
 })

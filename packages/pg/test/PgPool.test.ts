@@ -3,11 +3,14 @@ import { assert, describe, it } from "@effect/vitest"
 import { Event, EventRegistry, ExpectedVersion } from "@eventfold/core"
 import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
 
@@ -101,43 +104,83 @@ describe("PgPool", () => {
   )
 
   it.scopedLive(
-    "a connection dropped mid-append is a typed EventStoreError; nothing is half-written and the pool recovers",
+    "a connection dropped mid-append is retried on a fresh connection and lands once; without retries it is a typed EventStoreError",
     () =>
       Effect.gen(function* () {
-        const { context, store, url } = yield* pool({ poolSize: 2, maxOverflow: 2, prePing: true, prePingAfterIdle: 0 })
+        const { context, url } = yield* pool({ poolSize: 2, maxOverflow: 2, prePing: true, prePingAfterIdle: 0 })
         const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
-        const s = stream()
-        // The append waits on version 1 of the stream, inserted by another session whose
-        // transaction stays open; we then kill the waiting session.
         const admin = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 1, maxOverflow: 0 }))
         const adminSql = yield* SqlClient.SqlClient.pipe(Effect.provide(admin))
-        const rival = yield* Effect.forkScoped(
-          adminSql.withTransaction(
-            Effect.zipRight(
-              adminSql`INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
-                       VALUES (gen_random_uuid(), ${s.aggregateId}::uuid, ${s.aggregateType}, 'Noted', 1, now(), '{}')`,
-              adminSql`SELECT pg_sleep(3)`
+        const versions = (aggregateId: string) =>
+          sql<{
+            version: number
+          }>`SELECT version FROM events WHERE aggregate_id = ${aggregateId} ORDER BY version`.pipe(
+            Effect.map((rows) => rows.map((row) => row.version))
+          )
+        // The sessions of this test's database that wait for another transaction's lock.
+        const waiting = sql<{ pid: number }>`SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'transactionid' AND NOT l.granted AND a.datname = current_database()`
+        const waitForWaiter = waiting.pipe(
+          Effect.filterOrFail((rows) => rows.length > 0),
+          Effect.retry(Schedule.spaced("10 millis")),
+          Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("no append waited on the rival") })
+        )
+        for (const retry of [PgEventStore.defaultRetry, Schedule.stop]) {
+          const store = yield* PgEventStore.makePrepared({ registry, retry }).pipe(Effect.provide(context))
+          const s = stream()
+          // The append waits on a stream head another session holds in an open transaction;
+          // that session commits once the append's connection has been killed.
+          const [held, release] = [yield* Deferred.make<void>(), yield* Deferred.make<void>()]
+          const rival = yield* Effect.forkScoped(
+            adminSql.withTransaction(
+              Effect.gen(function* () {
+                yield* adminSql`INSERT INTO event_streams (aggregate_id, aggregate_type, version)
+                                VALUES (${s.aggregateId}::uuid, ${s.aggregateType}, 1)`
+                yield* adminSql`INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
+                                VALUES (gen_random_uuid(), ${s.aggregateId}::uuid, ${s.aggregateType}, 'Noted', 1, now(), '{}')`
+                yield* Deferred.succeed(held, undefined)
+                yield* Deferred.await(release)
+              })
             )
           )
-        )
-        yield* Effect.sleep("200 millis")
-        const appending = yield* Effect.forkScoped(
-          Effect.flip(store.append(s, note, { expectedVersion: ExpectedVersion.any }))
-        )
-        yield* Effect.sleep("300 millis")
-        yield* sql`SELECT pg_terminate_backend(pid) FROM pg_locks
-                 WHERE locktype = 'transactionid' AND NOT granted AND pid <> pg_backend_pid()`
-        const error = yield* Fiber.join(appending)
-        assert.strictEqual(error._tag, "EventStoreError")
-        // The rival rolls back: its version 1 was never there.
-        yield* Fiber.interrupt(rival)
-        // The next append gets a healthy connection.
-        assert.strictEqual((yield* store.append(s, note, { expectedVersion: ExpectedVersion.noStream })).version, 1)
+          yield* Deferred.await(held)
+          const appending = yield* Effect.forkScoped(
+            Effect.either(store.append(s, note, { expectedVersion: ExpectedVersion.any }))
+          )
+          const [victim] = yield* waitForWaiter
+          yield* sql`SELECT pg_terminate_backend(${victim!.pid})`
+          // With retries, the append waits again on a fresh connection: let the rival commit.
+          yield* Deferred.succeed(release, undefined)
+          yield* Fiber.join(rival)
+          const outcome = yield* Fiber.join(appending)
+          if (retry === Schedule.stop) {
+            assert.isTrue(Either.isLeft(outcome))
+            assert.strictEqual(Either.isLeft(outcome) && outcome.left._tag, "EventStoreError")
+            assert.deepStrictEqual(yield* versions(s.aggregateId), [1])
+          } else {
+            assert.strictEqual(Either.isRight(outcome) && outcome.right.version, 2)
+            assert.deepStrictEqual(yield* versions(s.aggregateId), [1, 2])
+          }
+        }
         // Every pooled connection killed while idle: pre-ping replaces them unseen.
+        const store = yield* PgEventStore.makePrepared({ registry, retry: Schedule.stop }).pipe(Effect.provide(context))
         yield* adminSql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                       WHERE application_name = 'eventfold' AND pid <> pg_backend_pid() AND datname = current_database()`
-        yield* Effect.sleep("100 millis")
-        assert.strictEqual((yield* store.append(s, note, { expectedVersion: ExpectedVersion.exact(1) })).version, 2)
+        // The pool hears of each termination; wait until it has dropped them all.
+        yield* PgPool.PgPool.pipe(
+          Effect.provide(context),
+          Effect.flatMap((p) => p.stats),
+          Effect.filterOrFail((stats) => stats.open === 0),
+          Effect.retry(Schedule.spaced("10 millis")),
+          Effect.timeoutFail({
+            duration: "10 seconds",
+            onTimeout: () => new Error("the pool kept a killed connection")
+          })
+        )
+        assert.strictEqual(
+          (yield* store.append(stream(), note, { expectedVersion: ExpectedVersion.noStream })).version,
+          1
+        )
       })
   )
 })

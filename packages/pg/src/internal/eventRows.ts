@@ -98,3 +98,59 @@ export const decodeStreamRow = (row: ReadonlyArray<unknown>): EventStore.StoredS
   if (typeof payload !== "string") throw new MalformedRowError({ message: "events.payload is not text" })
   return { version, eventType, payload: JSON.parse(payload) }
 }
+
+/** The types of result columns read by name. */
+export type ColumnType = "int4" | "int8" | "bool" | "text"
+
+type ColumnValue<T extends ColumnType> = T extends "int4"
+  ? number
+  : T extends "int8"
+    ? bigint
+    : T extends "bool"
+      ? boolean
+      : string
+
+/** A row read by column name: each column's value, or null for SQL NULL. */
+export type Named<C extends { readonly [name: string]: ColumnType }> = {
+  readonly [K in keyof C]: ColumnValue<C[K]> | null
+}
+
+const column = (type: ColumnType, value: unknown, name: string): unknown => {
+  switch (type) {
+    case "int4": {
+      const n = integer(value)
+      if (n === undefined) throw new MalformedRowError({ message: `column ${name} is not an integer` })
+      return n
+    }
+    case "int8": {
+      const n = int8(value)
+      if (n === undefined) throw new MalformedRowError({ message: `column ${name} is not an int8` })
+      return n
+    }
+    case "bool":
+      if (value !== true && value !== false && value !== "t" && value !== "f") {
+        throw new MalformedRowError({ message: `column ${name} is not a boolean` })
+      }
+      return value === true || value === "t"
+    case "text":
+      return text(value, name)
+  }
+}
+
+/**
+ * Reads rows (arrays of columns, text or parsed by pg) into records keyed by the
+ * statement's result column names. `columns` lists them in the statement's order, with
+ * their types; a value of another type throws a MalformedRowError.
+ */
+export const columns = <const C extends { readonly [name: string]: ColumnType }>(spec: C) => {
+  const entries = Object.entries(spec)
+  return (row: ReadonlyArray<unknown>): Named<C> => {
+    const result: { [name: string]: unknown } = {}
+    for (let i = 0; i < entries.length; i++) {
+      const [name, type] = entries[i]!
+      const value = row[i]
+      result[name] = value === null || value === undefined ? null : column(type, value, name)
+    }
+    return result as Named<C>
+  }
+}

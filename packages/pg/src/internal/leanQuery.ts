@@ -3,13 +3,18 @@
  * protocol needs: Parse (once per connection), Bind, Execute, Sync. pg's own Query
  * also sends Describe on every run and builds a result object per run from the
  * RowDescription (its parsers, a row prototype, objects keyed by column name); on an
- * append that was about a third of the client's CPU, for one row of four columns
- * whose order the statement fixes anyway. Rows come as arrays of text (or null), in
- * the statement's column order, each handed to `parseRow` as it arrives, so that a
- * long read is decoded while the server is still sending it.
+ * append that was about a third of the client's CPU, for one row whose columns the
+ * statement fixes anyway. Rows come as arrays of text (or null), in the statement's
+ * column order, each handed to `parseRow` as it arrives, so that a long read is
+ * decoded while the server is still sending it.
  *
- * It plugs into pg as a "submittable" (the interface pg-cursor and pg-query-stream
- * use), so the client's queueing, connection state and error handling are pg's own.
+ * It plugs into pg as a "submittable", the interface pg documents for custom queries
+ * and uses for pg-cursor and pg-query-stream: pg queues it, hands it the connection
+ * when it is its turn, and reports the server's messages and connection errors to
+ * it. Which statements a connection has prepared is this module's own record (one
+ * per client, forgotten with the client), never pg's.
+ *
+ * Only `pgDriver.ts` uses this module.
  */
 import type * as Pg from "pg"
 
@@ -22,11 +27,9 @@ export interface Statement {
   readonly text: string
 }
 
-/** What of pg's Connection a submittable uses (pg-cursor uses the same). */
+/** What of pg's Connection a submittable uses (pg-cursor uses the same calls). */
 interface Connection {
   readonly stream: { cork?: () => void; uncork?: () => void }
-  readonly parsedStatements: Record<string, string | undefined>
-  readonly submittedNamedStatements: Record<string, string | undefined>
   parse(query: { readonly text: string; readonly name: string }): void
   bind(config: {
     readonly portal: string
@@ -36,6 +39,7 @@ interface Connection {
     readonly valueMapper: (value: unknown) => string | null
   }): void
   execute(config: { readonly portal: string }): void
+  close(config: { readonly type: "S"; readonly name: string }): void
   sync(): void
   sendCopyFail(message: string): void
 }
@@ -49,6 +53,24 @@ export class RowError extends Error {
 }
 
 /**
+ * What a connection holds of a named statement: parsed, or perhaps parsed (its Parse
+ * was sent, and the run failed before we could tell whether the server kept it).
+ */
+type Prepared = "parsed" | "uncertain"
+
+/** Per client, the named statements it holds; a new client (a reconnect) starts empty. */
+const preparedBy = new WeakMap<Pg.ClientBase, Map<string, Prepared>>()
+
+const preparedOn = (client: Pg.ClientBase): Map<string, Prepared> => {
+  let prepared = preparedBy.get(client)
+  if (prepared === undefined) {
+    prepared = new Map()
+    preparedBy.set(client, prepared)
+  }
+  return prepared
+}
+
+/**
  * Parameters are text: strings as they are; numbers, bigints and booleans as PostgreSQL
  * reads them. Callers pass only these (dates as ISO strings, arrays as array literals).
  */
@@ -56,15 +78,17 @@ const toText = (value: unknown): string | null =>
   value === null || value === undefined ? null : typeof value === "string" ? value : String(value)
 
 class LeanQuery<A> {
-  // pg reads these: `name` and `text` to record the statement as parsed on the connection.
+  // pg reads `name` and `text` (and records the statement in its own bookkeeping, which we never read).
   readonly name: string
   readonly text: string
   private readonly rows: Array<A> = []
   private failure: Error | undefined
+  private parsing = false
   private done = false
 
   constructor(
     statement: Statement,
+    private readonly prepared: Map<string, Prepared>,
     private readonly values: ReadonlyArray<unknown>,
     private readonly parseRow: (row: Row) => A,
     private readonly callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void
@@ -76,14 +100,18 @@ class LeanQuery<A> {
   submit(connection: Connection): null {
     connection.stream.cork?.()
     try {
-      // Named: parsed once per connection. Unnamed (""): parsed, and planned, on every run.
-      if (this.name === "") connection.parse({ text: this.text, name: "" })
-      else if (
-        connection.parsedStatements[this.name] === undefined &&
-        connection.submittedNamedStatements[this.name] === undefined
-      ) {
-        connection.parse({ text: this.text, name: this.name })
-        connection.submittedNamedStatements[this.name] = this.text
+      if (this.name === "") {
+        // Unnamed: parsed, and planned, on every run.
+        connection.parse({ text: this.text, name: "" })
+      } else {
+        const state = this.prepared.get(this.name)
+        if (state !== "parsed") {
+          // Closing a statement that does not exist is not an error: after an uncertain
+          // run the statement is made again from scratch.
+          if (state === "uncertain") connection.close({ type: "S", name: this.name })
+          connection.parse({ text: this.text, name: this.name })
+          this.parsing = true
+        }
       }
       connection.bind({ portal: "", statement: this.name, values: this.values, binary: false, valueMapper: toText })
       connection.execute({ portal: "" })
@@ -126,13 +154,18 @@ class LeanQuery<A> {
   private finish(error: Error | undefined): void {
     if (this.done) return
     this.done = true
+    if (this.parsing) {
+      // A run that got as far as its rows had its statement parsed; after a server error
+      // we cannot tell whether the Parse or a later step failed.
+      this.prepared.set(this.name, error === undefined || error instanceof RowError ? "parsed" : "uncertain")
+    }
     this.callback(error, this.rows)
   }
 }
 
 /**
  * Runs `statement` on `client`. The callback gets pg's error (a DatabaseError for the
- * server's), what `parseRow` threw, or the parsed rows.
+ * server's), a {@link RowError} for what `parseRow` threw, or the parsed rows.
  */
 export const run = <A>(
   client: Pg.ClientBase,
@@ -142,5 +175,5 @@ export const run = <A>(
   callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void
 ): void => {
   // pg accepts any object with `submit` (its typings only know its own submittables).
-  client.query(new LeanQuery(statement, values, parseRow, callback) as unknown as Pg.QueryConfig)
+  client.query(new LeanQuery(statement, preparedOn(client), values, parseRow, callback) as unknown as Pg.QueryConfig)
 }

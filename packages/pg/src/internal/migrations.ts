@@ -239,5 +239,35 @@ CREATE INDEX IF NOT EXISTS idx_dlq_projection_status ON dead_letter_queue (proje
 DROP FUNCTION IF EXISTS eventfold_append(UUID, VARCHAR, TEXT, INTEGER, UUID, VARCHAR, JSONB, BOOLEAN);
 DROP FUNCTION IF EXISTS eventfold_append(UUID, VARCHAR, TEXT, INTEGER, UUID, VARCHAR, JSONB);
 `
+  },
+  {
+    id: 10,
+    name: "stream_heads",
+    // Every stream's head: its last version, moved by the append statement in the same
+    // statement as its events (internal/appendSql.ts). The head's row lock serializes a
+    // stream's writers, so that `any` and `streamExists` appends always land at the next
+    // version and a version is never handed out twice, even once the stream's old events
+    // are archived or deleted. fillfactor leaves room for HOT updates (only `version` and
+    // `updated_at` change, neither indexed). Streams stored before this migration get
+    // their heads from their events.
+    sql: `
+CREATE TABLE IF NOT EXISTS event_streams (
+  aggregate_id UUID NOT NULL,
+  aggregate_type VARCHAR(255) NOT NULL,
+  tenant_id UUID,
+  version INTEGER NOT NULL,
+  created_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+  updated_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+  CONSTRAINT pk_event_streams PRIMARY KEY (aggregate_id, aggregate_type),
+  CONSTRAINT chk_event_streams_version CHECK (version > 0)
+) WITH (fillfactor = 80);
+INSERT INTO event_streams (aggregate_id, aggregate_type, tenant_id, version, created_at, updated_at)
+SELECT aggregate_id, aggregate_type, (array_agg(tenant_id ORDER BY version))[1], max(version),
+       min(created_at), max(created_at)
+  FROM events
+ GROUP BY aggregate_id, aggregate_type
+ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
+   SET version = greatest(event_streams.version, EXCLUDED.version);
+`
   }
 ]

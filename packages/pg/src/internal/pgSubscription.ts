@@ -28,29 +28,34 @@
  * row, each within a few intervals of the last); and at least every `pollInterval`.
  * Readers wait only for transactions that wrote to `events`: a long transaction
  * elsewhere (a report, a vacuum, another database) never holds them back, unlike a
- * filter on the snapshot's xmin. A transaction that appended and stays open does: after `stallThreshold` the watcher logs which session it is (pid, transaction
- * start, state, query) and publishes a stall; `eventfold_log_writers` shows the same
- * from SQL.
+ * filter on the snapshot's xmin. A transaction that appended and stays open does:
+ * after `stallThreshold` the watcher logs which session it is (pid, transaction start,
+ * state, query) and publishes a stall; `eventfold_log_writers` shows the same from
+ * SQL. (`PgPool`'s `idleInTransactionTimeout` ends such a transaction on the server.)
  *
  * Notifications: NOTIFY serializes the commits of the transactions that send it (a
  * lock on the notification queue, held through the commit's flush). So appends notify
  * only while a watcher waits for it (its row in `eventfold_listeners` says so): a
  * watcher waits when nothing is pending and the log is quiet, and when something has
  * been pending for long; while the log keeps moving it polls, so that busy appends
- * never notify (W7, a subscriber following 8 writers: 0.65x of naive polling's
- * throughput with a flag flipped at every lull, 0.80x polling). After it raises its
- * flag it refreshes once more, which catches a writer that read the flag just
- * before: still running, it is pending; committed, it is settled. Notifications only
- * ever wake; the guarantee never depends on them.
+ * never notify. After it raises its flag it refreshes once more, which catches a
+ * writer that read the flag just before: still running, it is pending; committed, it
+ * is settled. Notifications only ever wake; the guarantee never depends on them.
+ *
+ * Failures: a refresh that fails (the server is down) is retried with backoff while
+ * subscribers keep the horizon they have; a lost LISTEN connection is logged and
+ * listened again by `reconnect`, polling meanwhile.
+ *
+ * The watcher's state is one record ({@link State}), changed only by the pure
+ * functions below ({@link observe}, {@link nextDelay}, {@link waitsForNotifications}),
+ * which are tested alone; the fibers around them do the I/O.
  *
  * Assumptions: the sequence is not cached per session (`CACHE 1`, the BIGSERIAL
  * default); subscriptions read the primary (a standby's `pg_locks` does not show the
  * primary's writers).
  */
 
-import * as SqlClient from "@effect/sql/SqlClient"
-import * as PgClient from "@effect/sql-pg/PgClient"
-import type { EventStoreError } from "@eventfold/core/Errors"
+import type * as PgClient from "@effect/sql-pg/PgClient"
 import type * as Subscription from "@eventfold/core/Subscription"
 import { Metrics } from "@eventfold/core/Telemetry"
 import * as Deferred from "effect/Deferred"
@@ -59,29 +64,40 @@ import * as Effect from "effect/Effect"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as RcRef from "effect/RcRef"
-import * as Redacted from "effect/Redacted"
-import * as Runtime from "effect/Runtime"
+import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import * as Scope from "effect/Scope"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
-import * as Pg from "pg"
 import { Int8 } from "./eventRows.js"
+import * as Driver from "./pgDriver.js"
 
 /**
  * How subscriptions watch the log.
  */
 export interface WatchOptions {
   /** Refresh at least this often even without notifications. Default 1 second. */
-  readonly pollInterval?: Duration.DurationInput
+  readonly pollInterval?: Duration.DurationInput | undefined
   /** While positions wait for their transactions, refresh this often at first. Default 5 ms. */
-  readonly settleInterval?: Duration.DurationInput
+  readonly settleInterval?: Duration.DurationInput | undefined
   /** Report (log and publish) when readers have been held back this long. Default 5 seconds. */
-  readonly stallThreshold?: Duration.DurationInput
+  readonly stallThreshold?: Duration.DurationInput | undefined
   /** Wake on LISTEN/NOTIFY (needs `PgClient`). Default true. */
-  readonly listen?: boolean
+  readonly listen?: boolean | undefined
+  /**
+   * After a lost connection (a page read, the LISTEN connection), how to try again.
+   * A subscription fails only when this schedule ends. Default: exponential from 100
+   * milliseconds, at most every 5 seconds, for up to 5 minutes.
+   */
+  readonly reconnect?: Schedule.Schedule<unknown, unknown> | undefined
 }
+
+/** The default of {@link WatchOptions.reconnect}. */
+export const defaultReconnect: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
+  Schedule.either(Schedule.spaced("5 seconds")),
+  Schedule.upTo("5 minutes")
+)
 
 /** The channel appends notify (by the statement trigger of migration 8), at commit. */
 export const channel = "eventfold_events"
@@ -114,12 +130,53 @@ export const metrics = {
 }
 const { heldBack, horizonCheckDuration, horizonChecks, notifications: wakeups } = metrics
 
-interface Pending {
+// ---------------------------------------------------------------------------
+// The state and its rules (pure)
+// ---------------------------------------------------------------------------
+
+export interface Pending {
   /** The last position taken when `writers` were read. */
   readonly last: bigint
   /** Virtual transaction id → pid (0 for a prepared transaction). */
   readonly writers: ReadonlyMap<string, number>
   readonly at: number
+}
+
+/** The watcher's timing, in milliseconds. */
+export interface Settings {
+  readonly settleMillis: number
+  readonly pollMillis: number
+  readonly stallMillis: number
+}
+
+/** Everything the watcher knows, as one record. */
+export interface State {
+  /** Every transaction that took a position up to here has ended (-1 before the first refresh). */
+  readonly settled: bigint
+  /** Positions taken beyond `settled`, each with the writers that were running when it was read, oldest first. */
+  readonly pending: ReadonlyArray<Pending>
+  /** The last position seen, and when. */
+  readonly lastSeen: bigint
+  readonly lastRefreshAt: number
+  /** Refreshes in a row, each soon after the one before, that saw new positions. */
+  readonly moving: number
+  /** Set while a stall is reported: when the wait began and when it was last reported. */
+  readonly stalled: { readonly since: number; readonly reportedAt: number } | undefined
+  /** The LISTEN session's pid while it listens. */
+  readonly listenerPid: number | undefined
+  /** What the listener row says now (undefined: not known, to be written). */
+  readonly flagged: boolean | undefined
+}
+
+export const initialState: State = {
+  settled: -1n,
+  pending: [],
+  lastSeen: -1n,
+  lastRefreshAt: 0,
+  moving: 0,
+  stalled: undefined,
+  listenerPid: undefined,
+  flagged: undefined
 }
 
 const MAX_PENDING = 1024
@@ -128,8 +185,8 @@ const MAX_PENDING = 1024
 const BUSY = 3
 
 /**
- * The settlement rule, apart from I/O so that it can be read (and tested) alone.
- * Returns the new horizon and pending list after a refresh that saw `last` and `writers`.
+ * The settlement rule: the new horizon and pending list after a refresh that saw
+ * `last` and `writers`.
  */
 export const settle = (
   settled: bigint,
@@ -167,13 +224,86 @@ export const settle = (
   return { settled: horizon, pending: rest }
 }
 
+/** What a refresh calls for besides the new state. */
+export type Report =
+  | { readonly _tag: "None" }
+  /** Readers have been held back for `heldMillis` by the writers of `oldest`: report who. */
+  | { readonly _tag: "Stalled"; readonly oldest: Pending; readonly heldMillis: number }
+  /** A reported stall ended; it began at `since`. */
+  | { readonly _tag: "Resumed"; readonly since: number }
+
+/** A refresh saw `last` and `writers` at `now`. */
+export const observe = (
+  state: State,
+  last: bigint,
+  writers: ReadonlyMap<string, number>,
+  now: number,
+  settings: Settings
+): { readonly state: State; readonly report: Report; readonly heldMillis: number } => {
+  const moving =
+    last > state.lastSeen ? (now - state.lastRefreshAt <= 4 * settings.settleMillis ? state.moving + 1 : 1) : 0
+  const { pending, settled } = settle(state.settled, state.pending, last, writers, now)
+  const oldest = pending[0]
+  const heldMillis = oldest === undefined ? 0 : now - oldest.at
+  const next = { ...state, settled, pending, lastSeen: last, lastRefreshAt: now, moving }
+  if (oldest !== undefined && heldMillis >= settings.stallMillis) {
+    if (state.stalled === undefined || now - state.stalled.reportedAt >= settings.stallMillis) {
+      return {
+        state: { ...next, stalled: { since: oldest.at, reportedAt: now } },
+        report: { _tag: "Stalled", oldest, heldMillis },
+        heldMillis
+      }
+    }
+    return { state: next, report: { _tag: "None" }, heldMillis }
+  }
+  if (state.stalled !== undefined) {
+    return {
+      state: { ...next, stalled: undefined },
+      report: { _tag: "Resumed", since: state.stalled.since },
+      heldMillis
+    }
+  }
+  return { state: next, report: { _tag: "None" }, heldMillis }
+}
+
+/**
+ * How long to wait before the next refresh when no notification comes: while
+ * positions wait, a delay that grows with their wait (a stall of minutes is not polled
+ * every few milliseconds), up to the poll interval; while the log keeps moving, the
+ * settle interval; otherwise until a wake-up (the poll ticker wakes at least every
+ * poll interval).
+ */
+export const nextDelay = (state: State, now: number, settings: Settings): number | undefined => {
+  const oldest = state.pending[0]
+  if (oldest !== undefined) {
+    return Math.min(settings.pollMillis, Math.max(settings.settleMillis, Math.round((now - oldest.at) / 10)))
+  }
+  return state.moving >= BUSY ? settings.settleMillis : undefined
+}
+
+/**
+ * Whether the watcher waits for notifications (and appends should send them): it
+ * listens, and nothing is pending while the log is quiet, or something has been
+ * pending for long. Not while the log keeps moving: it is polled then, and a flag
+ * flipped at every lull cost an UPDATE each time and made every append in between
+ * notify.
+ */
+export const waitsForNotifications = (state: State, now: number, settings: Settings): boolean => {
+  if (state.listenerPid === undefined) return false
+  const oldest = state.pending[0]
+  return oldest === undefined ? state.moving < BUSY : now - oldest.at > 40 * settings.settleMillis
+}
+
+// ---------------------------------------------------------------------------
+// The watcher (I/O)
+// ---------------------------------------------------------------------------
+
 /**
  * Wake-ups of the refresher, coalesced: `signal` ends the current wait, or the next
  * one if nobody waits; `wait` ends on a signal or after `delay` milliseconds. One
  * Deferred per wait, replaced once it is done: a timed wait on a Queue.take cost
  * about 0.3 ms of CPU each time the timer won (interrupting the take), against 0.1 ms
- * racing a Deferred (measured on an idle machine); a busy log is polled, so the timer
- * wins at almost every refresh.
+ * racing a Deferred; a busy log is polled, so the timer wins at almost every refresh.
  */
 const makeWake = Effect.gen(function* () {
   let next = yield* Deferred.make<void>()
@@ -200,59 +330,54 @@ const makeWake = Effect.gen(function* () {
   return { signal, wait }
 })
 
+const warn = (message: string) => (error: unknown) => Effect.logWarning(message, error)
+
 /**
- * Makes the shared watcher: started by the first subscriber, stopped after the last.
+ * Makes the shared watcher in the current scope: started by the first subscriber,
+ * stopped after the last, and closed with the scope.
  */
-export const makeWatcher = (options: WatchOptions = {}) =>
+export const makeWatcher = (
+  executor: Driver.Executor,
+  listenConfig: Option.Option<PgClient.PgClientConfig>,
+  options: WatchOptions = {}
+): Effect.Effect<{ readonly horizon: Stream.Stream<Subscription.Horizon> }, never, Scope.Scope> =>
   Effect.gen(function* () {
-    const sql = yield* SqlClient.SqlClient
-    const pg = yield* Effect.serviceOption(PgClient.PgClient)
+    const sql = executor.sql
     const pollInterval = Duration.decode(options.pollInterval ?? "1 second")
-    const settleInterval = Duration.decode(options.settleInterval ?? "5 millis")
-    const stallMillis = Duration.toMillis(options.stallThreshold ?? "5 seconds")
-    const pollMillis = Duration.toMillis(pollInterval)
-    const settleMillis = Duration.toMillis(settleInterval)
-    const listenConfig = options.listen === false ? Option.none() : Option.map(pg, (client) => client.config)
+    const settings: Settings = {
+      pollMillis: Duration.toMillis(pollInterval),
+      settleMillis: Duration.toMillis(options.settleInterval ?? "5 millis"),
+      stallMillis: Duration.toMillis(options.stallThreshold ?? "5 seconds")
+    }
+    const reconnect = options.reconnect ?? defaultReconnect
+    const listening = options.listen === false ? Option.none() : listenConfig
 
     const acquire = Effect.gen(function* () {
-      const state = yield* SubscriptionRef.make<Subscription.Horizon>({ settled: -1n, stall: Option.none() })
+      const horizon = yield* SubscriptionRef.make<Subscription.Horizon>({ settled: -1n, stall: Option.none() })
+      const state = yield* Ref.make(initialState)
       const { signal, wait } = yield* makeWake
 
-      let settled = -1n
-      let pending: ReadonlyArray<Pending> = []
-      let stall: Subscription.Stall | undefined
-      let reportedAt = 0
-      // How many refreshes in a row, each within a few settle intervals of the one before,
-      // saw new positions: a log that keeps moving is polled, and its appends need not
-      // notify (see `waits` below).
-      let lastSeen = -1n
-      let lastRefreshAt = 0
-      let moving = 0
-
-      // Appends notify only while some subscriber waits (a row of eventfold_listeners with
-      // waiting = true): NOTIFY serializes commits. This watcher waits when it listens and
-      // no position is pending; otherwise it refreshes every settleInterval anyway.
+      // Appends notify only while some watcher waits (a row of eventfold_listeners with
+      // waiting = true): NOTIFY serializes commits.
       const listenerId = crypto.randomUUID()
-      let listenerPid: number | undefined
-      let flagged: boolean | undefined
-      const flag = (waiting: boolean) =>
+      const flag = (pid: number | undefined, waiting: boolean) =>
         Effect.gen(function* () {
-          if (listenerPid === undefined) {
+          if (pid === undefined) {
             yield* sql`DELETE FROM eventfold_listeners WHERE listener_id = ${listenerId}::uuid`
           } else {
             yield* sql`INSERT INTO eventfold_listeners (listener_id, pid, waiting)
-                       VALUES (${listenerId}::uuid, ${listenerPid}, ${waiting})
+                       VALUES (${listenerId}::uuid, ${pid}, ${waiting})
                        ON CONFLICT (listener_id) DO UPDATE
                           SET pid = EXCLUDED.pid, waiting = EXCLUDED.waiting, updated_at = now()`
           }
-          flagged = waiting
+          yield* Ref.update(state, (s) => ({ ...s, flagged: waiting }))
           // Writers that read the flag before it was set did not notify: a refresh after
           // it catches them (running: pending; committed: settled).
           if (waiting) yield* signal
         })
       yield* Effect.addFinalizer(() =>
         sql`DELETE FROM eventfold_listeners WHERE listener_id = ${listenerId}::uuid`.pipe(
-          Effect.catchAll((error) => Effect.logDebug("subscriptions: removing the listener row failed", error))
+          Effect.catchAll(warn("subscriptions: removing the listener row failed"))
         )
       )
 
@@ -289,32 +414,25 @@ export const makeWatcher = (options: WatchOptions = {}) =>
         yield* Metric.increment(horizonChecks)
         if (row === undefined) return
         const now = Date.now()
-        moving = row.last_position > lastSeen ? (now - lastRefreshAt <= 4 * settleMillis ? moving + 1 : 1) : 0
-        lastSeen = row.last_position
-        lastRefreshAt = now
         const writers = new Map(row.writers.map((w, i) => [w, row.writer_pids[i] ?? 0] as const))
-        const before = settled
-        const next = settle(settled, pending, row.last_position, writers, now)
-        settled = next.settled
-        pending = next.pending
-        const oldest = pending[0]
-        const waited = oldest === undefined ? 0 : now - oldest.at
-        yield* Metric.set(heldBack, waited)
-        let publish = settled !== before
-        if (oldest !== undefined && waited >= stallMillis) {
-          if (stall === undefined || now - reportedAt >= stallMillis) {
-            const list = yield* holders(oldest, writers)
-            stall = {
-              position: settled,
-              waitingUpTo: pending[pending.length - 1]!.last,
-              since: new Date(oldest.at),
-              heldForMillis: waited,
+        const before = yield* Ref.get(state)
+        const { heldMillis, report, state: next } = observe(before, row.last_position, writers, now, settings)
+        yield* Ref.set(state, next)
+        yield* Metric.set(heldBack, heldMillis)
+        const current = yield* SubscriptionRef.get(horizon)
+        switch (report._tag) {
+          case "Stalled": {
+            const list = yield* holders(report.oldest, writers)
+            const stall: Subscription.Stall = {
+              position: next.settled,
+              waitingUpTo: next.pending[next.pending.length - 1]!.last,
+              since: new Date(report.oldest.at),
+              heldForMillis: report.heldMillis,
               holders: list
             }
-            reportedAt = now
-            publish = true
-            yield* Effect.logWarning(
-              `subscriptions held back for ${(waited / 1000).toFixed(1)} s at position ${settled} (positions up to ${stall.waitingUpTo} wait) by ${list
+            yield* SubscriptionRef.set(horizon, { settled: next.settled, stall: Option.some(stall) })
+            return yield* Effect.logWarning(
+              `subscriptions held back for ${(report.heldMillis / 1000).toFixed(1)} s at position ${next.settled} (positions up to ${stall.waitingUpTo} wait) by ${list
                 .map(
                   (h) =>
                     `pid ${h.pid ?? "-"} (transaction ${h.transaction}, open ${h.transactionAgeMillis === null ? "?" : (h.transactionAgeMillis / 1000).toFixed(1)} s, ${h.state ?? "?"}): ${JSON.stringify((h.query ?? "").slice(0, 200))}`
@@ -322,46 +440,33 @@ export const makeWatcher = (options: WatchOptions = {}) =>
                 .join("; ")}`
             )
           }
-        } else if (stall !== undefined) {
-          yield* Effect.logInfo(
-            `subscriptions resumed at position ${settled} after ${((now - stall.since.getTime()) / 1000).toFixed(1)} s held back`
-          )
-          stall = undefined
-          publish = true
+          case "Resumed":
+            yield* SubscriptionRef.set(horizon, { settled: next.settled, stall: Option.none() })
+            return yield* Effect.logInfo(
+              `subscriptions resumed at position ${next.settled} after ${((now - report.since) / 1000).toFixed(1)} s held back`
+            )
+          case "None":
+            if (next.settled !== current.settled) {
+              yield* SubscriptionRef.set(horizon, { settled: next.settled, stall: current.stall })
+            }
         }
-        if (publish) yield* SubscriptionRef.set(state, { settled, stall: Option.fromNullable(stall) })
       })
 
       // The refresher: one refresh per wake-up, wake-ups coalesced; while positions
       // wait, or the log keeps moving, also on a delay (a transaction that rolls back
       // notifies nobody, and a busy log does not notify at all).
       const refresher = Effect.gen(function* () {
-        // While positions wait, refresh on a delay that grows with how long they have
-        // waited (a stall of minutes is not polled every 10 ms), up to the poll interval.
-        const oldest = pending[0]
-        const delay =
-          oldest !== undefined
-            ? Math.min(pollMillis, Math.max(settleMillis, Math.round((Date.now() - oldest.at) / 10)))
-            : moving >= BUSY
-              ? settleMillis
-              : undefined
-        yield* wait(delay)
+        yield* wait(nextDelay(yield* Ref.get(state), Date.now(), settings))
         // A failing refresh (server down) backs off; subscribers keep their horizon meanwhile.
         yield* refresh.pipe(
-          Effect.tapError((error) => Effect.logWarning("subscriptions: reading the log horizon failed", error)),
+          Effect.tapError(warn("subscriptions: reading the log horizon failed")),
           Effect.retry(Schedule.exponential("50 millis").pipe(Schedule.either(Schedule.spaced("5 seconds"))))
         )
-        // Waiting for notifications: when nothing is pending and the log is quiet, or when
-        // something has been pending for long. Not while the log keeps moving: it is polled
-        // then, and a flag flipped at every lull cost an UPDATE each time and made every
-        // append in between notify (8 writers: about 100 flips and 1,000 notifications a
-        // second, where polling makes neither).
-        const head = pending[0]
-        const waits =
-          listenerPid !== undefined && (head === undefined ? moving < BUSY : Date.now() - head.at > 40 * settleMillis)
-        if (waits !== flagged) {
-          yield* flag(waits).pipe(
-            Effect.catchAll((error) => Effect.logWarning("subscriptions: updating the listener row failed", error))
+        const current = yield* Ref.get(state)
+        const waits = waitsForNotifications(current, Date.now(), settings)
+        if (waits !== current.flagged) {
+          yield* flag(current.listenerPid, waits).pipe(
+            Effect.catchAll(warn("subscriptions: updating the listener row failed"))
           )
         }
       }).pipe(Effect.forever)
@@ -369,116 +474,47 @@ export const makeWatcher = (options: WatchOptions = {}) =>
       // Acquired uninterruptibly (see below): the fibers must be interruptible again.
       yield* Effect.forkScoped(Effect.interruptible(refresher))
       yield* Effect.forkScoped(Effect.interruptible(Effect.repeat(signal, Schedule.spaced(pollInterval))))
-      if (Option.isNone(listenConfig)) {
+      if (Option.isNone(listening)) {
         yield* Effect.logInfo(
-          `subscriptions: no LISTEN (${Option.isNone(pg) ? "no PgClient in context" : "disabled"}); polling every ${Duration.format(pollInterval)}`
+          `subscriptions: no LISTEN (${Option.isNone(listenConfig) ? "no PgClient in context" : "disabled"}); polling every ${Duration.format(pollInterval)}`
         )
       } else {
         const connected = (pid: number) =>
           Effect.gen(function* () {
-            listenerPid = pid
-            flagged = undefined
+            yield* Ref.update(state, (s) => ({ ...s, listenerPid: pid, flagged: undefined }))
             // Rows of listeners whose session is gone would make every append notify.
             yield* sql`DELETE FROM eventfold_listeners l
                         WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid)`.pipe(
-              Effect.catchAll((error) => Effect.logDebug("subscriptions: removing stale listener rows failed", error))
+              Effect.catchAll(warn("subscriptions: removing stale listener rows failed"))
             )
             yield* signal
           })
-        yield* Effect.forkScoped(
-          listen(listenConfig.value, Effect.zipRight(signal, Metric.increment(wakeups)), connected).pipe(
-            Effect.tapError((error) =>
-              Effect.sync(() => {
-                listenerPid = undefined
-              }).pipe(
-                Effect.zipRight(signal),
-                Effect.zipRight(
-                  Effect.logWarning("subscriptions: LISTEN connection lost; polling until it is back", error)
-                )
-              )
-            ),
-            Effect.retry(Schedule.exponential("100 millis").pipe(Schedule.either(Schedule.spaced("5 seconds")))),
-            Effect.interruptible
+        const lost = (error: Driver.DriverError) =>
+          Ref.update(state, (s) => ({ ...s, listenerPid: undefined })).pipe(
+            Effect.zipRight(signal),
+            Effect.zipRight(
+              Effect.logWarning(`subscriptions: LISTEN connection lost (${error.message}); polling until it is back`)
+            )
           )
+        yield* Driver.listen(listening.value, channel, connected).pipe(
+          Stream.runForEach(() => Effect.zipRight(signal, Metric.increment(wakeups))),
+          Effect.tapError(lost),
+          // Listening again never gives up: polling covers the gaps meanwhile.
+          Effect.retry(reconnect.pipe(Schedule.andThen(Schedule.spaced("5 seconds")))),
+          Effect.interruptible,
+          Effect.forkScoped
         )
       }
-      return state
+      return horizon
     })
 
-    const scope = yield* Scope.make()
     // Uninterruptible: an acquisition interrupted halfway would leave its fibers running.
-    const watcher = yield* RcRef.make({ acquire: Effect.uninterruptible(acquire) }).pipe(Scope.extend(scope))
+    const watcher = yield* RcRef.make({ acquire: Effect.uninterruptible(acquire) })
 
     /** The horizon for one subscriber; the watcher runs while someone follows it. */
-    const horizon: Stream.Stream<Subscription.Horizon, EventStoreError> = Effect.map(RcRef.get(watcher), (state) =>
+    const horizon: Stream.Stream<Subscription.Horizon> = Effect.map(RcRef.get(watcher), (state) =>
       state.changes.pipe(Stream.filter((h) => h.settled >= 0n))
     ).pipe(Stream.unwrapScoped)
 
     return { horizon }
   })
-
-class ListenError extends Schema.TaggedError<ListenError>()("ListenError", {
-  message: Schema.String,
-  cause: Schema.optional(Schema.Defect)
-}) {}
-
-/**
- * LISTEN on a connection of its own (outside the pool, as LISTEN must hold its
- * session). Calls `notified` on each notification and `connected` once listening
- * (notifications may have been missed meanwhile). Fails when the connection is lost.
- */
-const listen = (
-  config: PgClient.PgClientConfig,
-  notified: Effect.Effect<void>,
-  connected: (pid: number) => Effect.Effect<void>
-): Effect.Effect<never, ListenError> =>
-  Effect.scoped(
-    Effect.gen(function* () {
-      const run = Runtime.runFork(yield* Effect.runtime<never>())
-      const { client, pid } = yield* Effect.acquireRelease(
-        Effect.tryPromise({
-          try: async () => {
-            const client = new Pg.Client({
-              ...(config.url === undefined ? {} : { connectionString: Redacted.value(config.url) }),
-              ...(config.host === undefined ? {} : { host: config.host }),
-              ...(config.port === undefined ? {} : { port: config.port }),
-              ...(config.database === undefined ? {} : { database: config.database }),
-              ...(config.username === undefined ? {} : { user: config.username }),
-              ...(config.password === undefined ? {} : { password: Redacted.value(config.password) }),
-              ...(config.ssl === undefined ? {} : { ssl: config.ssl }),
-              application_name: `${config.applicationName ?? "eventfold"} (listen)`
-            })
-            // Registered before connecting (an error without a listener would crash the
-            // process); once listening, the loop below turns errors into a failure.
-            client.on("error", (error) => run(Effect.logDebug("subscriptions: LISTEN connection error", error)))
-            await client.connect()
-            await client.query(`LISTEN ${Pg.escapeIdentifier(channel)}`)
-            const { rows } = await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")
-            return { client, pid: rows[0]?.pid ?? 0 }
-          },
-          catch: (cause) => new ListenError({ message: "cannot LISTEN for appends", cause })
-        }),
-        ({ client }) =>
-          Effect.tryPromise(() => client.end()).pipe(
-            Effect.timeout("1 second"),
-            Effect.catchAll((error) => Effect.logDebug("subscriptions: closing the LISTEN connection failed", error))
-          )
-      )
-      yield* connected(pid)
-      return yield* Effect.async<never, ListenError>((resume) => {
-        const onNotification = (message: Pg.Notification) => {
-          if (message.channel === channel) run(notified)
-        }
-        const onError = (cause: Error) => resume(Effect.fail(new ListenError({ message: cause.message, cause })))
-        const onEnd = () => resume(Effect.fail(new ListenError({ message: "the LISTEN connection ended" })))
-        client.on("notification", onNotification)
-        client.on("error", onError)
-        client.on("end", onEnd)
-        return Effect.sync(() => {
-          client.off("notification", onNotification)
-          client.off("error", onError)
-          client.off("end", onEnd)
-        })
-      })
-    })
-  )

@@ -1,0 +1,594 @@
+/**
+ * The one module that owns the connections Eventfold uses, and the only one that
+ * talks to the driver (`pg`, directly or through @effect/sql-pg). A port to another
+ * driver (or to Effect 4's SQL packages) swaps this module.
+ *
+ * - **Statements** run through an {@link Executor}: on a connection of the pool, or
+ *   on the caller's transaction's connection when there is one. Two executors, chosen
+ *   by the application: `sql` (every statement through @effect/sql's `SqlClient`) and
+ *   `prepared` (outside transactions, named prepared statements on connections checked
+ *   out of a pg pool made by `PgPool`, see `leanQuery.ts`).
+ * - **A checked-out connection** has an `'error'` listener for as long as it is out
+ *   (pg emits `'error'` on a client whose socket dies, a tick before the statement's own
+ *   error: without a listener that kills the process), is released on every exit path,
+ *   and is destroyed rather than returned when it broke.
+ * - **Transactions** ({@link Executor.transaction}) report BEGIN, COMMIT and ROLLBACK
+ *   failures as typed errors (@effect/sql's `withTransaction` turns them into defects),
+ *   nest as savepoints, and join a transaction the caller opened with
+ *   `sql.withTransaction`.
+ * - **Sessions** ({@link reserve}) and **LISTEN** ({@link listen}) hold a connection
+ *   for longer (a projection's lock, notifications) and fail as soon as it is lost.
+ * - **Failures** are one typed error, {@link DriverError}, whose `reason` says what
+ *   went wrong (no connection, connection lost, timeout, conflict, the statement), so
+ *   that each service maps it to its own error and retries what is worth retrying.
+ *
+ * @internal
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
+import { SqlError } from "@effect/sql/SqlError"
+import type * as PgClient from "@effect/sql-pg/PgClient"
+import * as Cause from "effect/Cause"
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as Pg from "pg"
+import * as LeanQuery from "./leanQuery.js"
+
+// ---------------------------------------------------------------------------
+// Failures
+// ---------------------------------------------------------------------------
+
+/**
+ * What went wrong, as far as the caller's next step is concerned:
+ *
+ * - `Unavailable`: no connection could be had (refused, the pool's acquire timeout,
+ *   too many connections). Nothing was sent.
+ * - `Connection`: the connection was lost while in use (reset, terminated by an
+ *   administrator, the server shut down). A statement in flight may or may not have
+ *   taken effect.
+ * - `Timeout`: waited too long: for a connection (the pool's acquire timeout: the
+ *   pool is exhausted, and waiting again would only double the wait the application
+ *   chose), or on the server, which cancelled the statement (`statement_timeout`,
+ *   `lock_timeout`).
+ * - `Conflict`: a serialization failure or a deadlock; the transaction rolled back.
+ * - `Statement`: the server refused the statement (a constraint, a type); see `code`.
+ * - `Row`: a row the reader did not expect.
+ */
+export type Reason = "Unavailable" | "Connection" | "Timeout" | "Conflict" | "Statement" | "Row"
+
+/** A failure of the database or of the connection to it. */
+export class DriverError extends Data.TaggedError("PgDriverError")<{
+  readonly reason: Reason
+  readonly message: string
+  /** The SQLSTATE of a server error. */
+  readonly code: string | undefined
+  /** The constraint a server error names. */
+  readonly constraint: string | undefined
+  readonly cause: unknown
+}> {}
+
+/** Worth trying again on another connection (outside a transaction). */
+export const isTransient = (error: DriverError): boolean =>
+  error.reason === "Unavailable" || error.reason === "Connection" || error.reason === "Conflict"
+
+/** SQLSTATE classes and codes, by reason. */
+const reasonOfCode = (code: string, acquiring: boolean): Reason => {
+  if (code.startsWith("08")) return acquiring ? "Unavailable" : "Connection"
+  switch (code) {
+    case "53300": // too_many_connections
+    case "57P03": // cannot_connect_now (starting up, shutting down)
+      return "Unavailable"
+    case "57P01": // admin_shutdown (pg_terminate_backend, a fast shutdown)
+    case "57P02": // crash_shutdown
+    case "25P03": // idle_in_transaction_session_timeout: the session is ended
+      return acquiring ? "Unavailable" : "Connection"
+    case "57014": // query_canceled (statement_timeout, a cancel)
+    case "55P03": // lock_not_available (lock_timeout)
+      return "Timeout"
+    case "40001": // serialization_failure
+    case "40P01": // deadlock_detected
+      return "Conflict"
+    default:
+      return "Statement"
+  }
+}
+
+/** The messages along a cause chain, each once. */
+const describe = (cause: unknown): string => {
+  const messages: Array<string> = []
+  let current: unknown = cause
+  for (let depth = 0; depth < 4 && typeof current === "object" && current !== null; depth++) {
+    if ("message" in current && typeof current.message === "string" && current.message !== "") {
+      if (!messages.includes(current.message)) messages.push(current.message)
+    }
+    current = "cause" in current ? current.cause : undefined
+  }
+  return messages.length === 0 ? String(cause) : messages.join(": ")
+}
+
+/** pg-pool's error when no connection came free within `connectionTimeoutMillis`. */
+const POOL_TIMEOUT = "timeout exceeded when trying to connect"
+
+/**
+ * Classifies a failure of the driver: pg's DatabaseError (the server's), a socket or
+ * client error, @effect/sql's SqlError around either, or a row the reader rejected.
+ * `acquiring`: the failure came before a statement was sent.
+ */
+export const classify = (cause: unknown, acquiring = false): DriverError => {
+  if (cause instanceof DriverError) return cause
+  const inner = cause instanceof SqlError ? cause.cause : cause
+  const acquire = acquiring || (cause instanceof SqlError && cause.message.startsWith("Failed to acquire"))
+  if (inner instanceof Pg.DatabaseError) {
+    return new DriverError({
+      reason: reasonOfCode(inner.code ?? "", acquire),
+      message: describe(inner),
+      code: inner.code,
+      constraint: inner.constraint,
+      cause
+    })
+  }
+  if (inner instanceof LeanQuery.RowError) {
+    return new DriverError({ reason: "Row", message: inner.message, code: undefined, constraint: undefined, cause })
+  }
+  if (inner instanceof Error && inner.message === POOL_TIMEOUT) {
+    return new DriverError({
+      reason: "Timeout",
+      message: `no connection free within the pool's acquire timeout (${inner.message})`,
+      code: undefined,
+      constraint: undefined,
+      cause
+    })
+  }
+  return new DriverError({
+    reason: acquire ? "Unavailable" : "Connection",
+    message: acquire ? `cannot get a connection: ${describe(cause)}` : describe(cause),
+    code: undefined,
+    constraint: undefined,
+    cause
+  })
+}
+
+// ---------------------------------------------------------------------------
+// Statements
+// ---------------------------------------------------------------------------
+
+/** A statement: named (prepared once per connection on the `prepared` executor) or unnamed (""). */
+export type Statement = LeanQuery.Statement
+
+/**
+ * A row as an array of its columns in the statement's order: text (or null) from the
+ * `prepared` executor, values parsed by pg from the `sql` executor. Readers take both.
+ */
+export type Row = ReadonlyArray<unknown>
+
+/**
+ * Runs statements; see the module's overview.
+ */
+export interface Executor {
+  /** `sql` or `prepared`, for spans and logs. */
+  readonly protocol: "sql" | "prepared"
+  /** Runs a statement, in the caller's transaction when there is one; each row through `parseRow`. */
+  readonly run: <A>(
+    statement: Statement,
+    values: ReadonlyArray<unknown>,
+    parseRow: (row: Row) => A
+  ) => Effect.Effect<ReadonlyArray<A>, DriverError>
+  /**
+   * Runs `effect` in a transaction: a new one on a connection of its own, or a savepoint
+   * of the transaction already open (the caller's, or an outer call's). Statements of
+   * the application's `SqlClient` inside `effect` join it.
+   */
+  readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | DriverError, R>
+  /** Whether a transaction is open in the current fiber. */
+  readonly inTransaction: Effect.Effect<boolean>
+  /** The application's `SqlClient`, without its name transforms (our statements name their columns exactly). */
+  readonly sql: SqlClient.SqlClient
+}
+
+const execute = (connection: Connection, text: string) =>
+  Effect.mapError(connection.executeUnprepared(text, [], undefined), (error) => classify(error))
+
+/**
+ * Undoes a failed transaction (or savepoint) and fails as its body did; a rollback
+ * that fails too (the connection is gone) is added to the cause.
+ */
+const rollBack = <A, E>(
+  connection: Connection,
+  text: string,
+  exit: Exit.Failure<A, E>
+): Effect.Effect<A, E | DriverError> =>
+  Effect.flatMap(
+    Effect.exit(execute(connection, text)),
+    (rollback): Effect.Effect<A, E | DriverError> =>
+      Exit.isFailure(rollback) ? Effect.failCause(Cause.sequential(exit.cause, rollback.cause)) : exit
+  )
+
+/** Ends a transaction (or savepoint) as its body ended: `commit` after a success, `rollback` after a failure. */
+const settle = <A, E>(
+  connection: Connection,
+  exit: Exit.Exit<A, E>,
+  commit: string | undefined,
+  rollback: string
+): Effect.Effect<A, E | DriverError> =>
+  Exit.isSuccess(exit)
+    ? commit === undefined
+      ? exit
+      : // A COMMIT that fails on a lost connection leaves the outcome unknown: the caller
+        // learns it as a Connection failure.
+        Effect.zipRight(execute(connection, commit), exit)
+    : rollBack(connection, rollback, exit)
+
+/**
+ * Transactions on @effect/sql's connections, with typed failures: BEGIN, COMMIT and
+ * ROLLBACK (to a savepoint) fail with a DriverError instead of a defect. Nested calls,
+ * and calls inside a caller's `sql.withTransaction`, run under savepoints whose ids
+ * continue @effect/sql's counter, so that both kinds nest in each other. A failed
+ * ROLLBACK means a broken connection, which @effect/sql-pg destroys on release.
+ */
+const makeTransaction =
+  (sql: SqlClient.SqlClient) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | DriverError, R> =>
+    Effect.uninterruptibleMask((restore) => {
+      const run = (connection: Connection, depth: number): Effect.Effect<Exit.Exit<A, E>, never, R> =>
+        Effect.exit(Effect.provideService(restore(effect), SqlClient.TransactionConnection, [connection, depth]))
+      const nested = ([connection, outer]: readonly [Connection, number]): Effect.Effect<A, E | DriverError, R> => {
+        const savepoint = `eventfold_${outer + 1}`
+        return Effect.flatMap(
+          Effect.zipRight(execute(connection, `SAVEPOINT ${savepoint}`), run(connection, outer + 1)),
+          (exit) => settle(connection, exit, undefined, `ROLLBACK TO SAVEPOINT ${savepoint}`)
+        )
+      }
+      const top: Effect.Effect<A, E | DriverError, R> = Effect.scoped(
+        Effect.flatMap(
+          Effect.mapError(sql.reserve, (error) => classify(error, true)),
+          (connection): Effect.Effect<A, E | DriverError, R> =>
+            Effect.flatMap(Effect.zipRight(execute(connection, "BEGIN"), run(connection, 0)), (exit) =>
+              settle(connection, exit, "COMMIT", "ROLLBACK")
+            )
+        )
+      )
+      return Effect.flatMap(
+        Effect.serviceOption(SqlClient.TransactionConnection),
+        (current): Effect.Effect<A, E | DriverError, R> => (Option.isSome(current) ? nested(current.value) : top)
+      )
+    })
+
+/**
+ * The `sql` executor: every statement through the application's `SqlClient` (any
+ * PgClient layer, with or without name transforms).
+ */
+export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
+  const sql = client.withoutTransforms()
+  return {
+    protocol: "sql",
+    run: (statement, values, parseRow) =>
+      sql.unsafe(statement.text, values).values.pipe(
+        Effect.mapError((error) => classify(error)),
+        Effect.flatMap((rows) =>
+          Effect.try({
+            try: () => rows.map(parseRow),
+            catch: (cause) => classify(new LeanQuery.RowError(cause))
+          })
+        )
+      ),
+    transaction: makeTransaction(sql),
+    inTransaction: Effect.map(Effect.serviceOption(SqlClient.TransactionConnection), Option.isSome),
+    sql
+  }
+}
+
+/**
+ * The `prepared` executor: outside transactions, named prepared statements on
+ * connections of the pool that `PgPool` made (see `leanQuery.ts`); inside one, the
+ * transaction's connection through @effect/sql.
+ */
+export const preparedExecutor = (client: SqlClient.SqlClient, connections: Connections): Executor => {
+  const base = sqlExecutor(client)
+  const pool = poolOf(connections)
+  return {
+    ...base,
+    protocol: "prepared",
+    run: (statement, values, parseRow) =>
+      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+        Option.isSome(transaction)
+          ? base.run(statement, values, parseRow)
+          : runPrepared(pool, statement, values, parseRow)
+      )
+  }
+}
+
+/**
+ * Checks a connection out of the pool, runs the statement, and releases the
+ * connection: destroyed when it broke, returned otherwise. An `'error'` listener is
+ * attached for as long as the connection is out. Interrupted while waiting for a
+ * connection, nothing is sent; interrupted while the statement runs, it runs to its
+ * end (an append's outcome is then the store's to find out) and the connection is
+ * released as usual.
+ */
+const runPrepared = <A>(
+  pool: Pg.Pool,
+  statement: Statement,
+  values: ReadonlyArray<unknown>,
+  parseRow: (row: Row) => A
+): Effect.Effect<ReadonlyArray<A>, DriverError> =>
+  Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
+    let interrupted = false
+    pool.connect((connectError, client, release) => {
+      if (connectError !== undefined || client === undefined) {
+        resume(Effect.fail(classify(connectError ?? new Error("the pool handed out no connection"), true)))
+        return
+      }
+      if (interrupted) {
+        release()
+        return
+      }
+      let broken: Error | undefined
+      const onError = (error: Error) => {
+        broken ??= error
+      }
+      client.on("error", onError)
+      LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
+        client.off("error", onError)
+        // A server error or a rejected row leaves the connection usable; anything else does not.
+        const usable =
+          broken === undefined &&
+          (error === undefined || error instanceof Pg.DatabaseError || error instanceof LeanQuery.RowError)
+        release(usable ? undefined : (broken ?? error))
+        resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
+      })
+    })
+    return Effect.sync(() => {
+      interrupted = true
+    })
+  })
+
+// ---------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------
+
+/** A connection held for as long as the scope lasts (a session-level lock lives on it). */
+export interface Session {
+  readonly run: (text: string, values: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<Row>, DriverError>
+}
+
+/**
+ * Reserves a connection of the `SqlClient`'s pool until the scope closes. @effect/sql-pg
+ * keeps an `'error'` listener on it and destroys it on release when it broke.
+ */
+export const reserve = (client: SqlClient.SqlClient): Effect.Effect<Session, DriverError, Scope.Scope> =>
+  Effect.map(
+    Effect.mapError(client.reserve, (error) => classify(error, true)),
+    (connection): Session => ({
+      run: (text, values) => Effect.mapError(connection.executeValues(text, values), (error) => classify(error))
+    })
+  )
+
+// ---------------------------------------------------------------------------
+// LISTEN
+// ---------------------------------------------------------------------------
+
+/** pg's settings for a connection of its own, from the application's PgClient. */
+const clientConfig = (config: PgClient.PgClientConfig, applicationName: string): Pg.ClientConfig => ({
+  ...(config.url === undefined ? {} : { connectionString: Redacted.value(config.url) }),
+  ...(config.host === undefined ? {} : { host: config.host }),
+  ...(config.port === undefined ? {} : { port: config.port }),
+  ...(config.database === undefined ? {} : { database: config.database }),
+  ...(config.username === undefined ? {} : { user: config.username }),
+  ...(config.password === undefined ? {} : { password: Redacted.value(config.password) }),
+  ...(config.ssl === undefined ? {} : { ssl: config.ssl }),
+  application_name: applicationName
+})
+
+/**
+ * LISTENs on `channel` on a connection of its own (LISTEN must hold its session,
+ * outside the pool), opened from the application's PgClient settings. Emits each
+ * notification's payload; `connected` runs once listening, with the session's pid
+ * (notifications sent before it were missed). Fails as soon as the connection is lost:
+ * the caller decides when to listen again.
+ */
+export const listen = (
+  config: PgClient.PgClientConfig,
+  channel: string,
+  connected: (pid: number) => Effect.Effect<void> = () => Effect.void
+): Stream.Stream<string, DriverError> =>
+  Stream.asyncScoped<string, DriverError>((emit) =>
+    Effect.gen(function* () {
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const client = new Pg.Client(clientConfig(config, `${config.applicationName ?? "eventfold"} (listen)`))
+          // From before connecting to after the end: an error without a listener kills the process.
+          client.on("error", (error) => {
+            void emit.fail(classify(error))
+          })
+          client.on("end", () => {
+            void emit.fail(classify(new Error("the LISTEN connection ended")))
+          })
+          client.on("notification", (message) => {
+            if (message.channel === channel) void emit.single(message.payload ?? "")
+          })
+          return client
+        }),
+        (client) =>
+          Effect.promise(() => client.end().catch(() => undefined)).pipe(Effect.timeout("1 second"), Effect.ignore)
+      )
+      const pid = yield* Effect.tryPromise({
+        try: async () => {
+          await client.connect()
+          const { rows } = await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")
+          // Last, so that pg_stat_activity shows the session as the LISTEN it is.
+          await client.query(`LISTEN ${Pg.escapeIdentifier(channel)}`)
+          return rows[0]?.pid ?? 0
+        },
+        catch: (cause) => classify(cause, true)
+      })
+      runFork(connected(pid))
+    })
+  )
+
+// ---------------------------------------------------------------------------
+// Pools
+// ---------------------------------------------------------------------------
+
+/**
+ * The connections of a pool `PgPool` made, as the `prepared` executor needs them. Opaque
+ * outside this module, so that no public type names the driver's.
+ */
+export interface Connections {
+  readonly _tag: "Connections"
+}
+
+const pools = new WeakMap<Connections, Pg.Pool>()
+
+const poolOf = (connections: Connections): Pg.Pool => {
+  const pool = pools.get(connections)
+  if (pool === undefined) throw new Error("Connections not made by pgDriver.makePool")
+  return pool
+}
+
+/** A pool's settings, resolved. */
+export interface PoolConfig {
+  readonly url: Redacted.Redacted<string> | undefined
+  readonly host: string | undefined
+  readonly port: number | undefined
+  readonly user: string | undefined
+  readonly password: Redacted.Redacted<string> | undefined
+  readonly database: string | undefined
+  readonly ssl: boolean | undefined
+  readonly min: number
+  readonly max: number
+  readonly acquireTimeoutMillis: number
+  readonly idleTimeoutMillis: number
+  readonly maxLifetimeSeconds: number | undefined
+  readonly applicationName: string
+  /** With a value, a connection idle for longer than this is checked (`SELECT 1`) before it is handed out. */
+  readonly prePingAfterMillis: number | undefined
+  /** Session settings of every connection (`statement_timeout`, ...), in milliseconds; 0 turns one off. */
+  readonly statementTimeoutMillis: number | undefined
+  readonly lockTimeoutMillis: number | undefined
+  readonly idleInTransactionTimeoutMillis: number | undefined
+}
+
+/** The pool's figures at one moment (pg-pool's public counters). */
+export interface PoolCounts {
+  readonly open: number
+  readonly idle: number
+  readonly waiting: number
+}
+
+/**
+ * A pg pool that validates a connection on checkout when it has been idle for longer
+ * than `pingAfterMillis`. pg-pool only verifies new connections; a connection that sat
+ * idle while the server or the network dropped it would fail the caller's first query.
+ */
+class ValidatingPool extends Pg.Pool {
+  private readonly releasedAt = new WeakMap<Pg.PoolClient, number>()
+  constructor(
+    config: Pg.PoolConfig,
+    private readonly pingAfterMillis: number
+  ) {
+    super(config)
+    this.on("release", (_error, client) => this.releasedAt.set(client, Date.now()))
+  }
+
+  override connect(): Promise<Pg.PoolClient>
+  override connect(
+    callback: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
+  ): void
+  override connect(
+    callback?: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
+  ): Promise<Pg.PoolClient> | undefined {
+    if (callback === undefined) {
+      return new Promise((resolve, reject) =>
+        this.connect((err, client) => (err || !client ? reject(err) : resolve(client)))
+      )
+    }
+    super.connect((err, client, done) => {
+      if (err || client === undefined) return callback(err, client, done)
+      const releasedAt = this.releasedAt.get(client)
+      if (releasedAt === undefined || Date.now() - releasedAt < this.pingAfterMillis) {
+        return callback(undefined, client, done)
+      }
+      // The ping runs on a connection that is out of the pool: it needs a listener too.
+      const onError = () => {}
+      client.on("error", onError)
+      client.query("SELECT 1", (pingError) => {
+        client.off("error", onError)
+        if (!pingError) return callback(undefined, client, done)
+        // The connection is dead: destroy it and hand out another.
+        done(pingError)
+        super.connect(callback)
+      })
+    })
+    return undefined
+  }
+}
+
+/**
+ * Opens a pool and checks one connection, retrying by `retry` while the server cannot
+ * be reached (each failure logged with host and port, never the password); the pool
+ * ends when the scope closes.
+ */
+export const makePool = (
+  config: PoolConfig
+): Effect.Effect<
+  {
+    readonly connections: Connections
+    readonly counts: Effect.Effect<PoolCounts>
+    readonly check: Effect.Effect<void, DriverError>
+  },
+  never,
+  Scope.Scope
+> =>
+  Effect.gen(function* () {
+    const settings: Pg.PoolConfig = {
+      ...(config.url === undefined ? {} : { connectionString: Redacted.value(config.url) }),
+      ...(config.host === undefined ? {} : { host: config.host }),
+      ...(config.port === undefined ? {} : { port: config.port }),
+      ...(config.user === undefined ? {} : { user: config.user }),
+      ...(config.password === undefined ? {} : { password: Redacted.value(config.password) }),
+      ...(config.database === undefined ? {} : { database: config.database }),
+      ...(config.ssl === undefined ? {} : { ssl: config.ssl }),
+      min: config.min,
+      max: config.max,
+      connectionTimeoutMillis: config.acquireTimeoutMillis,
+      idleTimeoutMillis: config.idleTimeoutMillis,
+      ...(config.maxLifetimeSeconds === undefined ? {} : { maxLifetimeSeconds: config.maxLifetimeSeconds }),
+      ...(config.statementTimeoutMillis === undefined ? {} : { statement_timeout: config.statementTimeoutMillis }),
+      ...(config.lockTimeoutMillis === undefined ? {} : { lock_timeout: config.lockTimeoutMillis }),
+      ...(config.idleInTransactionTimeoutMillis === undefined
+        ? {}
+        : { idle_in_transaction_session_timeout: config.idleInTransactionTimeoutMillis }),
+      keepAlive: true,
+      application_name: config.applicationName
+    }
+    const pool =
+      config.prePingAfterMillis === undefined
+        ? new Pg.Pool(settings)
+        : new ValidatingPool(settings, config.prePingAfterMillis)
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    // An idle connection the server closed: pg-pool already removes it; we report it.
+    pool.on("error", (error) => runFork(Effect.logWarning(`PostgreSQL pool: idle connection lost: ${error.message}`)))
+    yield* Effect.addFinalizer(() =>
+      Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore)
+    )
+    const connections: Connections = { _tag: "Connections" }
+    pools.set(connections, pool)
+    const check = Effect.tryPromise({
+      try: () => pool.query("SELECT 1"),
+      catch: (cause) => classify(cause, true)
+    }).pipe(Effect.asVoid)
+    const counts = Effect.sync(
+      (): PoolCounts => ({ open: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount })
+    )
+    return { connections, counts, check }
+  })
+
+/** The pg pool behind `connections`, for @effect/sql-pg's `PgClient.layerFromPool`. */
+export const pgPool = (connections: Connections): Pg.Pool => poolOf(connections)

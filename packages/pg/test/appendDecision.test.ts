@@ -1,0 +1,231 @@
+/**
+ * The rules of an append's outcome (internal/appendDecision.ts), without a database:
+ * every rule, and properties over random rows.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { ExpectedVersion } from "@eventfold/core"
+import * as FastCheck from "effect/FastCheck"
+import * as D from "../src/internal/appendDecision.js"
+
+const any = ExpectedVersion.any
+const exact = ExpectedVersion.exact
+const input = (expectedVersion: ExpectedVersion.ExpectedVersion, count = 1): D.Input => ({ expectedVersion, count })
+
+const explain = (fields: Partial<D.ExplainRow> = {}): D.ExplainRow => ({
+  head_version: 3,
+  last_version: 3,
+  found: 0,
+  same_stream: false,
+  base_min: null,
+  base_max: null,
+  replay_version: null,
+  first_position: null,
+  last_position: null,
+  duplicate_event_id: null,
+  ...fields
+})
+
+/** A replay of `count` events stored from version `base + 1` of this stream. */
+const replay = (base: number, count: number, fields: Partial<D.ExplainRow> = {}) =>
+  explain({
+    head_version: base + count + 2,
+    last_version: base + count + 2,
+    found: count,
+    same_stream: true,
+    base_min: base,
+    base_max: base,
+    replay_version: base + count,
+    first_position: 100n,
+    last_position: 100n + BigInt(count - 1),
+    duplicate_event_id: "a",
+    ...fields
+  })
+
+const expectations: ReadonlyArray<ExpectedVersion.ExpectedVersion> = [
+  ExpectedVersion.any,
+  ExpectedVersion.noStream,
+  ExpectedVersion.streamExists,
+  exact(0),
+  exact(1),
+  exact(3),
+  exact(7)
+]
+
+describe("afterAppend", () => {
+  it("a row with a version and positions is the result", () => {
+    const decision = D.afterAppend(input(any), {
+      _tag: "Rows",
+      rows: [{ version: 4, first_position: 10n, last_position: 10n }]
+    })
+    assert.deepStrictEqual(
+      decision,
+      D.Decision.Appended({ result: { version: 4, firstPosition: 10n, lastPosition: 10n } })
+    )
+  })
+
+  it("nothing inserted: a single event looks up the head, a batch is explained", () => {
+    for (const rows of [[], [{ version: null, first_position: null, last_position: null }]]) {
+      assert.strictEqual(D.afterAppend(input(exact(2), 1), { _tag: "Rows", rows })._tag, "LookUpHead")
+      assert.strictEqual(D.afterAppend(input(exact(2), 3), { _tag: "Rows", rows })._tag, "Explain")
+    }
+  })
+
+  it("a violation of our constraints is explained; any other is the database's refusal", () => {
+    for (const constraint of [D.VERSION_CONSTRAINT, D.EVENT_ID_CONSTRAINT]) {
+      assert.strictEqual(
+        D.afterAppend(input(any), { _tag: "UniqueViolation", constraint, cause: "x" })._tag,
+        "Explain",
+        constraint
+      )
+    }
+    for (const constraint of ["uq_order_number", undefined]) {
+      assert.deepStrictEqual(
+        D.afterAppend(input(any), { _tag: "UniqueViolation", constraint, cause: "x" }),
+        D.Decision.Refused({ cause: "x" })
+      )
+    }
+  })
+
+  it("a version without positions is unexpected, never a success", () => {
+    const decision = D.afterAppend(input(any), {
+      _tag: "Rows",
+      rows: [{ version: 4, first_position: null, last_position: 5n }]
+    })
+    assert.strictEqual(decision._tag, "Unexpected")
+  })
+})
+
+describe("afterHead", () => {
+  it("a stored id is explained, whatever the head", () => {
+    for (const expected of expectations) {
+      assert.strictEqual(D.afterHead(input(expected), { head_version: 5, stored: true })._tag, "Explain")
+    }
+  })
+
+  it("otherwise the head decides: a conflict at its version, or, when it accepts the expectation, again", () => {
+    assert.deepStrictEqual(
+      D.afterHead(input(exact(2)), { head_version: 5, stored: false }),
+      D.Decision.Conflict({ actualVersion: 5 })
+    )
+    assert.deepStrictEqual(
+      D.afterHead(input(ExpectedVersion.noStream), { head_version: 1, stored: false }),
+      D.Decision.Conflict({ actualVersion: 1 })
+    )
+    assert.deepStrictEqual(
+      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 0, stored: false }),
+      D.Decision.Conflict({ actualVersion: 0 })
+    )
+    // The stream came to exist between the append and the lookup.
+    assert.deepStrictEqual(
+      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 2, stored: false }),
+      D.Decision.Retry({ actualVersion: 2 })
+    )
+  })
+
+  it("a row with nulls is unexpected", () => {
+    assert.strictEqual(D.afterHead(input(any), { head_version: null, stored: false })._tag, "Unexpected")
+  })
+})
+
+describe("afterExplain", () => {
+  it("no id stored: events past the head repair it; else the head decides", () => {
+    assert.deepStrictEqual(
+      D.afterExplain(input(exact(2)), explain({ head_version: 2, last_version: 4 })),
+      D.Decision.RepairHead({ lastVersion: 4 })
+    )
+    assert.deepStrictEqual(
+      D.afterExplain(input(exact(2)), explain({ head_version: 3, last_version: 3 })),
+      D.Decision.Conflict({ actualVersion: 3 })
+    )
+    // Deleted events leave the head above them: the head stands.
+    assert.deepStrictEqual(
+      D.afterExplain(input(ExpectedVersion.noStream), explain({ head_version: 3, last_version: 0 })),
+      D.Decision.Conflict({ actualVersion: 3 })
+    )
+    assert.deepStrictEqual(
+      D.afterExplain(input(exact(3)), explain({ head_version: 3, last_version: 3 })),
+      D.Decision.Retry({ actualVersion: 3 })
+    )
+  })
+
+  it("all ids stored in this stream at consecutive versions, from a version the expectation accepts: a replay", () => {
+    assert.deepStrictEqual(
+      D.afterExplain(input(exact(4), 3), replay(4, 3)),
+      D.Decision.Appended({ result: { version: 7, firstPosition: 100n, lastPosition: 102n } })
+    )
+    assert.strictEqual(D.afterExplain(input(any, 3), replay(4, 3))._tag, "Appended")
+    assert.strictEqual(D.afterExplain(input(ExpectedVersion.noStream, 2), replay(0, 2))._tag, "Appended")
+    assert.strictEqual(D.afterExplain(input(ExpectedVersion.streamExists, 2), replay(1, 2))._tag, "Appended")
+  })
+
+  it("anything short of a replay is a duplicate, naming the first id found", () => {
+    const duplicate = D.Decision.Duplicate({ eventId: "a" })
+    // Not all ids stored.
+    assert.deepStrictEqual(D.afterExplain(input(exact(4), 3), replay(4, 3, { found: 2 })), duplicate)
+    // Stored in another stream.
+    assert.deepStrictEqual(D.afterExplain(input(exact(4), 3), replay(4, 3, { same_stream: false })), duplicate)
+    // Not at consecutive versions: [a, c] replayed after [a, b, c].
+    assert.deepStrictEqual(D.afterExplain(input(exact(0), 2), replay(0, 2, { base_max: 1 })), duplicate)
+    // From a version the expectation does not accept.
+    assert.deepStrictEqual(D.afterExplain(input(exact(3), 3), replay(4, 3)), duplicate)
+    assert.deepStrictEqual(D.afterExplain(input(ExpectedVersion.noStream, 3), replay(4, 3)), duplicate)
+    assert.deepStrictEqual(D.afterExplain(input(ExpectedVersion.streamExists, 2), replay(0, 2)), duplicate)
+  })
+
+  it("a row with nulls where counts belong is unexpected", () => {
+    assert.strictEqual(D.afterExplain(input(any), explain({ found: null }))._tag, "Unexpected")
+    assert.strictEqual(D.afterExplain(input(any), explain({ head_version: null }))._tag, "Unexpected")
+  })
+
+  it.prop(
+    "properties: an explanation never succeeds unless every id is found in place; a conflict reports the head",
+    [
+      FastCheck.constantFrom(...expectations),
+      FastCheck.integer({ min: 1, max: 5 }),
+      FastCheck.record({
+        head_version: FastCheck.integer({ min: 0, max: 10 }),
+        last_version: FastCheck.integer({ min: 0, max: 10 }),
+        found: FastCheck.integer({ min: 0, max: 5 }),
+        same_stream: FastCheck.boolean(),
+        base_min: FastCheck.option(FastCheck.integer({ min: 0, max: 10 }), { nil: null }),
+        base_max: FastCheck.option(FastCheck.integer({ min: 0, max: 10 }), { nil: null }),
+        replay_version: FastCheck.option(FastCheck.integer({ min: 1, max: 15 }), { nil: null }),
+        first_position: FastCheck.option(FastCheck.bigInt({ min: 1n, max: 100n }), { nil: null }),
+        last_position: FastCheck.option(FastCheck.bigInt({ min: 1n, max: 100n }), { nil: null }),
+        duplicate_event_id: FastCheck.option(FastCheck.uuid(), { nil: null })
+      })
+    ],
+    ([expected, count, row]) => {
+      const decision = D.afterExplain(input(expected, count), row)
+      switch (decision._tag) {
+        case "Appended":
+          return (
+            row.found === count &&
+            row.same_stream &&
+            row.base_min !== null &&
+            row.base_min === row.base_max &&
+            ExpectedVersion.isSatisfiedBy(expected, row.base_min)
+          )
+        case "Conflict":
+          return (
+            row.found === 0 &&
+            row.last_version <= row.head_version &&
+            decision.actualVersion === row.head_version &&
+            !ExpectedVersion.isSatisfiedBy(expected, row.head_version)
+          )
+        case "Retry":
+          return (
+            row.found === 0 &&
+            row.last_version <= row.head_version &&
+            ExpectedVersion.isSatisfiedBy(expected, row.head_version)
+          )
+        case "RepairHead":
+          return row.found === 0 && row.last_version > row.head_version && decision.lastVersion === row.last_version
+        case "Duplicate":
+          return row.found > 0
+        default:
+          return false
+      }
+    }
+  )
+})

@@ -1,4 +1,5 @@
+import { clients } from "../support/pgClients.js"
 import { postgresql } from "../support/projectionHarness.js"
 import { suite } from "./checkpointStoreSuite.js"
 
-suite("postgresql", postgresql())
+for (const client of clients) suite(`postgresql (${client})`, postgresql({ client }))

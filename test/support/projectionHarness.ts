@@ -7,14 +7,14 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import { CheckpointStore, DeadLetterQueue, Errors, type EventRegistry, EventStore, Projection } from "@eventfold/core"
-import { PgEventStore, PgMigrations, PgPool, PgProjection } from "@eventfold/pg"
+import { type PgEventStore, PgMigrations, PgProjection } from "@eventfold/pg"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as PgClients from "./pgClients.js"
 import * as TestDatabase from "./TestDatabase.js"
 
 const storeError = (cause: unknown) => new Errors.EventStoreError({ method: "test", message: String(cause), cause })
@@ -80,16 +80,23 @@ export const testSubscriptions: NonNullable<PgEventStore.Options["subscriptions"
   stallThreshold: "1 second"
 }
 
-/** PostgreSQL on a fresh database, migrated, with a side table for "other work" in transactions. */
-export const postgresql = (options: { readonly poolSize?: number } = {}): Layer.Layer<Backend> =>
+/**
+ * PostgreSQL on a fresh database, migrated, with a side table for "other work" in
+ * transactions; the client made the `client` way (see `pgClients.ts`).
+ */
+export const postgresql = (
+  options: { readonly poolSize?: number; readonly client?: PgClients.Client } = {}
+): Layer.Layer<Backend> =>
   Layer.scoped(
     Backend,
     Effect.gen(function* (): Effect.fn.Return<BackendService, unknown, Scope.Scope> {
       const scope = yield* Effect.scope
       const url = yield* TestDatabase.fresh
-      const context = yield* Layer.build(
-        PgPool.layer({ url: Redacted.make(url), poolSize: options.poolSize ?? 4, maxOverflow: 16 })
-      )
+      const connected = yield* PgClients.connect(options.client ?? "prepared", url, {
+        poolSize: options.poolSize ?? 4,
+        maxOverflow: 16
+      })
+      const context = connected.context
       const sql = yield* Effect.provide(SqlClient.SqlClient, context)
       yield* Effect.provide(PgMigrations.run, context)
       yield* sql`CREATE TABLE side_effects (value text PRIMARY KEY)`
@@ -97,15 +104,12 @@ export const postgresql = (options: { readonly poolSize?: number } = {}): Layer.
       return {
         name: "postgresql",
         store: (registry) =>
-          PgEventStore.make({ registry, pageSize: 100, subscriptions: testSubscriptions }).pipe(
-            Effect.provide(context),
-            Scope.extend(scope)
-          ),
+          connected.makeStore({ registry, pageSize: 100, subscriptions: testSubscriptions }).pipe(Scope.extend(scope)),
         services: (registry) =>
           Layer.mergeAll(
-            PgEventStore.layer({ registry, subscriptions: testSubscriptions }),
-            PgProjection.layer({ heartbeat: "200 millis" })
-          ).pipe(Layer.provide(pool)),
+            connected.storeLayer({ registry, subscriptions: testSubscriptions }),
+            PgProjection.layer({ heartbeat: "200 millis" }).pipe(Layer.provide(pool))
+          ),
         transaction: Option.some(
           <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | Errors.EventStoreError, R> =>
             sql.withTransaction(effect).pipe(

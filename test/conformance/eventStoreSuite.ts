@@ -277,6 +277,56 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
         })
       )
 
+      it.effect(
+        "`any` and `streamExists` never fail for a lost race: 16 writers on one stream all land, in order",
+        () =>
+          Effect.gen(function* () {
+            const store = yield* withStore
+            const s = stream()
+            yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.noStream })
+            const writers = 16
+            const appends = 25
+            const results = yield* Effect.all(
+              Arr.makeBy(writers, (w) =>
+                Effect.forEach(Arr.range(1, appends), (i) =>
+                  Effect.either(
+                    store.append(s, i % 3 === 0 ? notes(2, `w${w}.${i}-`) : notes(1, `w${w}.${i}-`), {
+                      expectedVersion: w % 2 === 0 ? ExpectedVersion.any : ExpectedVersion.streamExists
+                    })
+                  )
+                )
+              ),
+              { concurrency: "unbounded" }
+            )
+            const failures = results.flat().filter(Either.isLeft)
+            assert.deepStrictEqual(
+              failures.map((f) => f.left.message),
+              []
+            )
+            const events = yield* collect(store.readStream(s))
+            const total = 1 + writers * appends + writers * Math.floor(appends / 3)
+            assert.deepStrictEqual(
+              events.map((e) => e.version),
+              Arr.makeBy(total, (i) => i + 1)
+            )
+            // Each append's events are together, in its order, and each writer's appends in the writer's order.
+            const texts = events.slice(1).map((e) => (e.event as unknown as { text: string }).text)
+            for (let w = 0; w < writers; w++) {
+              const mine = texts.filter((t) => t.startsWith(`w${w}.`))
+              const order = mine.map((t) => Number(t.slice(`w${w}.`.length).split("-")[0]))
+              assert.deepStrictEqual(
+                order,
+                [...order].sort((a, b) => a - b),
+                `writer ${w}`
+              )
+            }
+            for (let i = 0; i < texts.length; i++) {
+              const [append, n] = texts[i]!.split("-")
+              if (n === "2") assert.strictEqual(texts[i - 1], `${append}-1`)
+            }
+          })
+      )
+
       it.effect.prop(
         "concurrent writers with `any` and retried exact expectations never duplicate or skip a version",
         [FastCheck.array(FastCheck.integer({ min: 1, max: 4 }), { minLength: 2, maxLength: 10 })],

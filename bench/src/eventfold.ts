@@ -275,6 +275,43 @@ const W6: Runner = (context) => {
   )
 }
 
+/** Appends with no expected version, racing on one stream: every one lands at the next version. */
+const W9: Runner = (context) => {
+  const writers = context.params.writers!
+  return warmThenTime(
+    context,
+    writers,
+    (appends, latencies) =>
+      Effect.gen(function* () {
+        const store = yield* EventStore.EventStore
+        const aggregateId = crypto.randomUUID()
+        let issued = 0
+        let appended = 0
+        let claimedTwice = 0
+        const claimed = new Set<number>()
+        yield* concurrently(writers, () =>
+          Effect.gen(function* () {
+            while (issued < appends) {
+              issued++
+              const event = OrderItemAdded.make(payload(aggregateId, issued))
+              const t = performance.now()
+              const { version } = yield* store.append(stream(aggregateId), [{ event }], {
+                expectedVersion: ExpectedVersion.any
+              })
+              appended++
+              if (claimed.has(version)) claimedTwice++
+              claimed.add(version)
+              latencies.time(t)
+            }
+          })
+        )
+        return { appended, retries: 0, claimedTwice, streams: 1 }
+      }),
+    context.params.appends!,
+    (c) => c.appended!
+  )
+}
+
 export const runners: Readonly<Record<string, Runner>> = {
   W1,
   W2,
@@ -282,6 +319,7 @@ export const runners: Readonly<Record<string, Runner>> = {
   W4,
   W5,
   W6,
+  W9,
   // Loaded when they run, so that the other workloads' processes stay as they were.
   W7: (context) => import("./subscriberEventfold.js").then((m) => m.run(context)),
   W8: (context) => import("./outboxEventfold.js").then((m) => m.run(context))

@@ -424,6 +424,7 @@ const notesOf = (s: Summary): string => {
   const notes: Array<string> = []
   if (s.counters.successes !== undefined)
     notes.push(`${int(s.counters.successes)} ok / ${int(s.counters.conflicts ?? 0)} conflicts`)
+  if (s.counters.retries !== undefined) notes.push(`${int(s.counters.retries)} lost races retried`)
   if (s.workload === "W5") notes.push(`RSS before run ${mb(s.baselineRssMb)} MB`)
   if (s.counters.skipped !== undefined) {
     notes.push(

@@ -306,6 +306,55 @@ const W6: Runner = (context) =>
     (c) => c.successes!
   )
 
+/**
+ * Appends with no expected version, racing on one stream: the plain SQL way, read the
+ * stream's last version and insert after it; on a unique violation, read again and
+ * retry until the insert lands. `retries` counts the lost races.
+ */
+const W9: Runner = (context) =>
+  warmThenTime(
+    context,
+    context.params.writers!,
+    async (clients, appends, latencies) => {
+      const aggregateId = crypto.randomUUID()
+      let issued = 0
+      let appended = 0
+      let retries = 0
+      let claimedTwice = 0
+      const claimed = new Set<number>()
+      await Promise.all(
+        clients.map(async (client) => {
+          while (issued < appends) {
+            issued++
+            const event = payload(aggregateId, issued)
+            const t = performance.now()
+            for (;;) {
+              const { rows } = await client.query<{ version: number }>({
+                ...CURRENT_VERSION,
+                values: [aggregateId, AGGREGATE_TYPE]
+              })
+              const version = rows[0]!.version + 1
+              try {
+                await appendOne(client, aggregateId, version, event)
+                appended++
+                if (claimed.has(version)) claimedTwice++
+                claimed.add(version)
+                break
+              } catch (error) {
+                if (!isVersionConflict(error)) throw error
+                retries++
+              }
+            }
+            latencies.time(t)
+          }
+        })
+      )
+      return { appended, retries, claimedTwice, streams: 1 }
+    },
+    context.params.appends!,
+    (c) => c.appended!
+  )
+
 export const runners: Readonly<Record<string, Runner>> = {
   W1,
   W2,
@@ -313,6 +362,7 @@ export const runners: Readonly<Record<string, Runner>> = {
   W4,
   W5,
   W6,
+  W9,
   // Loaded when they run, so that the other workloads' processes stay as they were.
   W7: (context) => import("./subscriber.js").then((m) => m.raw(context)),
   W8: (context) => import("./outbox.js").then((m) => m.raw(context))

@@ -203,6 +203,23 @@ export const workloads: ReadonlyArray<Workload> = [
     }
   },
   {
+    id: "W9",
+    title: "8 writers append to one stream with no expected version (`any`)",
+    unit: "events/s",
+    operation: "append",
+    params: { full: { writers: 8, appends: 2_000, warmup: 1_000 }, quick: { writers: 8, appends: 200, warmup: 50 } },
+    verify: async (client, params, m) => {
+      const problems: Array<string> = []
+      const facts = await streamFacts(client)
+      const c = m.counters
+      expectEqual(problems, "appends that landed", c.appended, params.appends)
+      expectEqual(problems, "events stored", facts.events, c.appended! + (c.warmupAppended ?? 0))
+      expectEqual(problems, "streams with duplicate or missing versions", facts.broken, 0)
+      expectEqual(problems, "versions claimed by two writers", c.claimedTwice! + (c.warmupClaimedTwice ?? 0), 0)
+      return problems
+    }
+  },
+  {
     id: "W7",
     title: "a subscriber follows the log while 8 writers append (the same raw INSERTs on both sides)",
     unit: "events/s",

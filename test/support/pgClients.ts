@@ -22,7 +22,13 @@ import * as String from "effect/String"
 
 export type Client = "prepared" | "sql" | "sql-transforms"
 
-export const clients: ReadonlyArray<Client> = ["prepared", "sql", "sql-transforms"]
+const all: ReadonlyArray<Client> = ["prepared", "sql", "sql-transforms"]
+
+/** Every way, or those `EVENTFOLD_PG_CLIENTS` lists (comma-separated; `npm run mutate` runs two). */
+export const clients: ReadonlyArray<Client> = (() => {
+  const listed = process.env.EVENTFOLD_PG_CLIENTS?.split(",").map((c) => c.trim())
+  return listed === undefined ? all : all.filter((client) => listed.includes(client))
+})()
 
 /** A client of `url` built the `client` way, and how to make an event store over it. */
 export interface Connected {

@@ -1,11 +1,11 @@
 /**
- * The subscription watcher's rules (internal/pgSubscription.ts), without a database:
+ * The subscription watcher's rules (internal/horizon.ts), without a database:
  * a model of writers taking positions and ending in any order, observed at random
  * moments as `eventfold_log_horizon()` would report them.
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as FastCheck from "effect/FastCheck"
-import * as W from "../src/internal/pgSubscription.js"
+import * as W from "../src/internal/horizon.js"
 
 const settings: W.Settings = { settleMillis: 5, pollMillis: 1000, stallMillis: 100 }
 

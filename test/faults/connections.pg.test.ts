@@ -156,12 +156,18 @@ const environment = (
 
 type Environment = Effect.Effect.Success<ReturnType<typeof environment>>
 
-/** Waits until a statement of the library is on the wire (a connection is checked out of the pool). */
+/**
+ * Waits until a statement of the library is on its way: a connection is checked out of the
+ * pool, and the proxy holds a connection (one still in the kernel's accept queue would escape
+ * a reset).
+ */
 const checkedOut = (env: Environment) =>
-  eventually("a connection is checked out of the pool", env.stats, (s) => s.checkedOut >= 1, {
-    every: "2 millis",
-    timeout: "10 seconds"
-  })
+  eventually(
+    "a connection is checked out of the pool and open through the proxy",
+    Effect.zip(env.stats, env.proxy.connections),
+    ([stats, connections]) => stats.checkedOut >= 1 && connections >= 1,
+    { every: "2 millis", timeout: "10 seconds" }
+  )
 
 const noted = (writer: number, n: number, eventId: string = uuid()): EventStore.EventToAppend => ({
   eventId,
@@ -542,6 +548,9 @@ describe("Connection faults between the library and PostgreSQL", () => {
             const env = yield* environment()
             const stream = { aggregateId: uuid(), aggregateType: "Reset" }
             for (let round = 1; round <= 3; round++) {
+              // An append that goes through first: the store works again after the last reset, and
+              // the pool holds an open connection for the next one.
+              yield* env.store.append(stream, [noted(1, round)], { expectedVersion: ExpectedVersion.any })
               // Stalled, the append waits on the wire for its answer; then the connection is reset.
               yield* env.proxy.stall
               const append = yield* Effect.fork(

@@ -188,241 +188,357 @@ describe("Connection faults between the library and PostgreSQL", () => {
         if (!natsReachable) {
           console.warn(`SKIPPED the relay part of the fault scenario: no NATS server at ${natsUrl} (set NATS_URL)`)
         }
-        const env = yield* environment({ outbox: true, poolSize: 6 })
-        const { store, sql } = env
-        const aggregateType = "Ledger"
         const problems: Array<string> = []
         const timeline: Array<string> = []
         const started = Date.now()
         const note = (line: string) => timeline.push(`${((Date.now() - started) / 1000).toFixed(1)}s ${line}`)
 
-        // --- the subscriber -------------------------------------------------------------
-        const delivered: Array<EventStore.RecordedEvent> = []
-        const subscriber = yield* Effect.fork(
-          Stream.runForEach(store.subscribe({ aggregateTypes: [aggregateType] }), (e) =>
-            Effect.sync(() => delivered.push(e))
-          )
-        )
-        yield* Effect.fork(Effect.tap(Fiber.await(subscriber), () => Effect.sync(() => note("the subscription ended"))))
+        // The scenario in a scope of its own: its server, pool and fibers are released before the
+        // guard is read, so that an error thrown while they shut down counts too.
+        const run = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const env = yield* environment({ outbox: true, poolSize: 6 })
+            const { store, sql } = env
+            const aggregateType = "Ledger"
 
-        // --- the projection: a table written in the batch's transaction ------------------
-        yield* sql`CREATE TABLE projected (seq bigserial PRIMARY KEY, event_id uuid NOT NULL, global_position bigint NOT NULL)`
-        const projection = Projection.make({
-          name: "fault-projection",
-          aggregateTypes: [aggregateType],
-          handlers: [
-            Projection.on(Noted, (e) =>
-              sql`INSERT INTO projected (event_id, global_position) VALUES (${e.eventId}::uuid, ${e.globalPosition.toString()}::bigint)`.pipe(
-                Effect.asVoid
+            // --- the subscriber -------------------------------------------------------------
+            const delivered: Array<EventStore.RecordedEvent> = []
+            const subscriber = yield* Effect.fork(
+              Stream.runForEach(store.subscribe({ aggregateTypes: [aggregateType] }), (e) =>
+                Effect.sync(() => delivered.push(e))
               )
             )
-          ]
-        })
-        const runner = yield* Projection.start(projection, {
-          batchSize: 100,
-          restart: Schedule.exponential("100 millis").pipe(Schedule.union(Schedule.spaced("1 second")))
-        }).pipe(
-          Effect.provide(
-            Layer.merge(
-              Layer.succeed(EventStore.EventStore, store),
-              PgProjection.layer({ heartbeat: "500 millis" }).pipe(Layer.provide(Layer.succeedContext(env.context)))
+            yield* Effect.fork(
+              Effect.tap(Fiber.await(subscriber), () => Effect.sync(() => note("the subscription ended")))
             )
-          )
-        )
 
-        // --- the relay to NATS ---------------------------------------------------------
-        const nats = natsReachable
-          ? Option.some(
-              yield* Effect.gen(function* () {
-                const broker = yield* Layer.build(BrokerLive)
-                const names = yield* uniqueStream.pipe(Effect.provide(broker))
-                const publisher = yield* NatsPublisher.make({ servers: natsUrl, ...names })
-                const outbox = yield* PgOutbox.make({ heartbeat: "2 seconds" }).pipe(Effect.provide(env.context))
-                yield* OutboxRelay.make({
-                  batchSize: 100,
-                  pollInterval: "500 millis",
-                  lease: "5 seconds",
-                  backoff: Schedule.spaced("200 millis")
-                }).pipe(
-                  Effect.provideService(Outbox.Outbox, outbox),
-                  Effect.provideService(Publisher.Publisher, publisher)
+            // --- the projection: a table written in the batch's transaction ------------------
+            yield* sql`CREATE TABLE projected (seq bigserial PRIMARY KEY, event_id uuid NOT NULL, global_position bigint NOT NULL)`
+            const projection = Projection.make({
+              name: "fault-projection",
+              aggregateTypes: [aggregateType],
+              handlers: [
+                Projection.on(Noted, (e) =>
+                  sql`INSERT INTO projected (event_id, global_position) VALUES (${e.eventId}::uuid, ${e.globalPosition.toString()}::bigint)`.pipe(
+                    Effect.asVoid
+                  )
                 )
-                return { broker: Context.get(broker, Broker), names }
-              })
-            )
-          : Option.none()
-
-        // --- the writers ------------------------------------------------------------------
-        interface Acked {
-          readonly ids: ReadonlyArray<string>
-          readonly result: EventStore.AppendResult
-        }
-        const acked: Array<Acked> = []
-        const failures: Array<{ readonly writer: number; readonly seen: Seen }> = []
-        let stopping = false
-        /** Appends sent and not yet answered. */
-        let inFlight = 0
-
-        const writer = (w: number) =>
-          Effect.gen(function* () {
-            const streams = Arr.makeBy(6, () => ({ aggregateId: uuid(), version: 0 }))
-            let n = 0
-            const step = Effect.gen(function* () {
-              const slot = n % streams.length
-              const stream = streams[slot]!
-              // Single events mostly, small batches; exact expectations mostly, some `any`.
-              const size = [1, 1, 2, 1, 3][n % 5]!
-              const expectedVersion =
-                n % 4 === 3
-                  ? ExpectedVersion.any
-                  : stream.version === 0
-                    ? ExpectedVersion.noStream
-                    : ExpectedVersion.exact(stream.version)
-              const events = Arr.makeBy(size, (i) => noted(w, n * 10 + i))
-              n++
-              // The same append (same ids, same expectation) until it is acknowledged: a replay of
-              // an append that did commit returns its original result.
-              const attempt = Effect.acquireUseRelease(
-                Effect.sync(() => inFlight++),
-                () => store.append({ aggregateId: stream.aggregateId, aggregateType }, events, { expectedVersion }),
-                () => Effect.sync(() => inFlight--)
-              ).pipe(
-                Effect.timeoutFail({
-                  duration: "30 seconds",
-                  onTimeout: () => new Error("an append did not return within 30 seconds")
-                }),
-                Effect.sandbox,
-                Effect.tapError((cause) => Effect.sync(() => failures.push({ writer: w, seen: seen(cause) })))
-              )
-              const outcome = yield* attempt.pipe(
-                Effect.retry({
-                  schedule: Schedule.exponential("20 millis").pipe(
-                    Schedule.union(Schedule.spaced("500 millis")),
-                    Schedule.upTo("60 seconds")
-                  ),
-                  // A conflict on the writer's own stream will not go away by retrying.
-                  while: (cause) => {
-                    const error = Option.getOrUndefined(Cause.failureOption(cause))
-                    return !(error !== undefined && "_tag" in error && error._tag === "ConcurrencyError")
-                  }
-                }),
-                Effect.option
-              )
-              if (Option.isSome(outcome)) {
-                stream.version = outcome.value.version
-                acked.push({ ids: events.map((e) => e.eventId!), result: outcome.value })
-              } else {
-                problems.push(`writer ${w}: an append of ${size} event(s) was never acknowledged (see failures)`)
-                streams[slot] = { aggregateId: uuid(), version: 0 }
-              }
+              ]
             })
-            // Paced, so that the log stays a size the checks can read back in seconds.
-            yield* Effect.repeat(step, { schedule: Schedule.spaced("15 millis"), until: () => stopping })
-          })
-        const writers = yield* Effect.fork(
-          Effect.all(Arr.makeBy(4, writer), { concurrency: "unbounded", discard: true })
-        )
+            const runner = yield* Projection.start(projection, {
+              batchSize: 100,
+              restart: Schedule.exponential("100 millis").pipe(Schedule.union(Schedule.spaced("1 second")))
+            }).pipe(
+              Effect.provide(
+                Layer.merge(
+                  Layer.succeed(EventStore.EventStore, store),
+                  PgProjection.layer({ heartbeat: "500 millis" }).pipe(Layer.provide(Layer.succeedContext(env.context)))
+                )
+              )
+            )
 
-        /** Waits until `count` more appends are acknowledged; records a problem if they are not. */
-        const progress = (after: string, count = 50) =>
-          Effect.gen(function* () {
-            const before = acked.length
-            const reached = yield* eventually(
-              `${count} appends acknowledged after ${after}`,
-              Effect.sync(() => acked.length),
-              (n) => n >= before + count,
-              { timeout: "30 seconds" }
-            ).pipe(Effect.either)
-            if (reached._tag === "Left") problems.push(`after ${after}: ${reached.left.message}`)
-            note(`${after}: ${acked.length - before} appends acknowledged since`)
-          })
+            // --- the relay to NATS ---------------------------------------------------------
+            const nats = natsReachable
+              ? Option.some(
+                  yield* Effect.gen(function* () {
+                    const broker = yield* Layer.build(BrokerLive)
+                    const names = yield* uniqueStream.pipe(Effect.provide(broker))
+                    const publisher = yield* NatsPublisher.make({ servers: natsUrl, ...names })
+                    const outbox = yield* PgOutbox.make({ heartbeat: "2 seconds" }).pipe(Effect.provide(env.context))
+                    yield* OutboxRelay.make({
+                      batchSize: 100,
+                      pollInterval: "500 millis",
+                      lease: "5 seconds",
+                      backoff: Schedule.spaced("200 millis")
+                    }).pipe(
+                      Effect.provideService(Outbox.Outbox, outbox),
+                      Effect.provideService(Publisher.Publisher, publisher)
+                    )
+                    return { broker: Context.get(broker, Broker), names }
+                  })
+                )
+              : Option.none()
 
-        yield* progress("the start", 100)
-        yield* eventually(
-          "the subscriber delivers",
-          Effect.sync(() => delivered.length),
-          (n) => n > 0
-        )
+            // --- the writers ------------------------------------------------------------------
+            interface Acked {
+              readonly ids: ReadonlyArray<string>
+              readonly result: EventStore.AppendResult
+            }
+            const acked: Array<Acked> = []
+            const failures: Array<{ readonly writer: number; readonly seen: Seen }> = []
+            let stopping = false
+            /** Appends sent and not yet answered. */
+            let inFlight = 0
 
-        // 1. The proxy resets every connection while appends wait for their answers.
-        yield* eventually(
-          "appends are waiting for their answers",
-          Effect.sync(() => inFlight),
-          (n) => n >= 2,
-          { every: "1 millis", timeout: "10 seconds" }
-        )
-        const reset = { connections: yield* env.proxy.connections }
-        yield* env.proxy.reset
-        note(`proxy reset (${reset.connections} connections)`)
-        yield* progress("the reset")
+            const writer = (w: number) =>
+              Effect.gen(function* () {
+                const streams = Arr.makeBy(6, () => ({ aggregateId: uuid(), version: 0 }))
+                let n = 0
+                const step = Effect.gen(function* () {
+                  const slot = n % streams.length
+                  const stream = streams[slot]!
+                  // Single events mostly, small batches; exact expectations mostly, some `any`.
+                  const size = [1, 1, 2, 1, 3][n % 5]!
+                  const expectedVersion =
+                    n % 4 === 3
+                      ? ExpectedVersion.any
+                      : stream.version === 0
+                        ? ExpectedVersion.noStream
+                        : ExpectedVersion.exact(stream.version)
+                  const events = Arr.makeBy(size, (i) => noted(w, n * 10 + i))
+                  n++
+                  // The same append (same ids, same expectation) until it is acknowledged: a replay of
+                  // an append that did commit returns its original result.
+                  const attempt = Effect.acquireUseRelease(
+                    Effect.sync(() => inFlight++),
+                    () => store.append({ aggregateId: stream.aggregateId, aggregateType }, events, { expectedVersion }),
+                    () => Effect.sync(() => inFlight--)
+                  ).pipe(
+                    Effect.timeoutFail({
+                      duration: "30 seconds",
+                      onTimeout: () => new Error("an append did not return within 30 seconds")
+                    }),
+                    Effect.sandbox,
+                    Effect.tapError((cause) => Effect.sync(() => failures.push({ writer: w, seen: seen(cause) })))
+                  )
+                  const outcome = yield* attempt.pipe(
+                    Effect.retry({
+                      schedule: Schedule.exponential("20 millis").pipe(
+                        Schedule.union(Schedule.spaced("500 millis")),
+                        Schedule.upTo("60 seconds")
+                      ),
+                      // A conflict on the writer's own stream will not go away by retrying.
+                      while: (cause) => {
+                        const error = Option.getOrUndefined(Cause.failureOption(cause))
+                        return !(error !== undefined && "_tag" in error && error._tag === "ConcurrencyError")
+                      }
+                    }),
+                    Effect.option
+                  )
+                  if (Option.isSome(outcome)) {
+                    stream.version = outcome.value.version
+                    acked.push({ ids: events.map((e) => e.eventId!), result: outcome.value })
+                  } else {
+                    problems.push(`writer ${w}: an append of ${size} event(s) was never acknowledged (see failures)`)
+                    streams[slot] = { aggregateId: uuid(), version: 0 }
+                  }
+                })
+                // Paced, so that the log stays a size the checks can read back in seconds.
+                yield* Effect.repeat(step, { schedule: Schedule.spaced("15 millis"), until: () => stopping })
+              })
+            const writers = yield* Effect.fork(
+              Effect.all(Arr.makeBy(4, writer), { concurrency: "unbounded", discard: true })
+            )
 
-        // 2. A hung network: nothing moves for a few seconds. This wait is the fault itself (real
-        //    time must pass for timers and heartbeats to notice), not a way to order events.
-        yield* env.proxy.stall
-        note("proxy stalled")
-        yield* Effect.sleep("3 seconds")
-        yield* env.proxy.unstall
-        note("proxy unstalled")
-        yield* progress("the stall")
+            /** Waits until `count` more appends are acknowledged; records a problem if they are not. */
+            const progress = (after: string, count = 50) =>
+              Effect.gen(function* () {
+                const before = acked.length
+                const reached = yield* eventually(
+                  `${count} appends acknowledged after ${after}`,
+                  Effect.sync(() => acked.length),
+                  (n) => n >= before + count,
+                  { timeout: "30 seconds" }
+                ).pipe(Effect.either)
+                if (reached._tag === "Left") problems.push(`after ${after}: ${reached.left.message}`)
+                note(`${after}: ${acked.length - before} appends acknowledged since`)
+              })
 
-        // 3. Every session of the library is terminated by the server.
-        const terminated = yield* env.terminateLibrary
-        note(
-          `pg_terminate_backend of ${terminated.length} sessions: ${[...new Set(terminated.map((r) => r.application_name))].join(", ")}`
-        )
-        if (terminated.length === 0) problems.push("pg_terminate_backend found no session of the library")
-        yield* progress("pg_terminate_backend")
+            yield* progress("the start", 100)
+            yield* eventually(
+              "the subscriber delivers",
+              Effect.sync(() => delivered.length),
+              (n) => n > 0
+            )
 
-        // 4. The server is killed and restarted (crash recovery), once writers have seen it gone.
-        const failedBefore = failures.length
-        yield* env.server.kill9
-        note("server killed (SIGKILL)")
-        yield* eventually(
-          "a writer sees the server gone",
-          Effect.sync(() => failures.length),
-          (n) => n > failedBefore,
-          { timeout: "10 seconds" }
-        ).pipe(Effect.ignore)
-        yield* env.server.restart
-        note("server restarted")
-        yield* progress("the restart")
+            // 1. The proxy resets every connection while appends wait for their answers.
+            yield* eventually(
+              "appends are waiting for their answers",
+              Effect.sync(() => inFlight),
+              (n) => n >= 2,
+              { every: "1 millis", timeout: "10 seconds" }
+            )
+            const reset = { connections: yield* env.proxy.connections }
+            yield* env.proxy.reset
+            note(`proxy reset (${reset.connections} connections)`)
+            yield* progress("the reset")
 
-        // The faults are over: the writers stop, everything they committed must come through.
-        stopping = true
-        yield* Fiber.join(writers)
-        note(`writers stopped: ${acked.length} appends acknowledged, ${failures.length} failed attempts`)
+            // 2. A hung network: nothing moves for a few seconds. This wait is the fault itself (real
+            //    time must pass for timers and heartbeats to notice), not a way to order events.
+            yield* env.proxy.stall
+            note("proxy stalled")
+            yield* Effect.sleep("3 seconds")
+            yield* env.proxy.unstall
+            note("proxy unstalled")
+            yield* progress("the stall")
 
-        const committed = (yield* env.admin(
-          `SELECT event_id::text AS id, version, global_position::text AS position
+            // 3. Every session of the library is terminated by the server.
+            const terminated = yield* env.terminateLibrary
+            note(
+              `pg_terminate_backend of ${terminated.length} sessions: ${[...new Set(terminated.map((r) => r.application_name))].join(", ")}`
+            )
+            if (terminated.length === 0) problems.push("pg_terminate_backend found no session of the library")
+            yield* progress("pg_terminate_backend")
+
+            // 4. The server is killed and restarted (crash recovery), once writers have seen it gone.
+            const failedBefore = failures.length
+            yield* env.server.kill9
+            note("server killed (SIGKILL)")
+            yield* eventually(
+              "a writer sees the server gone",
+              Effect.sync(() => failures.length),
+              (n) => n > failedBefore,
+              { timeout: "10 seconds" }
+            ).pipe(Effect.ignore)
+            yield* env.server.restart
+            note("server restarted")
+            yield* progress("the restart")
+
+            // The faults are over: the writers stop, everything they committed must come through.
+            stopping = true
+            yield* Fiber.join(writers)
+            note(`writers stopped: ${acked.length} appends acknowledged, ${failures.length} failed attempts`)
+
+            const committed = (yield* env.admin(
+              `SELECT event_id::text AS id, version, global_position::text AS position
              FROM events WHERE aggregate_type = $1 ORDER BY global_position`,
-          [aggregateType]
-        )) as ReadonlyArray<{ id: string; version: number; position: string }>
-        const committedIds = committed.map((r) => r.id)
-        const committedSet = new Set(committedIds)
-        const versionOf = new Map(committed.map((r) => [r.id, r.version]))
+              [aggregateType]
+            )) as ReadonlyArray<{ id: string; version: number; position: string }>
+            const committedIds = committed.map((r) => r.id)
+            const committedSet = new Set(committedIds)
+            const versionOf = new Map(committed.map((r) => [r.id, r.version]))
 
-        // Caught up: by condition, or the component has stopped for good.
-        const subscriberCaughtUp = yield* eventually(
-          "the subscriber delivers every committed event",
-          Effect.zip(
-            Effect.sync(() => delivered.length),
-            Fiber.poll(subscriber)
-          ),
-          ([n, exit]) => n >= committed.length || Option.isSome(exit),
-          { every: "50 millis", timeout: "60 seconds" }
-        ).pipe(Effect.either)
-        if (subscriberCaughtUp._tag === "Left") problems.push(subscriberCaughtUp.left.message)
-        const projectedRows = sql<{ id: string; n: number }>`
+            // Caught up: by condition, or the component has stopped for good.
+            const subscriberCaughtUp = yield* eventually(
+              "the subscriber delivers every committed event",
+              Effect.zip(
+                Effect.sync(() => delivered.length),
+                Fiber.poll(subscriber)
+              ),
+              ([n, exit]) => n >= committed.length || Option.isSome(exit),
+              { every: "50 millis", timeout: "60 seconds" }
+            ).pipe(Effect.either)
+            if (subscriberCaughtUp._tag === "Left") problems.push(subscriberCaughtUp.left.message)
+            const projectedRows = sql<{ id: string; n: number }>`
           SELECT event_id::text AS id, count(*)::int AS n FROM projected GROUP BY event_id`.pipe(Effect.orDie)
-        const projectionCaughtUp = yield* eventually(
-          "the projection handles every committed event",
-          Effect.zip(projectedRows.pipe(Effect.map((rows) => rows.reduce((sum, r) => sum + r.n, 0))), runner.status),
-          ([n, status]) => n >= committed.length || status.state === "stopped",
-          { every: "100 millis", timeout: "60 seconds" }
-        ).pipe(Effect.either)
-        if (projectionCaughtUp._tag === "Left") problems.push(projectionCaughtUp.left.message)
+            const projectionCaughtUp = yield* eventually(
+              "the projection handles every committed event",
+              Effect.zip(
+                projectedRows.pipe(Effect.map((rows) => rows.reduce((sum, r) => sum + r.n, 0))),
+                runner.status
+              ),
+              ([n, status]) => n >= committed.length || status.state === "stopped",
+              { every: "100 millis", timeout: "60 seconds" }
+            ).pipe(Effect.either)
+            if (projectionCaughtUp._tag === "Left") problems.push(projectionCaughtUp.left.message)
 
-        // --- the checks ----------------------------------------------------------------
+            // --- the checks ----------------------------------------------------------------
+            const untyped = failures.filter((f) => f.seen._tag === "Untyped")
+            if (untyped.length > 0) {
+              problems.push(
+                `${untyped.length} append failure(s) were not typed errors, e.g.:\n${(untyped[0]!.seen as { description: string }).description}`
+              )
+            }
+            const unexpectedTags = failures.filter(
+              (f) => f.seen._tag === "Typed" && f.seen.tag !== "EventStoreError" && f.seen.tag !== "ConcurrencyError"
+            )
+            if (unexpectedTags.length > 0) {
+              problems.push(
+                `append failures other than EventStoreError/ConcurrencyError: ${unexpectedTags.map((f) => JSON.stringify(f.seen)).join("; ")}`
+              )
+            }
+            const conflicts = failures.filter((f) => f.seen._tag === "Typed" && f.seen.tag === "ConcurrencyError")
+            if (conflicts.length > 0) {
+              problems.push(
+                `${conflicts.length} ConcurrencyError(s) on a writer's own stream (a replay of a committed append must return its result): ${(conflicts[0]!.seen as { message: string }).message}`
+              )
+            }
+
+            const missingAcked = acked.flatMap((a) => a.ids).filter((id) => !committedSet.has(id))
+            if (missingAcked.length > 0) problems.push(`${missingAcked.length} acknowledged event(s) are not stored`)
+            const wrongVersions = acked.filter((a) =>
+              a.ids.some((id, i) => versionOf.has(id) && versionOf.get(id) !== a.result.version - a.ids.length + 1 + i)
+            )
+            if (wrongVersions.length > 0) {
+              problems.push(
+                `${wrongVersions.length} acknowledged append(s) are stored at other versions than acknowledged`
+              )
+            }
+
+            const subscriberExit = yield* Fiber.poll(subscriber)
+            if (Option.isSome(subscriberExit)) {
+              problems.push(
+                `the subscription ended by itself: ${Exit.isFailure(subscriberExit.value) ? Cause.pretty(subscriberExit.value.cause).split("\n")[0] : "completed"}`
+              )
+            }
+            const deliveredIds = delivered.map((e) => e.eventId)
+            if (deliveredIds.join() !== committedIds.join()) {
+              const deliveredSet = new Set(deliveredIds)
+              const missing = committedIds.filter((id) => !deliveredSet.has(id)).length
+              const duplicates = deliveredIds.length - deliveredSet.size
+              const extra = [...deliveredSet].filter((id) => !committedSet.has(id)).length
+              const inOrder = delivered.every((e, i) => i === 0 || delivered[i - 1]!.globalPosition < e.globalPosition)
+              problems.push(
+                `subscriber: delivered ${deliveredIds.length} of ${committedIds.length} committed events: ${missing} missing, ${duplicates} duplicated, ${extra} not committed, ${inOrder ? "in" : "NOT in"} global order`
+              )
+            }
+
+            const projected = yield* projectedRows
+            const projectedCount = new Map(projected.map((r) => [r.id, r.n]))
+            const projectionMissing = committedIds.filter((id) => !projectedCount.has(id)).length
+            const projectionTwice = projected.filter((r) => r.n > 1).length
+            const projectionExtra = projected.filter((r) => !committedSet.has(r.id)).length
+            if (projectionMissing + projectionTwice + projectionExtra > 0) {
+              const status = yield* runner.status
+              const deadLetters = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM dead_letter_queue`.pipe(
+                Effect.orDie
+              )
+              problems.push(
+                `projection: ${projectionMissing} committed event(s) missing, ${projectionTwice} applied more than once, ${projectionExtra} not committed; runner ${status.state} (last error: ${status.lastError}); ${deadLetters[0]!.n} dead letter(s)`
+              )
+            }
+
+            if (Option.isSome(nats)) {
+              const { broker, names } = nats.value
+              const relayed = yield* eventually(
+                "the relay publishes every outbox entry",
+                broker.count(names.stream),
+                (n) => n >= committed.length,
+                { every: "200 millis", timeout: "60 seconds" }
+              ).pipe(Effect.either)
+              if (relayed._tag === "Left") problems.push(relayed.left.message)
+              const messages = yield* broker.read(names.stream)
+              const published = new Set(messages.map((m) => m.eventId))
+              const notPublished = committedIds.filter((id) => !published.has(id)).length
+              const notCommitted = [...published].filter((id) => !committedSet.has(id)).length
+              const outbox = (yield* env.admin(
+                "SELECT status, count(*)::int AS n FROM event_outbox GROUP BY status ORDER BY status"
+              )) as ReadonlyArray<{ status: string; n: number }>
+              note(`relay: ${messages.length} messages, ${published.size} distinct; outbox ${JSON.stringify(outbox)}`)
+              if (outbox.some((row) => row.status !== "published")) {
+                problems.push(`relay: outbox entries not published: ${JSON.stringify(outbox)}`)
+              }
+              if (notPublished + notCommitted > 0) {
+                problems.push(
+                  `relay: ${notPublished} committed event(s) not in the stream, ${notCommitted} in the stream but not committed; outbox ${JSON.stringify(outbox)}`
+                )
+              }
+            }
+
+            const byTag = new Map<string, number>()
+            for (const f of failures) {
+              const key = f.seen._tag === "Typed" ? f.seen.tag : "untyped"
+              byTag.set(key, (byTag.get(key) ?? 0) + 1)
+            }
+            note(
+              `${committed.length} events committed, ${acked.length} appends acknowledged; failed attempts: ${JSON.stringify(Object.fromEntries(byTag))}; subscriber delivered ${delivered.length}`
+            )
+          })
+        ).pipe(Effect.exit)
+        note("the scenario's resources are released")
+        if (Exit.isFailure(run)) {
+          problems.push(`the scenario stopped early: ${Cause.pretty(run.cause).split("\n").slice(0, 8).join("\n")}`)
+        }
         const uncaught = yield* guard.caught
         if (uncaught.length > 0) {
           // Each distinct error with when it first came, to match it with the timeline.
@@ -435,104 +551,6 @@ describe("Connection faults between the library and PostgreSQL", () => {
           problems.push(`${uncaught.length} uncaught error(s) reached the process: ${list.join(" | ")}`)
         }
 
-        const untyped = failures.filter((f) => f.seen._tag === "Untyped")
-        if (untyped.length > 0) {
-          problems.push(
-            `${untyped.length} append failure(s) were not typed errors, e.g.:\n${(untyped[0]!.seen as { description: string }).description}`
-          )
-        }
-        const unexpectedTags = failures.filter(
-          (f) => f.seen._tag === "Typed" && f.seen.tag !== "EventStoreError" && f.seen.tag !== "ConcurrencyError"
-        )
-        if (unexpectedTags.length > 0) {
-          problems.push(
-            `append failures other than EventStoreError/ConcurrencyError: ${unexpectedTags.map((f) => JSON.stringify(f.seen)).join("; ")}`
-          )
-        }
-        const conflicts = failures.filter((f) => f.seen._tag === "Typed" && f.seen.tag === "ConcurrencyError")
-        if (conflicts.length > 0) {
-          problems.push(
-            `${conflicts.length} ConcurrencyError(s) on a writer's own stream (a replay of a committed append must return its result): ${(conflicts[0]!.seen as { message: string }).message}`
-          )
-        }
-
-        const missingAcked = acked.flatMap((a) => a.ids).filter((id) => !committedSet.has(id))
-        if (missingAcked.length > 0) problems.push(`${missingAcked.length} acknowledged event(s) are not stored`)
-        const wrongVersions = acked.filter((a) =>
-          a.ids.some((id, i) => versionOf.has(id) && versionOf.get(id) !== a.result.version - a.ids.length + 1 + i)
-        )
-        if (wrongVersions.length > 0) {
-          problems.push(`${wrongVersions.length} acknowledged append(s) are stored at other versions than acknowledged`)
-        }
-
-        const subscriberExit = yield* Fiber.poll(subscriber)
-        if (Option.isSome(subscriberExit)) {
-          problems.push(
-            `the subscription ended by itself: ${Exit.isFailure(subscriberExit.value) ? Cause.pretty(subscriberExit.value.cause).split("\n")[0] : "completed"}`
-          )
-        }
-        const deliveredIds = delivered.map((e) => e.eventId)
-        if (deliveredIds.join() !== committedIds.join()) {
-          const deliveredSet = new Set(deliveredIds)
-          const missing = committedIds.filter((id) => !deliveredSet.has(id)).length
-          const duplicates = deliveredIds.length - deliveredSet.size
-          const extra = [...deliveredSet].filter((id) => !committedSet.has(id)).length
-          const inOrder = delivered.every((e, i) => i === 0 || delivered[i - 1]!.globalPosition < e.globalPosition)
-          problems.push(
-            `subscriber: delivered ${deliveredIds.length} of ${committedIds.length} committed events: ${missing} missing, ${duplicates} duplicated, ${extra} not committed, ${inOrder ? "in" : "NOT in"} global order`
-          )
-        }
-
-        const projected = yield* projectedRows
-        const projectedCount = new Map(projected.map((r) => [r.id, r.n]))
-        const projectionMissing = committedIds.filter((id) => !projectedCount.has(id)).length
-        const projectionTwice = projected.filter((r) => r.n > 1).length
-        const projectionExtra = projected.filter((r) => !committedSet.has(r.id)).length
-        if (projectionMissing + projectionTwice + projectionExtra > 0) {
-          const status = yield* runner.status
-          const deadLetters = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM dead_letter_queue`.pipe(
-            Effect.orDie
-          )
-          problems.push(
-            `projection: ${projectionMissing} committed event(s) missing, ${projectionTwice} applied more than once, ${projectionExtra} not committed; runner ${status.state} (last error: ${status.lastError}); ${deadLetters[0]!.n} dead letter(s)`
-          )
-        }
-
-        if (Option.isSome(nats)) {
-          const { broker, names } = nats.value
-          const relayed = yield* eventually(
-            "the relay publishes every outbox entry",
-            broker.count(names.stream),
-            (n) => n >= committed.length,
-            { every: "200 millis", timeout: "60 seconds" }
-          ).pipe(Effect.either)
-          if (relayed._tag === "Left") problems.push(relayed.left.message)
-          const messages = yield* broker.read(names.stream)
-          const published = new Set(messages.map((m) => m.eventId))
-          const notPublished = committedIds.filter((id) => !published.has(id)).length
-          const notCommitted = [...published].filter((id) => !committedSet.has(id)).length
-          const outbox = (yield* env.admin(
-            "SELECT status, count(*)::int AS n FROM event_outbox GROUP BY status ORDER BY status"
-          )) as ReadonlyArray<{ status: string; n: number }>
-          note(`relay: ${messages.length} messages, ${published.size} distinct; outbox ${JSON.stringify(outbox)}`)
-          if (outbox.some((row) => row.status !== "published")) {
-            problems.push(`relay: outbox entries not published: ${JSON.stringify(outbox)}`)
-          }
-          if (notPublished + notCommitted > 0) {
-            problems.push(
-              `relay: ${notPublished} committed event(s) not in the stream, ${notCommitted} in the stream but not committed; outbox ${JSON.stringify(outbox)}`
-            )
-          }
-        }
-
-        const byTag = new Map<string, number>()
-        for (const f of failures) {
-          const key = f.seen._tag === "Typed" ? f.seen.tag : "untyped"
-          byTag.set(key, (byTag.get(key) ?? 0) + 1)
-        }
-        note(
-          `${committed.length} events committed, ${acked.length} appends acknowledged; failed attempts: ${JSON.stringify(Object.fromEntries(byTag))}; subscriber delivered ${delivered.length}`
-        )
         console.log(`fault scenario timeline:\n  ${timeline.join("\n  ")}`)
         assert.deepStrictEqual(problems, [], `the scenario broke the contract:\n- ${problems.join("\n- ")}`)
       }).pipe(Effect.provide(quiet)),

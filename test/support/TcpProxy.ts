@@ -95,6 +95,7 @@ export const make = (target: Target): Effect.Effect<TcpProxy, TcpProxyError, Sco
     const server = Net.createServer({ pauseOnConnect: true }, (client) => {
       accepted++
       if (paused) {
+        // The reset is the point; the client's side of it is the code under test's to see.
         client.on("error", () => undefined)
         rst(client)
         return
@@ -122,6 +123,7 @@ export const make = (target: Target): Effect.Effect<TcpProxy, TcpProxyError, Sco
         upstream.resume()
       }
     })
+    // Errors while listening fail `make` (below); later ones (a failed accept) only cost that connection.
     server.on("error", () => undefined)
 
     const port = yield* Effect.acquireRelease(

@@ -98,14 +98,28 @@ export const make: Effect.Effect<Guard, never, Scope.Scope> = Effect.gen(functio
 /**
  * Runs `effect` under a guard: it fails with `UncaughtError` as soon as an
  * uncaught error reaches the process (interrupting `effect`), or at the end if
- * one arrived while `effect` was finishing.
+ * one arrived while `effect` was finishing or releasing its resources (it runs in
+ * a scope of its own, closed before the guard is checked). An uncaught error wins
+ * over the effect's own failure, which is then named in the message: the first
+ * is usually the cause of the second.
  */
 export const guarded = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | UncaughtError, R> =>
   Effect.scoped(
     Effect.gen(function* () {
       const guard = yield* make
-      const result = yield* Effect.raceFirst(effect, guard.failed)
-      yield* guard.check
-      return result
+      const exit = yield* Effect.raceFirst(effect, guard.failed).pipe(Effect.scoped, Effect.exit)
+      const caught = yield* guard.caught
+      if (caught.length === 0) return yield* exit
+      const own = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      return yield* Effect.fail(
+        own instanceof UncaughtError
+          ? toError(caught)
+          : new UncaughtError({
+              message: `${toError(caught).message}${
+                own === undefined ? "" : `\nThe test also failed: ${own instanceof Error ? own.message : String(own)}`
+              }`,
+              errors: caught.map((c) => c.error)
+            })
+      )
     })
   )

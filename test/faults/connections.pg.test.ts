@@ -358,9 +358,9 @@ describe("Connection faults between the library and PostgreSQL", () => {
               (n) => n >= 2,
               { every: "1 millis", timeout: "10 seconds" }
             )
-            const reset = { connections: yield* env.proxy.connections }
+            const connections = yield* env.proxy.connections
             yield* env.proxy.reset
-            note(`proxy reset (${reset.connections} connections)`)
+            note(`proxy reset (${connections} connections)`)
             yield* progress("the reset")
 
             // 2. A hung network: nothing moves for a few seconds. This wait is the fault itself (real

@@ -1,7 +1,7 @@
 /**
- * What the JetStream tests share: a probe for the NATS server, a pausable TCP
- * proxy, a reader of a whole stream, and a fresh PostgreSQL event store with the
- * outbox enabled.
+ * What the JetStream tests share: a probe for the NATS server, a TCP proxy to it
+ * (the project's `TcpProxy`), a reader of a whole stream, and a fresh PostgreSQL
+ * event store with the outbox enabled.
  */
 import * as Net from "node:net"
 import { Event, EventRegistry, type EventStore, type Outbox } from "@eventfold/core"
@@ -15,6 +15,7 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
+import * as TcpProxy from "../../../test/support/TcpProxy.js"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
 
 export const natsUrl = process.env.NATS_URL ?? "nats://127.0.0.1:4222"
@@ -41,58 +42,18 @@ export const OrderPlaced = Event.make("OrderPlaced", { total: Schema.Number })
 export const OrderNoted = Event.make("OrderNoted", { text: Schema.String })
 export const registry = EventRegistry.make(OrderPlaced, OrderNoted)
 
-/** A TCP proxy to the NATS server on 127.0.0.1 that can be paused: it then cuts and refuses connections. */
-export interface Proxy {
+/**
+ * A TCP proxy to the NATS server (the project's one proxy, `test/support/TcpProxy.ts`), with
+ * its URL: `pause` cuts and refuses connections until `resume`; `reset` and `stall` are there too.
+ */
+export interface Proxy extends TcpProxy.TcpProxy {
   readonly url: string
-  readonly pause: Effect.Effect<void>
-  readonly resume: Effect.Effect<void>
 }
 
-export const proxy: Effect.Effect<Proxy, never, Scope.Scope> = Effect.gen(function* () {
-  const target = hostPort(natsUrl)
-  const sockets = new Set<Net.Socket>()
-  let paused = false
-  const server = Net.createServer((client) => {
-    if (paused) {
-      client.destroy()
-      return
-    }
-    const upstream = Net.connect(target)
-    const pair = [client, upstream]
-    for (const socket of pair) {
-      sockets.add(socket)
-      socket.on("error", () => {
-        for (const s of pair) s.destroy()
-      })
-      socket.on("close", () => {
-        sockets.delete(socket)
-        for (const s of pair) s.destroy()
-      })
-    }
-    client.pipe(upstream)
-    upstream.pipe(client)
-  })
-  const port = yield* Effect.acquireRelease(
-    Effect.async<number>((resume) => {
-      server.listen(0, "127.0.0.1", () => resume(Effect.succeed((server.address() as Net.AddressInfo).port)))
-    }),
-    () =>
-      Effect.async<void>((resume) => {
-        for (const socket of sockets) socket.destroy()
-        server.close(() => resume(Effect.void))
-      })
-  )
-  return {
-    url: `nats://127.0.0.1:${port}`,
-    pause: Effect.sync(() => {
-      paused = true
-      for (const socket of sockets) socket.destroy()
-    }),
-    resume: Effect.sync(() => {
-      paused = false
-    })
-  }
-})
+export const proxy: Effect.Effect<Proxy, never, Scope.Scope> = TcpProxy.make(hostPort(natsUrl)).pipe(
+  Effect.map((tcp): Proxy => ({ ...tcp, url: `nats://${tcp.host}:${tcp.port}` })),
+  Effect.orDie
+)
 
 /** A message as stored in the stream. */
 export interface Stored {

@@ -125,6 +125,20 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
           )
         )
 
+        it.effect("a save from the expected position never moves the checkpoint backwards", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name()
+              yield* checkpoints.save(n, { position: 9n, expected: 0n })
+              const kept = yield* checkpoints.save(n, { position: 3n, expected: 9n, processed: 1 })
+              assert.strictEqual(kept.position, 9n)
+              const stored = Option.getOrThrow(yield* checkpoints.get(n))
+              assert.strictEqual(stored.position, 9n)
+              assert.strictEqual(stored.eventsProcessed, 0n)
+            })
+          )
+        )
+
         it.effect("of racing saves from the same position, exactly one wins", () =>
           withServices((checkpoints) =>
             Effect.gen(function* () {

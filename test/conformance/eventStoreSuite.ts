@@ -145,10 +145,23 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           yield* store.append({ aggregateId: id, aggregateType: "Cart" }, notes(2), {
             expectedVersion: ExpectedVersion.noStream
           })
-          const other = yield* store.append({ aggregateId: id, aggregateType: "Invoice" }, notes(1), {
+          const other = yield* store.append({ aggregateId: id, aggregateType: "Invoice" }, notes(1, "invoice"), {
             expectedVersion: ExpectedVersion.noStream
           })
           assert.strictEqual(other.version, 1)
+          // Every read of a stream selects it by type as well as id.
+          const texts = (events: ReadonlyArray<{ readonly event: unknown }>) =>
+            events.map((e) => (e.event as { text: string }).text)
+          const invoice = { aggregateId: id, aggregateType: "Invoice" }
+          assert.deepStrictEqual(texts(yield* collect(store.readStream(invoice))), ["invoice1"])
+          assert.deepStrictEqual(texts(yield* collect(store.readStream(invoice, { direction: "backward" }))), [
+            "invoice1"
+          ])
+          assert.deepStrictEqual(texts(yield* collect(store.readStreamEvents(invoice))), ["invoice1"])
+          assert.deepStrictEqual(
+            texts(yield* collect(store.readStreamEvents({ aggregateId: id, aggregateType: "Cart" }))),
+            ["n1", "n2"]
+          )
         })
       )
 
@@ -396,6 +409,42 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           }
           assert.strictEqual((yield* collect(store.readStream(s))).length, 3)
           assert.strictEqual((yield* collect(store.readStream(other))).length, 1)
+        })
+      )
+
+      it.effect("ids stored, but not at consecutive versions in the batch's order, are a DuplicateEventError", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          const [a, b, c] = [uuid(), uuid(), uuid()]
+          const first = yield* store.append(
+            s,
+            [a, b, c].map((eventId, i) => ({ ...note(`e${i}`), eventId })),
+            { expectedVersion: ExpectedVersion.noStream }
+          )
+          assert.strictEqual(first.version, 3)
+          for (const ids of [
+            [a, c],
+            [b, a],
+            [a, b, c, uuid()]
+          ]) {
+            const error = yield* Effect.flip(
+              store.append(
+                s,
+                ids.map((eventId) => ({ ...note("again"), eventId })),
+                { expectedVersion: ExpectedVersion.noStream }
+              )
+            )
+            assert.strictEqual(error._tag, "DuplicateEventError", ids.join(","))
+          }
+          // The exact batch is a replay.
+          const replayed = yield* store.append(
+            s,
+            [a, b, c].map((eventId, i) => ({ ...note(`e${i}`), eventId })),
+            { expectedVersion: ExpectedVersion.noStream }
+          )
+          assert.deepStrictEqual(replayed, first)
+          assert.strictEqual((yield* collect(store.readStream(s))).length, 3)
         })
       )
 

@@ -341,6 +341,46 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
       )
     })
 
+    describe("held entries", () => {
+      it.scoped("entries held behind a failed or leased one never fill a claim: the aggregates after them flow", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          const writer = store({ outbox: true })
+          const failed = cart()
+          const leased = cart()
+          yield* writer.append(failed, notes(6), { expectedVersion: ExpectedVersion.noStream })
+          yield* writer.append(leased, notes(6), { expectedVersion: ExpectedVersion.noStream })
+          // The first aggregate's version 1 fails for good; the second's version 1 is out on a lease.
+          const [f1] = yield* outbox.claim({ owner: "r1", limit: 1, lease })
+          yield* outbox.settle({
+            owner: "r1",
+            published: [],
+            failed: [{ id: f1!.id, error: "poison", retryAfter: null }],
+            released: []
+          })
+          yield* outbox.settle({ owner: "r1", published: [], failed: [], released: [] })
+          const [l1] = yield* outbox.claim({ owner: "r2", limit: 1, lease })
+          assert.strictEqual(l1!.message.aggregateId, leased.aggregateId)
+          const later = cart()
+          yield* writer.append(later, notes(2), { expectedVersion: ExpectedVersion.noStream })
+          // Ten entries wait behind the two heads, ahead of the later aggregate in the log: a claim of
+          // three must pass them by, not stop at them.
+          const claimed = yield* outbox.claim({ owner: "r3", limit: 3, lease })
+          assert.deepStrictEqual(
+            versions(claimed),
+            versions(claimed.filter((e) => e.message.aggregateId === later.aggregateId))
+          )
+          assert.deepStrictEqual(
+            claimed.map((e) => [e.message.aggregateId, e.message.version]),
+            [
+              [later.aggregateId, 1],
+              [later.aggregateId, 2]
+            ]
+          )
+        })
+      )
+    })
+
     describe("maintenance", () => {
       it.scoped("deletePublished removes published entries older than the given age, nothing else", () =>
         Effect.gen(function* () {

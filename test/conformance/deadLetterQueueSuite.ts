@@ -1,0 +1,159 @@
+/**
+ * The DeadLetterQueue contract (DESIGN §2), run against every backend: a failure is
+ * recorded once per (event, projection); a repeated failure adds its attempts, keeps
+ * when it first failed, and reopens a resolved letter; letters are listed by
+ * projection and status, read, resolved, retried.
+ */
+
+import { assert, describe, layer } from "@effect/vitest"
+import { DeadLetterQueue, type EventStore } from "@eventfold/core"
+import * as Effect from "effect/Effect"
+import type * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { Backend } from "../support/projectionHarness.js"
+import { registry } from "./subscriptionSuite.js"
+
+const uuid = () => crypto.randomUUID()
+
+/** A stored event as a runner hands it to the queue. */
+const stored = (position: bigint): EventStore.StoredEvent => ({
+  eventId: uuid(),
+  eventType: "NoteWritten",
+  aggregateId: uuid(),
+  aggregateType: "Cart",
+  version: 1,
+  tenantId: null,
+  actorId: null,
+  timestamp: new Date("2024-01-02T03:04:05.000Z"),
+  globalPosition: position,
+  createdAt: new Date("2024-01-02T03:04:05.000Z"),
+  payload: { text: "hello" }
+})
+
+export const suite = (label: string, backend: Layer.Layer<Backend>) =>
+  layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(
+    `DeadLetterQueue conformance: ${label}`,
+    (it) => {
+      const withQueue = <A, E>(f: (queue: DeadLetterQueue.Service) => Effect.Effect<A, E>) =>
+        Effect.flatMap(Backend, (b) =>
+          Effect.flatMap(DeadLetterQueue.DeadLetterQueue, f).pipe(Effect.provide(b.services(registry)))
+        )
+
+      describe("add", () => {
+        it.effect("records the event, its error and attempts as failed", () =>
+          withQueue((queue) =>
+            Effect.gen(function* () {
+              const projection = `p-${uuid()}`
+              const event = stored(7n)
+              const letter = yield* queue.add(projection, event, { message: "boom", stacktrace: "at x", attempts: 3 })
+              assert.deepInclude(letter, {
+                projection,
+                eventId: event.eventId,
+                eventType: "NoteWritten",
+                globalPosition: 7n,
+                errorMessage: "boom",
+                errorStacktrace: "at x",
+                retryCount: 3,
+                status: "failed",
+                resolvedAt: null,
+                resolvedBy: null
+              })
+              assert.deepStrictEqual(Option.getOrThrow(yield* queue.get(letter.id)), letter)
+            })
+          )
+        )
+
+        it.effect(
+          "a repeated failure adds its attempts, keeps the first failure's time, and reopens a resolved letter",
+          () =>
+            withQueue((queue) =>
+              Effect.gen(function* () {
+                const projection = `p-${uuid()}`
+                const event = stored(8n)
+                const first = yield* queue.add(projection, event, { message: "first", attempts: 3 })
+                const resolved = yield* queue.resolve(first.id, { by: "ops" })
+                assert.deepInclude(resolved, { status: "resolved", resolvedBy: "ops" })
+                assert.isNotNull(resolved.resolvedAt)
+                const again = yield* queue.add(projection, event, { message: "second", attempts: 2 })
+                assert.strictEqual(again.id, first.id)
+                assert.deepInclude(again, {
+                  retryCount: 5,
+                  errorMessage: "second",
+                  status: "failed",
+                  resolvedAt: null,
+                  resolvedBy: null
+                })
+                assert.strictEqual(again.firstFailedAt.getTime(), first.firstFailedAt.getTime())
+                assert.isAtLeast(again.lastFailedAt.getTime(), first.lastFailedAt.getTime())
+                // The same event in another projection is a letter of its own.
+                const other = yield* queue.add(`q-${uuid()}`, event, { message: "other", attempts: 1 })
+                assert.notStrictEqual(other.id, first.id)
+                assert.strictEqual(other.retryCount, 1)
+              })
+            )
+        )
+      })
+
+      describe("list, resolve, retry", () => {
+        it.effect("lists by projection and status, oldest first, in pages", () =>
+          withQueue((queue) =>
+            Effect.gen(function* () {
+              const projection = `p-${uuid()}`
+              const letters = []
+              for (let i = 0; i < 5; i++) {
+                letters.push(yield* queue.add(projection, stored(BigInt(10 + i)), { message: `e${i}`, attempts: 1 }))
+              }
+              yield* queue.add(`q-${uuid()}`, stored(99n), { message: "elsewhere", attempts: 1 })
+              yield* queue.resolve(letters[1]!.id)
+              yield* queue.markRetrying(letters[2]!.id)
+              const ids = (found: ReadonlyArray<DeadLetterQueue.DeadLetter>) => found.map((l) => l.id)
+              assert.deepStrictEqual(ids(yield* queue.list({ projection })), ids(letters))
+              assert.deepStrictEqual(
+                ids(yield* queue.list({ projection, status: "failed" })),
+                ids([letters[0]!, letters[3]!, letters[4]!])
+              )
+              assert.deepStrictEqual(
+                ids(yield* queue.list({ projection, status: ["retrying", "resolved"] })),
+                ids([letters[1]!, letters[2]!])
+              )
+              const page = yield* queue.list({ projection, limit: 2 })
+              assert.deepStrictEqual(ids(page), ids(letters.slice(0, 2)))
+              assert.deepStrictEqual(
+                ids(yield* queue.list({ projection, afterId: page[1]!.id, limit: 2 })),
+                ids(letters.slice(2, 4))
+              )
+            })
+          )
+        )
+
+        it.effect("resolveEvent resolves the open letter of an event once; a retry that fails is recorded", () =>
+          withQueue((queue) =>
+            Effect.gen(function* () {
+              const projection = `p-${uuid()}`
+              const event = stored(20n)
+              const letter = yield* queue.add(projection, event, { message: "boom", attempts: 2 })
+              const retrying = yield* queue.markRetrying(letter.id)
+              assert.strictEqual(retrying.status, "retrying")
+              const failed = yield* queue.recordFailure(letter.id, { message: "still", attempts: 4 })
+              assert.deepInclude(failed, { status: "failed", errorMessage: "still", retryCount: 6 })
+              assert.isTrue(yield* queue.resolveEvent(projection, event.eventId, { by: "runner" }))
+              assert.isFalse(yield* queue.resolveEvent(projection, event.eventId, { by: "runner" }))
+              assert.deepInclude(Option.getOrThrow(yield* queue.get(letter.id)), {
+                status: "resolved",
+                resolvedBy: "runner"
+              })
+              const missing = 999_999_999n
+              assert.isTrue(Option.isNone(yield* queue.get(missing)))
+              for (const operation of [
+                queue.resolve(missing),
+                queue.markRetrying(missing),
+                queue.recordFailure(missing, { message: "x", attempts: 1 })
+              ]) {
+                assert.deepInclude(yield* Effect.flip(operation), { _tag: "DeadLetterNotFoundError", id: missing })
+              }
+            })
+          )
+        )
+      })
+    }
+  )

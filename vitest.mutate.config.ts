@@ -10,7 +10,7 @@
  * The fault suites are left out: they test recovery, not these decisions, and take
  * minutes.
  */
-import { defineConfig, mergeConfig } from "vitest/config"
+import { defineConfig, defineProject, mergeConfig } from "vitest/config"
 import { databaseSetup, shared } from "./vitest.shared.js"
 
 const decisions = [
@@ -27,12 +27,9 @@ const pg = [
   "test/conformance/Outbox.pg.test.ts"
 ]
 
-export default mergeConfig(
-  shared,
-  defineConfig({
-    test:
-      process.env.EVENTFOLD_MUTATE === "pg"
-        ? { include: pg, globalSetup: [databaseSetup] }
-        : { include: decisions, globalSetup: [databaseSetup] }
-  })
-)
+const project = mergeConfig(shared, defineProject({ test: { name: "mutate", globalSetup: [databaseSetup] } }))
+// Replaced after the merge: mergeConfig would add these to the shared config's include.
+project.test = { ...project.test, include: process.env.EVENTFOLD_MUTATE === "pg" ? pg : decisions }
+
+// One inline project: without `projects`, vitest would pick up vitest.workspace.ts and run every project.
+export default defineConfig({ test: { projects: [project] } })

@@ -171,8 +171,6 @@ export type Row = ReadonlyArray<unknown>
  * Runs statements; see the module's overview.
  */
 export interface Executor {
-  /** `sql` or `prepared`, for spans and logs. */
-  readonly protocol: "sql" | "prepared"
   /** Runs a statement, in the caller's transaction when there is one; each row through `parseRow`. */
   readonly run: <A>(
     statement: Statement,
@@ -266,7 +264,6 @@ const makeTransaction =
 export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
   const sql = client.withoutTransforms()
   return {
-    protocol: "sql",
     run: (statement, values, parseRow) =>
       sql.unsafe(statement.text, values).values.pipe(
         Effect.mapError((error) => classify(error)),
@@ -293,7 +290,6 @@ export const preparedExecutor = (client: SqlClient.SqlClient, connections: Conne
   const pool = poolOf(connections)
   return {
     ...base,
-    protocol: "prepared",
     run: (statement, values, parseRow) =>
       Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
         Option.isSome(transaction)
@@ -515,7 +511,8 @@ class ValidatingPool extends Pg.Pool {
       if (releasedAt === undefined || Date.now() - releasedAt < this.pingAfterMillis) {
         return callback(undefined, client, done)
       }
-      // The ping runs on a connection that is out of the pool: it needs a listener too.
+      // The ping runs on a connection that is out of the pool: it needs a listener too. The
+      // ping's own callback gets the same error and acts on it.
       const onError = () => {}
       client.on("error", onError)
       client.query("SELECT 1", (pingError) => {

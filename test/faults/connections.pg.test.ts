@@ -38,7 +38,7 @@ import {
   Publisher
 } from "@eventfold/core"
 import { NatsPublisher } from "@eventfold/nats"
-import { PgEventStore, PgMigrations, PgOutbox, PgPool, PgProjection } from "@eventfold/pg"
+import { PgEventStore, PgMigrations, PgOutbox, PgPool, PgProjection, PgTransaction } from "@eventfold/pg"
 import * as Arr from "effect/Array"
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
@@ -671,7 +671,7 @@ describe("Connection faults between the library and PostgreSQL", () => {
       )
 
       it.scopedLive(
-        "a connection dropped inside a caller's sql.withTransaction makes the append fail with EventStoreError, not a defect",
+        "a connection dropped inside a caller's transaction makes the append fail with EventStoreError, not a defect; PgTransaction's own failure is typed too",
         () =>
           processGuard
             .guarded(
@@ -679,36 +679,44 @@ describe("Connection faults between the library and PostgreSQL", () => {
                 const env = yield* environment({ protocol })
                 const { sql, store } = env
                 yield* sql`CREATE TABLE side_effects (value text PRIMARY KEY)`
-                const stream = { aggregateId: uuid(), aggregateType: "InTransaction" }
-                let append: Exit.Exit<EventStore.AppendResult, unknown> | undefined
-                const transaction = yield* sql
-                  .withTransaction(
-                    Effect.gen(function* () {
-                      // Other work first: the transaction is open on its connection.
-                      yield* sql`INSERT INTO side_effects (value) VALUES ('before the append')`
-                      yield* env.proxy.reset
-                      append = yield* Effect.exit(
-                        store.append(stream, [noted(0, 0)], { expectedVersion: ExpectedVersion.noStream })
-                      )
-                    })
+                for (const how of ["sql.withTransaction", "PgTransaction.withTransaction"] as const) {
+                  const stream = { aggregateId: uuid(), aggregateType: "InTransaction" }
+                  let append: Exit.Exit<EventStore.AppendResult, unknown> | undefined
+                  const body = Effect.gen(function* () {
+                    // Other work first: the transaction is open on its connection.
+                    yield* sql`INSERT INTO side_effects (value) VALUES (${how})`
+                    yield* env.proxy.reset
+                    append = yield* Effect.exit(
+                      store.append(stream, [noted(0, 0)], { expectedVersion: ExpectedVersion.noStream })
+                    )
+                  })
+                  const transaction = yield* (
+                    how === "sql.withTransaction"
+                      ? sql.withTransaction(body)
+                      : PgTransaction.withTransaction(body).pipe(Effect.provideService(SqlClient.SqlClient, sql))
+                  ).pipe(Effect.exit)
+                  console.log(
+                    `${how}: ${Exit.isSuccess(transaction) ? "committed?!" : Cause.pretty(transaction.cause).split("\n")[0]}`
                   )
-                  .pipe(Effect.exit)
-                // The transaction itself cannot commit; how @effect/sql reports that (its COMMIT and
-                // ROLLBACK failures are defects of its own) is not the library's to decide.
-                console.log(
-                  `the caller's transaction: ${Exit.isSuccess(transaction) ? "committed?!" : Cause.pretty(transaction.cause).split("\n")[0]}`
-                )
-                assert.isTrue(Exit.isFailure(transaction), "a transaction on a dropped connection cannot commit")
-                // The append's own outcome, as the caller saw it inside the transaction.
-                assert.isDefined(append, "the append returned to the caller")
-                assert.isTrue(Exit.isFailure(append!), "an append on a dropped connection cannot succeed")
-                assertTypedOrSuccess(append!, ["EventStoreError"], "the append inside the transaction")
-                // Nothing of it is stored, and the store still works.
-                const stored = yield* env.admin("SELECT count(*)::int AS n FROM events WHERE aggregate_type = $1", [
-                  "InTransaction"
-                ])
-                assert.strictEqual(stored[0]!.n, 0)
-                yield* store.append(stream, [noted(0, 1)], { expectedVersion: ExpectedVersion.noStream })
+                  assert.isTrue(
+                    Exit.isFailure(transaction),
+                    `${how}: a transaction on a dropped connection cannot commit`
+                  )
+                  // @effect/sql makes its COMMIT and ROLLBACK failures defects of its own; PgTransaction's are typed.
+                  if (how === "PgTransaction.withTransaction") {
+                    assertTypedOrSuccess(transaction, ["SqlError"], `${how}: the transaction's own failure`)
+                  }
+                  // The append's own outcome, as the caller saw it inside the transaction.
+                  assert.isDefined(append, `${how}: the append returned to the caller`)
+                  assert.isTrue(Exit.isFailure(append!), `${how}: an append on a dropped connection cannot succeed`)
+                  assertTypedOrSuccess(append!, ["EventStoreError"], `${how}: the append inside the transaction`)
+                  // Nothing of it is stored, and the store still works.
+                  const stored = yield* env.admin("SELECT count(*)::int AS n FROM events WHERE aggregate_id = $1", [
+                    stream.aggregateId
+                  ])
+                  assert.strictEqual(stored[0]!.n, 0)
+                  yield* store.append(stream, [noted(0, 1)], { expectedVersion: ExpectedVersion.noStream })
+                }
               })
             )
             .pipe(Effect.provide(quiet)),

@@ -30,3 +30,7 @@ export * as PgPool from "./PgPool.js"
  * @since 0.1.0
  */
 export * as PgProjection from "./PgProjection.js"
+/**
+ * @since 0.1.0
+ */
+export * as PgTransaction from "./PgTransaction.js"

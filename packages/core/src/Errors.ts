@@ -174,3 +174,27 @@ export type AppendError =
  * @category errors
  */
 export type ReadError = UnknownEventTypeError | EventDecodeError | InvalidEventError | EventStoreError
+
+/**
+ * The messages along a cause chain, each once, joined with ": " ("Failed to execute
+ * statement: Connection terminated unexpectedly"): the one way Eventfold words a
+ * failure whose reason sits in its causes.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const describeCause = (cause: unknown): string => {
+  const messages: Array<string> = []
+  let current: unknown = cause
+  for (let depth = 0; depth < 4 && current !== undefined && current !== null; depth++) {
+    const message =
+      typeof current === "object"
+        ? "message" in current && typeof current.message === "string"
+          ? current.message
+          : ""
+        : String(current)
+    if (message !== "" && !messages.includes(message)) messages.push(message)
+    current = typeof current === "object" && "cause" in current ? current.cause : undefined
+  }
+  return messages.length === 0 ? String(cause) : messages.join(": ")
+}

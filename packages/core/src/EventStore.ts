@@ -19,7 +19,7 @@ import type {
   ReadError,
   UnknownEventTypeError
 } from "./Errors.js"
-import { EventStoreError, InvalidEventError } from "./Errors.js"
+import { describeCause, EventStoreError, InvalidEventError } from "./Errors.js"
 import type * as Event from "./Event.js"
 import type { EventRegistry } from "./EventRegistry.js"
 import type { ExpectedVersion } from "./ExpectedVersion.js"
@@ -548,16 +548,3 @@ export const storeError =
   (method: string) =>
   (cause: unknown): EventStoreError =>
     new EventStoreError({ method, message: `EventStore.${method} failed: ${describeCause(cause)}`, cause })
-
-/** The messages along a cause chain ("Failed to acquire connection: timeout exceeded ..."), so the reason shows. */
-const describeCause = (cause: unknown): string => {
-  const messages: Array<string> = []
-  let current: unknown = cause
-  for (let depth = 0; depth < 4 && typeof current === "object" && current !== null; depth++) {
-    if ("message" in current && typeof current.message === "string" && current.message !== "") {
-      if (!messages.includes(current.message)) messages.push(current.message)
-    }
-    current = "cause" in current ? current.cause : undefined
-  }
-  return messages.length === 0 ? String(cause) : messages.join(": ")
-}

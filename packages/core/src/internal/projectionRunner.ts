@@ -16,7 +16,7 @@ import {
   DeadLetterQueue,
   type Failure
 } from "../DeadLetterQueue.js"
-import type { EventStoreError, InvalidEventError, ReadError } from "../Errors.js"
+import { describeCause, type EventStoreError, type InvalidEventError, type ReadError } from "../Errors.js"
 import { EventStore, type Service as EventStoreService, type RecordedEvent, type StoredEvent } from "../EventStore.js"
 import {
   defaultRetry,
@@ -58,16 +58,9 @@ type Message = Subscription.Message | { readonly _tag: "Flush" }
 /** A handler failure, with what the dead-letter queue records of it. */
 const describeFailure = (error: unknown, attempts: number): Failure => {
   const failure = error instanceof HandlerDefect ? error.defect : error
-  // "Failed to execute statement" says little: follow the causes (a driver error, its detail).
-  const messages: Array<string> = []
-  let current: unknown = failure
-  for (let depth = 0; depth < 4 && current !== undefined && current !== null; depth++) {
-    const message = typeof current === "object" && "message" in current ? String(current.message) : String(current)
-    if (message !== "" && !messages.includes(message)) messages.push(message)
-    current = typeof current === "object" && "cause" in current ? current.cause : undefined
-  }
   return {
-    message: messages.join(": ") || String(failure),
+    // "Failed to execute statement" says little: the causes say why (a driver error, its detail).
+    message: describeCause(failure),
     stacktrace: failure instanceof Error ? (failure.stack ?? null) : null,
     attempts
   }

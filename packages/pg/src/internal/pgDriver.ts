@@ -28,6 +28,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import type * as PgClient from "@effect/sql-pg/PgClient"
+import { describeCause } from "@eventfold/core/Errors"
 import * as Cause from "effect/Cause"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -99,19 +100,6 @@ const reasonOfCode = (code: string, acquiring: boolean): Reason => {
   }
 }
 
-/** The messages along a cause chain, each once. */
-const describe = (cause: unknown): string => {
-  const messages: Array<string> = []
-  let current: unknown = cause
-  for (let depth = 0; depth < 4 && typeof current === "object" && current !== null; depth++) {
-    if ("message" in current && typeof current.message === "string" && current.message !== "") {
-      if (!messages.includes(current.message)) messages.push(current.message)
-    }
-    current = "cause" in current ? current.cause : undefined
-  }
-  return messages.length === 0 ? String(cause) : messages.join(": ")
-}
-
 /** pg-pool's error when no connection came free within `connectionTimeoutMillis`. */
 const POOL_TIMEOUT = "timeout exceeded when trying to connect"
 
@@ -127,7 +115,7 @@ export const classify = (cause: unknown, acquiring = false): DriverError => {
   if (inner instanceof Pg.DatabaseError) {
     return new DriverError({
       reason: reasonOfCode(inner.code ?? "", acquire),
-      message: describe(inner),
+      message: describeCause(inner),
       code: inner.code,
       constraint: inner.constraint,
       cause
@@ -147,7 +135,7 @@ export const classify = (cause: unknown, acquiring = false): DriverError => {
   }
   return new DriverError({
     reason: acquire ? "Unavailable" : "Connection",
-    message: acquire ? `cannot get a connection: ${describe(cause)}` : describe(cause),
+    message: acquire ? `cannot get a connection: ${describeCause(cause)}` : describeCause(cause),
     code: undefined,
     constraint: undefined,
     cause

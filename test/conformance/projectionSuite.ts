@@ -237,9 +237,18 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               )
             )
             yield* eventually(Ref.get(model), (m) => m.get("x") === 1)
-            const second = yield* Projection.start(projection, fast)
-            yield* Effect.sleep("400 millis")
+            // Counts the standby's failed attempts at the lock (PostgreSQL polls it; memory waits on it).
+            const attempts = yield* Ref.make(0)
+            const second = yield* Projection.start(projection, {
+              ...fast,
+              takeover: Schedule.spaced("100 millis").pipe(Schedule.tapInput(() => Ref.update(attempts, (n) => n + 1)))
+            })
+            yield* eventually(second.status, (s) => s.state === "standby", { what: "the second runner to stand by" })
+            if ((yield* Backend).name === "postgresql") {
+              yield* eventually(Ref.get(attempts), (n) => n >= 2, { what: "two failed attempts at the lock" })
+            }
             assert.strictEqual((yield* second.status).state, "standby")
+            assert.strictEqual((yield* Ref.get(model)).get("x"), 1)
             yield* Fiber.interrupt(firstFiber)
             yield* eventually(second.status, (s) => s.state === "active")
             yield* store.append(s, [item("x", 2)], { expectedVersion: ExpectedVersion.exact(1) })

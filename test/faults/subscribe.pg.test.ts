@@ -675,15 +675,26 @@ layer(postgresql({ poolSize: 12 }), { excludeTestServices: true, timeout: "240 s
               timeout: "5 seconds"
             })
             yield* sql`SELECT pg_terminate_backend(${listener!.pid})`
+            // pg_terminate_backend only signals: until the session has ended, it could still
+            // deliver the append's notification.
+            yield* eventually(
+              sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ${listener!.pid}`,
+              (rows) => rows[0]!.n === 0,
+              { every: "10 millis", what: "the killed LISTEN session to end" }
+            )
             yield* store.append({ aggregateId: uuid(), aggregateType }, [{ event: Noted.make({ writer: 0, n: 0 }) }], {
               expectedVersion: ExpectedVersion.noStream
             })
             yield* eventually(
               Effect.sync(() => received.length),
               (n) => n >= 1,
-              { every: "10 millis", timeout: "5 seconds" }
+              { every: "10 millis", timeout: "10 seconds", what: "the event, without LISTEN" }
             )
-            assert.isTrue((yield* Ref.get(logs)).some((l) => l.startsWith("WARN") && l.includes("LISTEN")))
+            yield* eventually(
+              Ref.get(logs),
+              (l) => l.some((line) => line.startsWith("WARN") && line.includes("LISTEN")),
+              { every: "10 millis", what: "a warning about the lost LISTEN connection" }
+            )
             const back = yield* eventually(listeners, (rows) => rows.some((r) => r.pid !== listener!.pid), {
               every: "50 millis",
               timeout: "10 seconds"

@@ -372,7 +372,14 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
             const table = `held_${uuid().slice(0, 8)}`
             const { projection } = yield* balances(table, aggregateType)
             const runner = yield* Projection.start(projection, fast)
-            yield* eventually(runner.status, (s) => s.state === "active")
+            // Handled before the holder begins: the runner's subscription has a horizon by then (a
+            // watcher whose first look finds a writer has none, and reports no stall).
+            yield* store.append({ aggregateId: uuid(), aggregateType }, [deposit(1)], {
+              expectedVersion: ExpectedVersion.noStream
+            })
+            yield* eventually(runner.status, (s) => s.state === "active" && s.handled === 1, {
+              what: "the runner to handle the first event"
+            })
             const release = yield* Effect.makeLatch(false)
             let pid = 0
             const holder = yield* Effect.fork(
@@ -391,7 +398,7 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
             assert.isAtLeast(held.stall!.heldForMillis, 900)
             yield* release.open
             yield* Fiber.join(holder)
-            const after = yield* eventually(runner.status, (s) => s.stall === null && s.handled === 1)
+            const after = yield* eventually(runner.status, (s) => s.stall === null && s.handled === 2)
             assert.strictEqual(after.state, "active")
           })
         )

@@ -10,11 +10,14 @@ import * as Arr from "effect/Array"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import { eventually } from "../support/eventually.js"
+import { orSkip } from "../support/skip.js"
 import { ItemAdded, NoteWritten } from "./eventStoreSuite.js"
 
 /** One backend's event store and outbox over storage of their own. */
@@ -95,18 +98,17 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
         })
       )
 
-      it.scoped("a rolled-back append leaves no entry", () =>
+      it.scoped("a rolled-back append leaves no entry", (ctx) =>
         Effect.gen(function* () {
-          const { outbox, store, transaction } = yield* fresh
-          if (Option.isNone(transaction)) return
-          const failure = yield* transaction
-            .value(
-              Effect.zipRight(
-                store({ outbox: true }).append(cart(), notes(2), { expectedVersion: ExpectedVersion.noStream }),
-                Effect.fail("rollback" as const)
-              )
+          const backend = yield* fresh
+          const { outbox, store } = backend
+          const transaction = yield* orSkip(ctx, backend.transaction, "this backend has no transactions")
+          const failure = yield* transaction(
+            Effect.zipRight(
+              store({ outbox: true }).append(cart(), notes(2), { expectedVersion: ExpectedVersion.noStream }),
+              Effect.fail("rollback" as const)
             )
-            .pipe(Effect.flip)
+          ).pipe(Effect.flip)
           assert.strictEqual(failure, "rollback")
           assert.strictEqual((yield* outbox.list()).length, 0)
           assert.strictEqual((yield* outbox.stats).pending, 0)
@@ -116,12 +118,33 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
       it.scoped("a committed append signals the wakeups", () =>
         Effect.gen(function* () {
           const { outbox, store } = yield* fresh
-          const woken = yield* outbox.wakeups.pipe(Stream.take(1), Stream.runDrain, Effect.fork)
-          // Wait until the listener is in place, then append (again, in case the first came too early).
-          yield* Effect.sleep("200 millis")
-          yield* store({ outbox: true }).append(cart(), notes(1), { expectedVersion: ExpectedVersion.noStream })
-          const done = yield* Fiber.join(woken).pipe(Effect.timeout("5 seconds"), Effect.option)
-          assert.isTrue(Option.isSome(done), "no wakeup within 5 s of a committed append")
+          const wakeups = yield* Ref.make(0)
+          yield* outbox.wakeups.pipe(
+            Stream.runForEach(() => Ref.update(wakeups, (n) => n + 1)),
+            Effect.forkScoped
+          )
+          const append = Effect.suspend(() =>
+            store({ outbox: true }).append(cart(), notes(1), { expectedVersion: ExpectedVersion.noStream })
+          )
+          // When the listener is in place cannot be seen from here: append until a wakeup comes,
+          // giving each append a moment. Every wakeup is a committed append's.
+          const first = yield* append.pipe(
+            Effect.zipRight(
+              Effect.option(eventually(Ref.get(wakeups), (n) => n > 0, { every: "10 millis", timeout: "0.5 seconds" }))
+            ),
+            Effect.repeat({ until: Option.isSome, times: 40 })
+          )
+          assert.isTrue(Option.isSome(first), "no wakeup after 40 committed appends")
+          // Listening now: each committed append wakes it.
+          for (let i = 0; i < 3; i++) {
+            const before = yield* Ref.get(wakeups)
+            yield* append
+            yield* eventually(Ref.get(wakeups), (n) => n > before, {
+              every: "10 millis",
+              timeout: "10 seconds",
+              what: `a wakeup for committed append ${i + 1}`
+            })
+          }
         })
       )
     })
@@ -176,9 +199,12 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
           assert.strictEqual(yield* outbox.release("r1"), 2)
           const second = yield* outbox.claim({ owner: "r2", limit: 10, lease: Duration.millis(1) })
           assert.deepStrictEqual(versions(second), versions(first))
-          yield* Effect.sleep("50 millis")
-          // r2 "crashed": its lease is over.
-          const third = yield* outbox.claim({ owner: "r3", limit: 10, lease })
+          // r2 "crashed": once its lease is over, r3 gets the entries. Real time: a lease ends
+          // by the store's clock (PostgreSQL's now()), which no TestClock moves.
+          const third = yield* eventually(outbox.claim({ owner: "r3", limit: 10, lease }), (c) => c.length > 0, {
+            every: "5 millis",
+            what: "r2's lease to run out"
+          })
           assert.deepStrictEqual(versions(third), versions(first))
           // r2's late report of a failure no longer touches r3's entries; its ack still counts.
           yield* outbox.settle({
@@ -215,46 +241,56 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
           let failures = 0
           const worker = (owner: string) =>
             Effect.gen(function* () {
-              while (published.length < total) {
-                const claimed = yield* outbox.claim({ owner, limit: 4, lease })
-                if (claimed.length === 0) {
-                  yield* Effect.sleep("3 millis")
-                  continue
-                }
-                for (const entry of claimed) {
-                  const holder = holders.get(entry.message.aggregateId)
-                  assert.isUndefined(holder, `${owner} claimed an aggregate ${holder} holds`)
-                }
-                for (const entry of claimed) holders.set(entry.message.aggregateId, owner)
-                yield* Effect.sleep("1 millis")
-                // As a relay does: per aggregate in order; a failure hands back the rest of that aggregate.
-                const settlement = {
-                  owner,
-                  published: [] as Array<string>,
-                  failed: [] as Array<Outbox.Settlement["failed"][number]>,
-                  released: [] as Array<{ id: string }>
-                }
-                const broken = new Set<string>()
-                for (const entry of claimed) {
-                  const aggregate = entry.message.aggregateId
-                  if (broken.has(aggregate)) settlement.released.push({ id: entry.id })
-                  else if (Math.random() < 0.15) {
-                    broken.add(aggregate)
-                    failures++
-                    settlement.failed.push({ id: entry.id, error: "flaky", retryAfter: Duration.millis(2) })
-                  } else {
-                    settlement.published.push(entry.id)
-                    published.push({ aggregateId: aggregate, version: entry.message.version })
-                  }
-                }
-                for (const entry of claimed) holders.delete(entry.message.aggregateId)
-                yield* outbox.settle(settlement)
+              const claimed = yield* outbox.claim({ owner, limit: 4, lease })
+              if (claimed.length === 0) return 0
+              for (const entry of claimed) {
+                const holder = holders.get(entry.message.aggregateId)
+                assert.isUndefined(holder, `${owner} claimed an aggregate ${holder} holds`)
               }
-            })
+              for (const entry of claimed) holders.set(entry.message.aggregateId, owner)
+              // Let the other claimers run while this one holds its entries.
+              yield* Effect.yieldNow()
+              // As a relay does: per aggregate in order; a failure hands back the rest of that aggregate.
+              const settlement = {
+                owner,
+                published: [] as Array<string>,
+                failed: [] as Array<Outbox.Settlement["failed"][number]>,
+                released: [] as Array<{ id: string }>
+              }
+              const broken = new Set<string>()
+              for (const entry of claimed) {
+                const aggregate = entry.message.aggregateId
+                if (broken.has(aggregate)) settlement.released.push({ id: entry.id })
+                else if (Math.random() < 0.15) {
+                  broken.add(aggregate)
+                  failures++
+                  settlement.failed.push({ id: entry.id, error: "flaky", retryAfter: Duration.millis(2) })
+                } else {
+                  settlement.published.push(entry.id)
+                  published.push({ aggregateId: aggregate, version: entry.message.version })
+                }
+              }
+              for (const entry of claimed) holders.delete(entry.message.aggregateId)
+              yield* outbox.settle(settlement)
+              return claimed.length
+            }).pipe(
+              // Until all is published; a claimer that found nothing (held or backing off) polls again shortly.
+              Effect.repeat({
+                while: () => published.length < total,
+                schedule: Schedule.identity<number>().pipe(
+                  Schedule.addDelay((claimed) => Duration.millis(claimed === 0 ? 3 : 0))
+                )
+              })
+            )
           yield* Effect.all(
             Arr.makeBy(4, (i) => worker(`w${i}`)),
             { concurrency: "unbounded" }
-          ).pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("claimers did not finish") }))
+          ).pipe(
+            Effect.timeoutFail({
+              duration: "45 seconds",
+              onTimeout: () => new Error(`claimers did not finish: ${published.length} of ${total} published`)
+            })
+          )
           assert.strictEqual(published.length, total)
           assert.isAbove(failures, 0)
           for (const s of streams) {
@@ -283,10 +319,11 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
             const first = yield* outbox.claim({ owner: "r1", limit: 10, lease })
             assert.strictEqual(first.length, 4)
             const [a1, a2, a3, b1] = first
+            const settledAt = Date.now()
             yield* outbox.settle({
               owner: "r1",
               published: [b1!.id],
-              failed: [{ id: a1!.id, error: "rejected: too large", retryAfter: Duration.millis(300) }],
+              failed: [{ id: a1!.id, error: "rejected: too large", retryAfter: Duration.seconds(1) }],
               released: [{ id: a2!.id }, { id: a3!.id }]
             })
             let rows = yield* outbox.list({ aggregateId: a.aggregateId })
@@ -301,8 +338,12 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
             assert.isNotNull(rows[0]!.nextAttemptAt)
             // Backing off: neither the entry nor the later ones of its aggregate are handed out.
             assert.deepStrictEqual(yield* outbox.claim({ owner: "r2", limit: 10, lease }), [])
-            yield* Effect.sleep("400 millis")
-            const retry = yield* outbox.claim({ owner: "r2", limit: 10, lease })
+            // Real time: the delay runs on the store's clock (PostgreSQL's now()); handed out once it is over.
+            const retry = yield* eventually(outbox.claim({ owner: "r2", limit: 10, lease }), (c) => c.length > 0, {
+              every: "20 millis",
+              what: "the retry delay to end"
+            })
+            assert.isAtLeast(Date.now() - settledAt, 990, "handed out again before its retry delay")
             assert.deepStrictEqual(versions(retry), versions([a1!, a2!, a3!]))
             assert.strictEqual(retry[0]!.retryCount, 1)
 
@@ -389,8 +430,12 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
           const claimed = yield* outbox.claim({ owner: "r1", limit: 2, lease })
           yield* outbox.settle({ owner: "r1", published: claimed.map((e) => e.id), failed: [], released: [] })
           assert.strictEqual(yield* outbox.deletePublished("7 days"), 0)
-          yield* Effect.sleep("20 millis")
-          assert.strictEqual(yield* outbox.deletePublished("10 millis"), 2)
+          // Real time: the age is measured by the store's clock (PostgreSQL's now()).
+          const deleted = yield* eventually(outbox.deletePublished("10 millis"), (n) => n > 0, {
+            every: "5 millis",
+            what: "the published entries to be 10 ms old"
+          })
+          assert.strictEqual(deleted, 2)
           const rows = yield* outbox.list()
           assert.deepStrictEqual(
             rows.map((r) => [r.status, r.message.version]),

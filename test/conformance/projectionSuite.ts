@@ -15,7 +15,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import { Backend, eventually } from "../support/projectionHarness.js"
+import { Backend, type BackendService, eventually } from "../support/projectionHarness.js"
 import { ItemAdded, NoteWritten, registry } from "./subscriptionSuite.js"
 
 const uuid = () => crypto.randomUUID()
@@ -34,12 +34,15 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
   layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(`Projection runner: ${label}`, (it) => {
     /** Runs `f` with the runner's services of this backend, in a scope. */
     const withRunner = <A, E>(
-      f: (store: EventStore.Service) => Effect.Effect<A, E, Projection.Requirements | Scope.Scope>
+      f: (
+        store: EventStore.Service,
+        backend: BackendService
+      ) => Effect.Effect<A, E, Projection.Requirements | Scope.Scope>
     ) =>
       Effect.flatMap(Backend, (b) =>
         Effect.gen(function* () {
           const store = yield* b.store(registry)
-          return yield* f(store)
+          return yield* f(store, b)
         }).pipe(Effect.scoped, Effect.provide(b.services(registry)))
       )
 
@@ -219,7 +222,7 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
 
     describe("one active runner", () => {
       it.effect("a second runner waits as a standby and takes over when the first stops", () =>
-        withRunner((store) =>
+        withRunner((store, b) =>
           Effect.gen(function* () {
             const aggregateType = `Ha${uuid().slice(0, 8)}`
             const name = `ha-${uuid()}`
@@ -237,9 +240,18 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               )
             )
             yield* eventually(Ref.get(model), (m) => m.get("x") === 1)
-            const second = yield* Projection.start(projection, fast)
-            yield* Effect.sleep("400 millis")
+            // Counts the standby's failed attempts at the lock (PostgreSQL polls it; memory waits on it).
+            const attempts = yield* Ref.make(0)
+            const second = yield* Projection.start(projection, {
+              ...fast,
+              takeover: Schedule.spaced("100 millis").pipe(Schedule.tapInput(() => Ref.update(attempts, (n) => n + 1)))
+            })
+            yield* eventually(second.status, (s) => s.state === "standby", { what: "the second runner to stand by" })
+            if (b.name === "postgresql") {
+              yield* eventually(Ref.get(attempts), (n) => n >= 2, { what: "two failed attempts at the lock" })
+            }
             assert.strictEqual((yield* second.status).state, "standby")
+            assert.strictEqual((yield* Ref.get(model)).get("x"), 1)
             yield* Fiber.interrupt(firstFiber)
             yield* eventually(second.status, (s) => s.state === "active")
             yield* store.append(s, [item("x", 2)], { expectedVersion: ExpectedVersion.exact(1) })

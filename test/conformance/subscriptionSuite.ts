@@ -9,6 +9,7 @@ import { assert, describe, layer } from "@effect/vitest"
 import { Event, EventRegistry, type EventStore, ExpectedVersion, type Subscription } from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
@@ -16,6 +17,7 @@ import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import { Backend } from "../support/projectionHarness.js"
+import { orSkip } from "../support/skip.js"
 
 export const ItemAdded = Event.make("ItemAdded", { sku: Schema.String, quantity: Schema.Int })
 export const NoteWritten = Event.make("NoteWritten", { text: Schema.String })
@@ -228,12 +230,14 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
     describe("subscribe with transactions", () => {
       it.effect(
         "delivers an append made in a caller's transaction after other work, once it commits, in position order",
-        () =>
+        (ctx) =>
           Effect.gen(function* () {
             const b = yield* Backend
-            if (Option.isNone(b.transaction) || Option.isNone(b.sideWrite)) return
-            const transaction = b.transaction.value
-            const sideWrite = b.sideWrite.value
+            const { sideWrite, transaction } = yield* orSkip(
+              ctx,
+              Option.all({ transaction: b.transaction, sideWrite: b.sideWrite }),
+              `${b.name} has no transactions`
+            )
             const store = yield* withStore
             const aggregateType = uniqueType("Tx")
             const early = { aggregateId: uuid(), aggregateType }
@@ -243,17 +247,21 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
               within(collect(store.subscribe({ aggregateTypes: [aggregateType] }).pipe(Stream.take(5))))
             )
             // Takes its positions first but commits last, after other work before and after the append.
+            const appended = yield* Deferred.make<void>()
+            const commit = yield* Effect.makeLatch(false)
             const slow = yield* Effect.fork(
               transaction(
                 Effect.gen(function* () {
                   yield* sideWrite(uuid())
                   yield* store.append(early, notes(2, "slow-"), { expectedVersion: ExpectedVersion.noStream })
-                  yield* Effect.sleep("600 millis")
+                  yield* Deferred.succeed(appended, undefined)
+                  yield* commit.await
                   yield* sideWrite(uuid())
                 })
               )
             )
-            yield* Effect.sleep("150 millis")
+            // The slow transaction holds its positions: the fast append comes after them.
+            yield* within(Deferred.await(appended))
             yield* store.append(late, notes(1, "fast-"), { expectedVersion: ExpectedVersion.noStream })
             // Rolled back: never delivered.
             yield* Effect.flip(
@@ -266,6 +274,7 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
                 })
               )
             )
+            yield* commit.open
             yield* Fiber.join(slow)
             yield* store.append(late, notes(2, "after-"), { expectedVersion: ExpectedVersion.exact(1) })
             const delivered = yield* Fiber.join(follower)

@@ -29,12 +29,14 @@ import {
 import { PgEventStore, PgPool, PgProjection } from "@eventfold/pg"
 import * as Arr from "effect/Array"
 import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Random from "effect/Random"
 import * as Redacted from "effect/Redacted"
+import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
@@ -60,8 +62,11 @@ const fast: Projection.RunOptions = {
   restart: Schedule.spaced("50 millis")
 }
 
-/** A balance per account, in a table of its own; the handler adds (not idempotent). */
-const balances = (table: string, aggregateType: string, options: { readonly jitter?: boolean } = {}) =>
+/**
+ * A balance per account, in a table of its own; the handler adds (not idempotent).
+ * `onHandled` runs at the start of each handler call.
+ */
+const balances = (table: string, aggregateType: string, options: { readonly onHandled?: Effect.Effect<void> } = {}) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     yield* sql`CREATE TABLE IF NOT EXISTS ${sql(table)} (
@@ -72,7 +77,7 @@ const balances = (table: string, aggregateType: string, options: { readonly jitt
       handlers: [
         Projection.on(Deposited, (event) =>
           Effect.gen(function* () {
-            if (options.jitter === true && (yield* Random.next) < 0.05) yield* Effect.sleep("2 millis")
+            if (options.onHandled !== undefined) yield* options.onHandled
             yield* sql`INSERT INTO ${sql(table)} (account, balance, deposits)
                        VALUES (${event.aggregateId}::uuid, ${event.event.amount}, 1)
                        ON CONFLICT (account) DO UPDATE
@@ -146,7 +151,16 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
               const checkpoints = yield* CheckpointStore.CheckpointStore
               const aggregateType = `Account${uuid().slice(0, 8)}`
               const table = `balances_${uuid().slice(0, 8)}`
-              const { projection, readModel } = yield* balances(table, aggregateType, { jitter: true })
+              // Each run is interrupted once the handler has been called a random number of times
+              // more: inside a handler, in the middle of a batch's transaction.
+              const handled = yield* Ref.make(0)
+              const stopAt = yield* Ref.make({ calls: Number.POSITIVE_INFINITY, reached: yield* Deferred.make<void>() })
+              const onHandled = Effect.gen(function* () {
+                const calls = yield* Ref.updateAndGet(handled, (n) => n + 1)
+                const stop = yield* Ref.get(stopAt)
+                if (calls >= stop.calls) yield* Deferred.succeed(stop.reached, undefined)
+              })
+              const { projection, readModel } = yield* balances(table, aggregateType, { onHandled })
               const accounts = Arr.makeBy(40, () => ({ aggregateId: uuid(), aggregateType }))
 
               const writing = yield* Effect.fork(appendDeposits(store, accounts, EVENTS))
@@ -160,15 +174,27 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
                 checkpoints.lag(projection.name, { aggregateTypes: [aggregateType] }),
                 (lag) => lag.headPosition
               )
-              // Run, interrupt at a random moment (a runner needs ~100 ms to start), run again...
-              // while the writers write, and then until the projection has caught up.
+              // Nothing left to handle: the writers are done and the projection is at the head.
+              const caughtUp = Effect.zipRight(
+                Fiber.await(writing),
+                eventually(Effect.all([position, head]), ([at, end]) => at >= end, {
+                  every: "100 millis",
+                  timeout: "30 seconds",
+                  what: "the runner to catch up"
+                })
+              )
+              // Run, interrupt after a random number of handler calls (none: while it starts), run
+              // again... while the writers write, and then until the projection has caught up.
               let writersDone = false
               while (!writersDone || (yield* position) < (yield* head)) {
                 writersDone = Option.isSome(yield* Fiber.poll(writing))
                 const batchSize = yield* Random.nextIntBetween(1, 60)
                 const before = yield* position
+                const calls = (yield* Random.next) < 0.1 ? 0 : yield* Random.nextIntBetween(1, 300)
+                const reached = yield* Deferred.make<void>()
+                yield* Ref.set(stopAt, { calls: (yield* Ref.get(handled)) + calls, reached })
                 const runner = yield* Effect.fork(Projection.run(projection, { ...fast, batchSize }))
-                yield* Effect.sleep(`${yield* Random.nextIntBetween(20, 300)} millis`)
+                if (calls > 0) yield* Effect.raceFirst(Deferred.await(reached), caughtUp)
                 // A runner stops promptly wherever it is interrupted.
                 yield* Fiber.interrupt(runner).pipe(
                   Effect.timeoutFail({
@@ -275,7 +301,7 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
             const accounts = Arr.makeBy(10, () => ({ aggregateId: uuid(), aggregateType }))
 
             /** Starts a runner in a process of its own; returns its status and a way to end the process. */
-            const spawn = (label: string) =>
+            const spawn = (label: string, options: Projection.RunOptions = fast) =>
               Effect.gen(function* () {
                 const ready = yield* Effect.makeLatch(false)
                 let status: Effect.Effect<Projection.Status> = Effect.die("not started")
@@ -283,7 +309,7 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
                 const fiber = yield* Effect.fork(
                   Effect.scoped(
                     Effect.gen(function* () {
-                      const runner = yield* Projection.start(projection, fast)
+                      const runner = yield* Projection.start(projection, options)
                       status = runner.status
                       yield* ready.open
                       return yield* Effect.never
@@ -296,12 +322,18 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
 
             const a = yield* spawn("A")
             yield* eventually(a.status, (s) => s.state === "active")
-            const bProcess = yield* spawn("B")
-            yield* Effect.sleep("300 millis")
+            // B's failed attempts at the lock, counted by its takeover schedule.
+            const attempts = yield* Ref.make(0)
+            const bProcess = yield* spawn("B", {
+              ...fast,
+              takeover: Schedule.spaced("50 millis").pipe(Schedule.tapInput(() => Ref.update(attempts, (n) => n + 1)))
+            })
+            yield* eventually(Ref.get(attempts), (n) => n >= 2, { what: "B to fail at the lock twice" })
             assert.strictEqual((yield* bProcess.status).state, "standby")
 
             const writing = yield* Effect.fork(appendDeposits(store, accounts, 600, 2))
-            yield* Effect.sleep("300 millis")
+            // A is applying the new events when its lock session is killed.
+            yield* eventually(a.status, (s) => s.handled > 0, { what: "A to handle events" })
             // Kill A's lock session, as a network failure or an administrator would.
             const killed = yield* sql<{ pid: number }>`
           SELECT l.pid FROM pg_locks l, (SELECT hashtextextended(${`eventfold.projection:${table}`}, 0) AS k) key
@@ -340,7 +372,14 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
             const table = `held_${uuid().slice(0, 8)}`
             const { projection } = yield* balances(table, aggregateType)
             const runner = yield* Projection.start(projection, fast)
-            yield* eventually(runner.status, (s) => s.state === "active")
+            // Handled before the holder begins: the runner's subscription has a horizon by then (a
+            // watcher whose first look finds a writer has none, and reports no stall).
+            yield* store.append({ aggregateId: uuid(), aggregateType }, [deposit(1)], {
+              expectedVersion: ExpectedVersion.noStream
+            })
+            yield* eventually(runner.status, (s) => s.state === "active" && s.handled === 1, {
+              what: "the runner to handle the first event"
+            })
             const release = yield* Effect.makeLatch(false)
             let pid = 0
             const holder = yield* Effect.fork(
@@ -359,7 +398,7 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
             assert.isAtLeast(held.stall!.heldForMillis, 900)
             yield* release.open
             yield* Fiber.join(holder)
-            const after = yield* eventually(runner.status, (s) => s.stall === null && s.handled === 1)
+            const after = yield* eventually(runner.status, (s) => s.stall === null && s.handled === 2)
             assert.strictEqual(after.state, "active")
           })
         )

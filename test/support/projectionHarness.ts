@@ -12,7 +12,6 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as PgClients from "./pgClients.js"
 import * as TestDatabase from "./TestDatabase.js"
@@ -127,19 +126,4 @@ export const postgresql = (
     }).pipe(Effect.orDie)
   )
 
-/** Repeats `effect` until `done` holds, returning the value that satisfied it (or fails after `timeout`). */
-export const eventually = <A, E, R>(
-  effect: Effect.Effect<A, E, R>,
-  done: (a: A) => boolean,
-  options: { readonly every?: `${number} millis`; readonly timeout?: `${number} seconds` } = {}
-) =>
-  effect.pipe(
-    Effect.repeat({
-      schedule: Schedule.identity<A>().pipe(Schedule.zipLeft(Schedule.spaced(options.every ?? "25 millis"))),
-      until: done
-    }),
-    Effect.timeoutFail({
-      duration: options.timeout ?? "20 seconds",
-      onTimeout: () => new Error(`condition not reached within ${options.timeout ?? "20 seconds"}`)
-    })
-  )
+export { eventually } from "./eventually.js"

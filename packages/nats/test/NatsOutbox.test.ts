@@ -104,6 +104,26 @@ const recording = (inner: Publisher.Service) => {
   return { acks, wrap }
 }
 
+/** A publisher that counts the batches the broker did not answer (reason Unavailable). */
+const countingUnavailable = (inner: Publisher.Service) => {
+  let unavailable = 0
+  const publisher: Publisher.Service = {
+    system: inner.system,
+    publish: (messages) =>
+      inner.publish(messages).pipe(
+        Effect.tap((outcomes) => {
+          if (outcomes.some((o) => o._tag === "Failed" && o.error.reason === "Unavailable")) unavailable++
+        }),
+        Effect.tapError((error) =>
+          Effect.sync(() => {
+            if (error.reason === "Unavailable") unavailable++
+          })
+        )
+      )
+  }
+  return { publisher, unavailable: Effect.sync(() => unavailable) }
+}
+
 /** Asserts the stream holds exactly the given events, once each, in version order per aggregate. */
 const assertExactlyOnceInOrder = (stream: string, expected: ReadonlyMap<string, ReadonlyArray<string>>) =>
   Effect.gen(function* () {
@@ -182,8 +202,10 @@ const suite = () =>
         const names = yield* uniqueStream
         const broker = yield* Broker
         const tcp = yield* proxy
-        const publisher = yield* NatsPublisher.make({ servers: tcp.url, ...names, ackTimeout: "1 second" })
-        yield* relay(outbox, publisher, { backoff: Schedule.spaced("200 millis"), pollInterval: "500 millis" })
+        const counting = countingUnavailable(
+          yield* NatsPublisher.make({ servers: tcp.url, ...names, ackTimeout: "1 second" })
+        )
+        yield* relay(outbox, counting.publisher, { backoff: Schedule.spaced("200 millis"), pollInterval: "500 millis" })
 
         const before = yield* appendOrders(store, 5, 4)
         yield* eventually(
@@ -192,8 +214,13 @@ const suite = () =>
         )
 
         yield* tcp.pause
+        const failedBefore = yield* counting.unavailable
         const during = yield* appendOrders(store, 5, 6)
-        yield* Effect.sleep("3 seconds")
+        // Only the new entries are pending: two attempts at them met the outage (the first one settled).
+        yield* eventually(
+          Effect.map(counting.unavailable, (n) => n >= failedBefore + 2),
+          "two attempts found the broker unavailable"
+        )
         assert.strictEqual(yield* broker.count(names.stream), 20, "nothing got through the paused proxy")
         const pending = yield* outbox.list({ status: "pending" })
         assert.strictEqual(pending.length, 30)
@@ -412,7 +439,11 @@ const suite = () =>
           Effect.map(broker.count(names.stream), (n) => n === 1),
           "the committed event arrives"
         )
-        yield* Effect.sleep("500 millis")
+        // Nothing is left that the relay could publish.
+        yield* eventually(
+          Effect.map(outbox.stats, (s) => s.published === 1 && s.pending === 0 && s.inFlight === 0),
+          "the outbox is settled"
+        )
         yield* assertExactlyOnceInOrder(names.stream, kept)
         assert.strictEqual((yield* outbox.list()).length, 1)
       }).pipe(Effect.orDie)

@@ -141,15 +141,38 @@ describe("PgMigrations", () => {
 
   it.scopedLive("concurrent runs apply each migration once", () =>
     Effect.gen(function* () {
+      // The full list: what one run applies to an empty database.
+      const all = yield* PgMigrations.run.pipe(Effect.provide(yield* freshDatabase))
+      assert.isAbove(all.length, 0)
+      const ids = all.map(([id]) => id)
+
       const database = yield* freshDatabase
       const results = yield* Effect.all([PgMigrations.run, PgMigrations.run, PgMigrations.run], {
         concurrency: "unbounded"
       }).pipe(Effect.provide(database))
-      const total = results.reduce((n, applied) => n + applied.length, 0)
-      const recorded = yield* withSql((sql) => sql`SELECT count(*)::int AS n FROM eventfold_migrations`).pipe(
-        Effect.provide(database)
+      // Between them the runs applied every migration, none twice.
+      const applied = results.flat()
+      assert.deepStrictEqual(
+        applied.map(([id]) => id).sort((a, b) => a - b),
+        ids,
+        `applied by the concurrent runs: ${JSON.stringify(results)}`
       )
-      assert.strictEqual(total, recorded[0]!.n)
+      assert.deepStrictEqual(
+        [...applied].sort(([a], [b]) => a - b),
+        [...all]
+      )
+      const recorded = yield* withSql(
+        (sql) =>
+          sql<{ id: number; n: number }>`
+          SELECT migration_id AS id, count(*)::int AS n FROM eventfold_migrations
+           GROUP BY migration_id ORDER BY migration_id`
+      ).pipe(Effect.provide(database))
+      assert.deepStrictEqual(
+        recorded.map((r) => [r.id, r.n]),
+        ids.map((id) => [id, 1])
+      )
+      // And the schema is whole: a later run has nothing left to do.
+      assert.deepStrictEqual(yield* PgMigrations.run.pipe(Effect.provide(database)), [])
     })
   )
 

@@ -12,12 +12,45 @@ import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
+import pg from "pg"
+import { eventually } from "../../../test/support/eventually.js"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
 
 const Noted = Event.make("Noted", { text: Schema.String })
 const registry = EventRegistry.make(Noted)
 const stream = () => ({ aggregateId: crypto.randomUUID(), aggregateType: "Note" })
 const note = [{ event: Noted.make({ text: "x" }) }]
+
+/**
+ * An advisory lock of the test's own database (advisory locks are per database),
+ * held by a session outside the pool until `open`; `waiters` counts the sessions
+ * waiting for it.
+ */
+const advisoryGate = (url: string) =>
+  Effect.gen(function* () {
+    const key = Math.floor(Math.random() * 2 ** 31)
+    const client = yield* Effect.acquireRelease(
+      Effect.promise(async () => {
+        const client = new pg.Client({ connectionString: url })
+        await client.connect()
+        await client.query("SELECT pg_advisory_lock($1)", [key])
+        return client
+      }),
+      (client) => Effect.promise(() => client.end())
+    )
+    return {
+      key,
+      open: Effect.promise(() => client.query("SELECT pg_advisory_unlock($1)", [key])).pipe(Effect.asVoid),
+      waiters: Effect.promise(() =>
+        client.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_locks
+            WHERE locktype = 'advisory' AND NOT granted AND objid = $1
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+          [key]
+        )
+      ).pipe(Effect.map((result) => result.rows[0]!.n))
+    }
+  })
 
 const pool = (options: Omit<PgPool.Options, "url">) =>
   Effect.gen(function* () {
@@ -63,25 +96,29 @@ describe("PgPool", () => {
 
   it.scopedLive("reports size, checked out, idle, overflow and waiting as the spec's pool does", () =>
     Effect.gen(function* () {
-      const { context } = yield* pool({ poolSize: 2, maxOverflow: 2, acquireTimeout: "5 seconds" })
+      const { context, url } = yield* pool({ poolSize: 2, maxOverflow: 2, acquireTimeout: "5 seconds" })
       const { stats } = yield* PgPool.PgPool.pipe(Effect.provide(context))
       const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
       const idle = yield* stats
       assert.strictEqual(idle.size, 2)
       assert.strictEqual(idle.max, 4)
       assert.strictEqual(idle.checkedOut, 0)
-      // Five sessions at once: four connections busy, one caller waiting.
+      // Five sessions at once, each waiting on an advisory lock (of this database) that a
+      // session outside the pool holds: four connections busy, one caller waiting.
+      const gate = yield* advisoryGate(url)
       const busy = yield* Effect.forkScoped(
         Effect.all(
-          Array.from({ length: 5 }, () => sql`SELECT pg_sleep(0.5)`),
+          Array.from({ length: 5 }, () => sql`SELECT pg_advisory_xact_lock_shared(${gate.key})`),
           { concurrency: "unbounded" }
         )
       )
-      yield* Effect.sleep("200 millis")
-      const loaded = yield* stats
-      assert.strictEqual(loaded.checkedOut, 4)
+      const loaded = yield* eventually(stats, (s) => s.checkedOut === 4 && s.waiting === 1, {
+        what: "four connections checked out and one caller waiting"
+      })
       assert.strictEqual(loaded.overflow, 2)
-      assert.strictEqual(loaded.waiting, 1)
+      // The four are really inside PostgreSQL, waiting on the gate.
+      yield* eventually(gate.waiters, (n) => n === 4, { what: "four sessions waiting on the gate" })
+      yield* gate.open
       yield* Fiber.join(busy)
       const after = yield* stats
       assert.strictEqual(after.checkedOut, 0)
@@ -93,11 +130,17 @@ describe("PgPool", () => {
     Effect.gen(function* () {
       const { context, store } = yield* pool({ poolSize: 1, maxOverflow: 0, acquireTimeout: "300 millis" })
       const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
-      const holder = yield* Effect.forkScoped(sql.withTransaction(sql`SELECT pg_sleep(1.5)`))
-      yield* Effect.sleep("100 millis")
+      // The pool's one connection is held in a transaction until the latch opens.
+      const holding = yield* Deferred.make<void>()
+      const release = yield* Effect.makeLatch(false)
+      const holder = yield* Effect.forkScoped(
+        sql.withTransaction(Effect.zipRight(Deferred.succeed(holding, undefined), release.await))
+      )
+      yield* Deferred.await(holding)
       const error = yield* Effect.flip(store.append(stream(), note, { expectedVersion: ExpectedVersion.any }))
       assert.strictEqual(error._tag, "EventStoreError")
       assert.include(error.message.toLowerCase(), "timeout")
+      yield* release.open
       yield* Fiber.join(holder)
       assert.strictEqual((yield* store.append(stream(), note, { expectedVersion: ExpectedVersion.any })).version, 1)
     })

@@ -506,9 +506,10 @@ class ValidatingPool extends Pg.Pool {
       client.query("SELECT 1", (pingError) => {
         client.off("error", onError)
         if (!pingError) return callback(undefined, client, done)
-        // The connection is dead: destroy it and hand out another.
+        // The connection is dead: destroy it, and check the next one as well (each failure
+        // destroys one, so this ends, at the latest with a new connection, which is not pinged).
         done(pingError)
-        super.connect(callback)
+        this.connect(callback)
       })
     })
     return undefined

@@ -347,9 +347,13 @@ export const makeWatcher = (
     // Uninterruptible: an acquisition interrupted halfway would leave its fibers running.
     const watcher = yield* RcRef.make({ acquire: Effect.uninterruptible(acquire) })
 
-    /** The horizon for one subscriber; the watcher runs while someone follows it. */
+    /**
+     * The horizon for one subscriber; the watcher runs while someone follows it. Before its
+     * first settled position (none until the transactions open at its first refresh end),
+     * only a stall is worth telling: a subscriber held back from the start hears of it.
+     */
     const horizon: Stream.Stream<Subscription.Horizon> = Effect.map(RcRef.get(watcher), (state) =>
-      state.changes.pipe(Stream.filter((h) => h.settled >= 0n))
+      state.changes.pipe(Stream.filter((h) => h.settled >= 0n || Option.isSome(h.stall)))
     ).pipe(Stream.unwrapScoped)
 
     return { horizon }

@@ -18,7 +18,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import * as String from "effect/String"
+import * as Str from "effect/String"
 
 export type Client = "prepared" | "sql" | "sql-transforms"
 
@@ -57,7 +57,7 @@ export const connect = (
         maxConnections: pool.poolSize + pool.maxOverflow,
         applicationName: "eventfold",
         ...(client === "sql-transforms"
-          ? { transformResultNames: String.snakeToCamel, transformQueryNames: String.camelToSnake }
+          ? { transformResultNames: Str.snakeToCamel, transformQueryNames: Str.camelToSnake }
           : {})
       })
     )

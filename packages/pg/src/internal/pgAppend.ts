@@ -120,22 +120,24 @@ export const make = (
           : Effect.succeed(rows[0])
       )
 
+    /** Runs what a decision asks for, until one ends the append (a switch: this runs on every append). */
     const step = (
       decision: Decision.Decision
-    ): Effect.Effect<EventStore.AppendResult, Failure | AppendAgain | Driver.DriverError> =>
-      Decision.Decision.$match(decision, {
-        Appended: ({ result }) => Effect.succeed(result),
-        LookUpHead: () =>
-          Effect.flatMap(
+    ): Effect.Effect<EventStore.AppendResult, Failure | AppendAgain | Driver.DriverError> => {
+      switch (decision._tag) {
+        case "Appended":
+          return Effect.succeed(decision.result)
+        case "LookUpHead":
+          return Effect.flatMap(
             run(
               AppendSql.headStatement,
               { aggregateId, aggregateType, eventId: single?.eventId ?? "" },
               Decision.headColumns
             ),
             (row) => step(Decision.afterHead(decisionInput, row))
-          ),
-        Explain: () =>
-          Effect.flatMap(
+          )
+        case "Explain":
+          return Effect.flatMap(
             run(
               AppendSql.explainStatement,
               // A uuid[] literal (the ids are checked lower-case UUIDs).
@@ -143,37 +145,54 @@ export const make = (
               Decision.explainColumns
             ),
             (row) => step(Decision.afterExplain(decisionInput, row))
-          ),
-        RepairHead: ({ lastVersion }) =>
-          executor
+          )
+        case "RepairHead":
+          return executor
             .run(
               AppendSql.repairStatement,
-              AppendSql.values(AppendSql.repairStatement, { aggregateId, aggregateType, lastVersion }),
+              AppendSql.values(AppendSql.repairStatement, {
+                aggregateId,
+                aggregateType,
+                lastVersion: decision.lastVersion
+              }),
               (row) => row
             )
-            .pipe(Effect.zipRight(Effect.fail(new AppendAgain({ actualVersion: lastVersion })))),
-        Retry: ({ actualVersion }) => Effect.fail(new AppendAgain({ actualVersion })),
-        Conflict: ({ actualVersion }) =>
-          Effect.fail(
-            concurrencyError({ aggregateId, aggregateType, expectedVersion: input.expectedVersion, actualVersion })
-          ),
-        Duplicate: ({ eventId }) => Effect.fail(new DuplicateEventError({ eventId, aggregateId, aggregateType }, true)),
-        Refused: ({ cause }) => Effect.fail(storeError(cause)),
-        Unexpected: ({ message }) => Effect.fail(storeError(new Error(message)))
-      })
+            .pipe(Effect.zipRight(Effect.fail(new AppendAgain({ actualVersion: decision.lastVersion }))))
+        case "Retry":
+          return Effect.fail(new AppendAgain({ actualVersion: decision.actualVersion }))
+        case "Conflict":
+          return Effect.fail(
+            concurrencyError({
+              aggregateId,
+              aggregateType,
+              expectedVersion: input.expectedVersion,
+              actualVersion: decision.actualVersion
+            })
+          )
+        case "Duplicate":
+          return Effect.fail(new DuplicateEventError({ eventId: decision.eventId, aggregateId, aggregateType }, true))
+        case "Refused":
+          return Effect.fail(storeError(decision.cause))
+        case "Unexpected":
+          return Effect.fail(storeError(new Error(decision.message)))
+      }
+    }
 
     const statementRun = executor.run(statement, AppendSql.values(statement, parameters), Decision.appendedColumns)
     // In a caller's transaction, under a savepoint: a failed statement must not abort it.
-    return (transaction ? executor.transaction(statementRun) : statementRun).pipe(
-      Effect.map((rows): Decision.Outcome => ({ _tag: "Rows", rows })),
-      Effect.catchIf(
-        (error): error is Driver.DriverError =>
-          error._tag === "PgDriverError" && error.reason === "Statement" && error.code === "23505",
-        (error) =>
-          Effect.succeed<Decision.Outcome>({ _tag: "UniqueViolation", constraint: error.constraint, cause: error })
-      ),
-      Effect.flatMap((outcome) => step(Decision.afterAppend(decisionInput, outcome)))
-    )
+    return Effect.matchEffect(transaction ? executor.transaction(statementRun) : statementRun, {
+      onSuccess: (rows) => step(Decision.afterAppend(decisionInput, { _tag: "Rows", rows })),
+      onFailure: (error) =>
+        error.reason === "Statement" && error.code === "23505"
+          ? step(
+              Decision.afterAppend(decisionInput, {
+                _tag: "UniqueViolation",
+                constraint: error.constraint,
+                cause: error
+              })
+            )
+          : Effect.fail(error)
+    })
   }
 
   return (input) =>
@@ -184,18 +203,20 @@ export const make = (
         (error) =>
           error._tag === "AppendAgain" || (!transaction && error._tag === "PgDriverError" && Driver.isTransient(error))
       ).pipe(
-        Effect.catchTags({
-          AppendAgain: ({ actualVersion }) =>
-            Effect.fail(
-              concurrencyError({
-                aggregateId: input.stream.aggregateId,
-                aggregateType: input.stream.aggregateType,
-                expectedVersion: input.expectedVersion,
-                actualVersion
-              })
-            ),
-          PgDriverError: (error) => Effect.fail(storeError(error))
-        })
+        Effect.catchAll((error) =>
+          Effect.fail(
+            error._tag === "AppendAgain"
+              ? concurrencyError({
+                  aggregateId: input.stream.aggregateId,
+                  aggregateType: input.stream.aggregateType,
+                  expectedVersion: input.expectedVersion,
+                  actualVersion: error.actualVersion
+                })
+              : error._tag === "PgDriverError"
+                ? storeError(error)
+                : error
+          )
+        )
       )
     )
 }

@@ -30,6 +30,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import { describeCause } from "@eventfold/core/Errors"
 import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -263,7 +264,9 @@ export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
         )
       ),
     transaction: makeTransaction(sql),
-    inTransaction: Effect.map(Effect.serviceOption(SqlClient.TransactionConnection), Option.isSome),
+    inTransaction: Effect.contextWith((context) =>
+      Option.isSome(Context.getOption(context, SqlClient.TransactionConnection))
+    ),
     sql
   }
 }
@@ -279,20 +282,46 @@ export const preparedExecutor = (client: SqlClient.SqlClient, connections: Conne
   return {
     ...base,
     run: (statement, values, parseRow) =>
-      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
-        Option.isSome(transaction)
+      Effect.contextWithEffect((context) =>
+        Option.isSome(Context.getOption(context, SqlClient.TransactionConnection))
           ? base.run(statement, values, parseRow)
           : runPrepared(pool, statement, values, parseRow)
       )
   }
 }
 
+/** What a client's own `'error'` listener saw: the error that broke it, if any. */
+interface Watch {
+  broken: Error | undefined
+}
+
+const watches = new WeakMap<Pg.ClientBase, Watch>()
+
+/**
+ * Attaches to `client`, once, a listener of its own that keeps the error that broke it.
+ * It stays for the client's whole life, checked out or idle: pg emits `'error'` on a
+ * client whose socket dies (once for the socket, once more when it closes), and an
+ * `'error'` with no listener kills the process. A broken client is destroyed on release
+ * and never handed out again, so what the listener keeps is never stale.
+ */
+const watch = (client: Pg.ClientBase): Watch => {
+  let seen = watches.get(client)
+  if (seen === undefined) {
+    const state: Watch = { broken: undefined }
+    client.on("error", (error) => {
+      state.broken ??= error
+    })
+    watches.set(client, state)
+    seen = state
+  }
+  return seen
+}
+
 /**
  * Checks a connection out of the pool, runs the statement, and releases the
- * connection: destroyed when it broke, returned otherwise. An `'error'` listener is
- * attached for as long as the connection is out. Interrupted while waiting for a
- * connection, nothing is sent; interrupted while the statement runs, it runs to its
- * end (an append's outcome is then the store's to find out) and the connection is
+ * connection: destroyed when it broke, returned otherwise. An interrupted caller stops
+ * waiting at once; the statement runs to its end (an append's outcome is then the
+ * store's to find out, as for any statement whose answer is lost) and the connection is
  * released as usual.
  */
 const runPrepared = <A>(
@@ -302,33 +331,20 @@ const runPrepared = <A>(
   parseRow: (row: Row) => A
 ): Effect.Effect<ReadonlyArray<A>, DriverError> =>
   Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
-    let interrupted = false
     pool.connect((connectError, client, release) => {
       if (connectError !== undefined || client === undefined) {
         resume(Effect.fail(classify(connectError ?? new Error("the pool handed out no connection"), true)))
         return
       }
-      if (interrupted) {
-        release()
-        return
-      }
-      let broken: Error | undefined
-      const onError = (error: Error) => {
-        broken ??= error
-      }
-      client.on("error", onError)
+      const seen = watch(client)
       LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
-        client.off("error", onError)
         // A server error or a rejected row leaves the connection usable; anything else does not.
         const usable =
-          broken === undefined &&
+          seen.broken === undefined &&
           (error === undefined || error instanceof Pg.DatabaseError || error instanceof LeanQuery.RowError)
-        release(usable ? undefined : (broken ?? error))
+        release(usable ? undefined : (seen.broken ?? error))
         resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
       })
-    })
-    return Effect.sync(() => {
-      interrupted = true
     })
   })
 

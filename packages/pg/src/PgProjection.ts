@@ -70,12 +70,9 @@ export const makeRuntime = (options: Options = {}) =>
     const transaction = <A, E, R>(
       effect: Effect.Effect<A, E, R>
     ): Effect.Effect<A, E | Projection.ProjectionError, R> =>
-      executor.transaction(effect).pipe(
-        Effect.catchIf(
-          (error): error is Driver.DriverError => error instanceof Driver.DriverError,
-          (error) => Effect.fail(failure("", "transaction")(error))
-        )
-      )
+      executor
+        .transaction(effect)
+        .pipe(Effect.catchIf(Driver.isDriverError, (error) => Effect.fail(failure("", "transaction")(error))))
 
     const lock: Projection.RuntimeService["lock"] = (name, { retry }) =>
       Effect.gen(function* () {

@@ -30,9 +30,8 @@ export const withTransaction = <A, E, R>(
     Driver.sqlExecutor(sql)
       .transaction(effect)
       .pipe(
-        Effect.catchIf(
-          (error): error is Driver.DriverError => error instanceof Driver.DriverError,
-          (error) => Effect.fail(new SqlError({ cause: error, message: error.message }))
+        Effect.catchIf(Driver.isDriverError, (error) =>
+          Effect.fail(new SqlError({ cause: error, message: error.message }))
         )
       )
   )

@@ -35,6 +35,7 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
+import * as Predicate from "effect/Predicate"
 import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
@@ -75,6 +76,9 @@ export class DriverError extends Data.TaggedError("PgDriverError")<{
   readonly cause: unknown
 }> {}
 
+/** Whether a failure is a {@link DriverError} (matched by tag, whatever else an effect may fail with). */
+export const isDriverError = (error: unknown): error is DriverError => Predicate.isTagged(error, "PgDriverError")
+
 /** Worth trying again on another connection (outside a transaction). */
 export const isTransient = (error: DriverError): boolean =>
   error.reason === "Unavailable" || error.reason === "Connection" || error.reason === "Conflict"
@@ -110,7 +114,7 @@ const POOL_TIMEOUT = "timeout exceeded when trying to connect"
  * `acquiring`: the failure came before a statement was sent.
  */
 export const classify = (cause: unknown, acquiring = false): DriverError => {
-  if (cause instanceof DriverError) return cause
+  if (isDriverError(cause)) return cause
   const inner = cause instanceof SqlError ? cause.cause : cause
   const acquire = acquiring || (cause instanceof SqlError && cause.message.startsWith("Failed to acquire"))
   if (inner instanceof Pg.DatabaseError) {

@@ -136,6 +136,31 @@ describe("PgMigrations", () => {
         Chunk.toReadonlyArray(events).map((e): unknown => e.event),
         [{ _tag: "OrderCreated", customer_id: "cust-123", total: 299.99 }]
       )
+      // The stream stored before the heads existed has its head, taken from its events.
+      const heads = yield* withSql(
+        (sql) => sql`SELECT version FROM event_streams WHERE aggregate_id = ${aggregateId}`
+      ).pipe(Effect.provide(legacy))
+      assert.deepStrictEqual(heads, [{ version: 1 }])
+      const appended = yield* Effect.flatMap(
+        PgEventStore.make({ registry: EventRegistry.make(OrderCreated) }),
+        (store) =>
+          Effect.all([
+            Effect.flip(
+              store.append(
+                { aggregateId, aggregateType: "Order" },
+                [{ event: OrderCreated.make({ customer_id: "cust-123", total: 1 }) }],
+                { expectedVersion: ExpectedVersion.noStream }
+              )
+            ),
+            store.append(
+              { aggregateId, aggregateType: "Order" },
+              [{ event: OrderCreated.make({ customer_id: "cust-123", total: 2 }) }],
+              { expectedVersion: ExpectedVersion.exact(1) }
+            )
+          ])
+      ).pipe(Effect.provide(legacy))
+      assert.deepInclude(appended[0], { _tag: "ConcurrencyError", actualVersion: 1 })
+      assert.strictEqual(appended[1].version, 2)
     })
   )
 

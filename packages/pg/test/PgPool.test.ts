@@ -226,4 +226,59 @@ describe("PgPool", () => {
         )
       })
   )
+
+  it.scopedLive(
+    "every connection carries its timeouts: a lock held too long fails the append with EventStoreError, a forgotten transaction is ended",
+    () =>
+      Effect.gen(function* () {
+        const { context, store, url } = yield* pool({
+          poolSize: 2,
+          maxOverflow: 0,
+          statementTimeout: "5 seconds",
+          lockTimeout: "200 millis",
+          idleInTransactionTimeout: "300 millis"
+        })
+        const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+        const settings = yield* sql<{
+          statement_timeout: string
+          lock_timeout: string
+          idle_in_transaction_session_timeout: string
+        }>`SELECT current_setting('statement_timeout') AS statement_timeout,
+                  current_setting('lock_timeout') AS lock_timeout,
+                  current_setting('idle_in_transaction_session_timeout') AS idle_in_transaction_session_timeout`
+        assert.deepStrictEqual(settings, [
+          { statement_timeout: "5s", lock_timeout: "200ms", idle_in_transaction_session_timeout: "300ms" }
+        ])
+        // A session outside the pool holds the stream's head: the append waits no longer than lockTimeout.
+        const s = stream()
+        yield* store.append(s, note, { expectedVersion: ExpectedVersion.noStream })
+        const holder = yield* Effect.acquireRelease(
+          Effect.promise(async () => {
+            const client = new pg.Client({ connectionString: url })
+            await client.connect()
+            await client.query("BEGIN")
+            await client.query("SELECT 1 FROM event_streams WHERE aggregate_id = $1 FOR UPDATE", [s.aggregateId])
+            return client
+          }),
+          (client) => Effect.promise(() => client.end())
+        )
+        const error = yield* Effect.flip(store.append(s, note, { expectedVersion: ExpectedVersion.exact(1) }))
+        assert.strictEqual(error._tag, "EventStoreError")
+        assert.include(error.message, "lock timeout")
+        yield* Effect.promise(() => holder.query("ROLLBACK"))
+        // A transaction of the pool left open is ended by the server: its connection is
+        // dropped (and replaced), and the next append goes through.
+        const forgotten = yield* sql.reserve.pipe(Effect.provide(context))
+        yield* forgotten.executeUnprepared("BEGIN", [], undefined)
+        const [session] = yield* forgotten.executeValues("SELECT pg_backend_pid()", [])
+        // Watched from another session: touching the forgotten one would keep its transaction busy.
+        yield* eventually(
+          sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ${Number(session![0])}`,
+          (rows) => rows[0]!.n === 0,
+          { what: "the server to end the idle transaction's session" }
+        )
+        assert.isTrue(Either.isLeft(yield* Effect.either(forgotten.executeUnprepared("SELECT 1", [], undefined))))
+        assert.strictEqual((yield* store.append(s, note, { expectedVersion: ExpectedVersion.exact(1) })).version, 2)
+      })
+  )
 })

@@ -72,9 +72,11 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               yield* checkpoints.save(n, { position: 100n, eventType: "A" })
               const back = yield* checkpoints.save(n, { position: 40n, eventType: "B", processed: 3 })
               assert.deepInclude(back, { position: 100n, eventType: "A", eventsProcessed: 0n })
-              const same = yield* checkpoints.save(n, { position: 100n, processed: 1 })
-              assert.strictEqual(same.position, 100n)
-              assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, 100n)
+              // Saving the position it is at changes nothing either: no count, no event, no time.
+              const before = Option.getOrThrow(yield* checkpoints.get(n))
+              const same = yield* checkpoints.save(n, { position: 100n, eventType: "C", processed: 1 })
+              assert.deepStrictEqual(same, before)
+              assert.deepStrictEqual(Option.getOrThrow(yield* checkpoints.get(n)), before)
             })
           )
         )
@@ -174,8 +176,21 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               })
               yield* checkpoints.reset(n, { to: 30n })
               assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, 30n)
-              // Reset is the one way back; saves go forward from there.
-              assert.strictEqual((yield* checkpoints.save(n, { position: 31n, expected: 30n })).position, 31n)
+              // Reset is the one way back; saves go forward from there, and the checkpoint keeps its birth.
+              const created = Option.getOrThrow(yield* checkpoints.get(n)).createdAt
+              const forward = yield* checkpoints.save(n, { position: 31n, expected: 30n })
+              assert.strictEqual(forward.position, 31n)
+              assert.strictEqual(forward.createdAt.getTime(), created.getTime())
+              // A checkpoint that does not exist yet is recorded by a reset, at its position.
+              const fresh = name()
+              yield* checkpoints.reset(fresh)
+              assert.deepInclude(Option.getOrThrow(yield* checkpoints.get(fresh)), {
+                position: 0n,
+                eventsProcessed: 0n
+              })
+              // Listed by name.
+              const names = (yield* checkpoints.list).map((c) => c.name)
+              assert.deepStrictEqual(names, [...names].sort())
             })
           )
         )

@@ -45,7 +45,7 @@ const mutants: ReadonlyArray<Mutant> = [
   {
     name: "checkpoint save without its forward guard (memory)",
     file: "packages/core/src/CheckpointStore.ts",
-    from: "if (current !== undefined && input.position < current.position) return [Effect.succeed(current), map]",
+    from: "if (current !== undefined && input.position <= current.position) return [Effect.succeed(current), map]",
     to: "",
     tests: ["test/conformance/CheckpointStore.memory.test.ts"]
   },

@@ -206,7 +206,8 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
         if (input.expected !== undefined && input.expected !== actual) {
           return [Effect.fail(new CheckpointConflictError({ name, expected: input.expected, actual })), map]
         }
-        if (current !== undefined && input.position < current.position) return [Effect.succeed(current), map]
+        // Forward only: a save at or below the stored position changes nothing (as in PostgreSQL).
+        if (current !== undefined && input.position <= current.position) return [Effect.succeed(current), map]
         const next: Checkpoint = {
           name,
           position: input.position,
@@ -244,7 +245,6 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
   const reset: Service["reset"] = (name, options) =>
     Ref.update(ref, (map) => {
       const current = map.get(name)
-      if (current === undefined && (options?.to ?? 0n) === 0n) return map
       const now = new Date()
       return new Map(map).set(name, {
         name,

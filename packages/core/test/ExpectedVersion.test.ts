@@ -28,9 +28,9 @@ describe("ExpectedVersion.exact", () => {
     }
   )
 
-  it("rejects what is not a version, as the Schema does", () => {
+  it("rejects what is not a version, as the Schema does, naming the value", () => {
     for (const bad of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53]) {
-      assert.throws(() => ExpectedVersion.exact(bad))
+      assert.throws(() => ExpectedVersion.exact(bad), String(bad))
     }
   })
 })

@@ -86,12 +86,13 @@ describe("afterAppend", () => {
     }
   })
 
-  it("a version without positions is unexpected, never a success", () => {
+  it("a version without positions is unexpected, never a success, and says what came back", () => {
     const decision = D.afterAppend(input(any), {
       _tag: "Rows",
       rows: [{ version: 4, first_position: null, last_position: 5n }]
     })
     assert.strictEqual(decision._tag, "Unexpected")
+    assert.include(decision._tag === "Unexpected" ? decision.message : "", '"last_position":"5"')
   })
 })
 
@@ -172,6 +173,21 @@ describe("afterExplain", () => {
     assert.deepStrictEqual(D.afterExplain(input(ExpectedVersion.streamExists, 2), replay(0, 2)), duplicate)
   })
 
+  it("ids all found in place but without a version or positions to answer with are no replay", () => {
+    for (const missing of [
+      { base_min: null, base_max: null },
+      { replay_version: null },
+      { first_position: null },
+      { last_position: null }
+    ]) {
+      assert.strictEqual(
+        D.afterExplain(input(any, 2), replay(4, 2, missing))._tag,
+        "Duplicate",
+        JSON.stringify(missing)
+      )
+    }
+  })
+
   it("a row with nulls where counts belong is unexpected", () => {
     assert.strictEqual(D.afterExplain(input(any), explain({ found: null }))._tag, "Unexpected")
     assert.strictEqual(D.afterExplain(input(any), explain({ head_version: null }))._tag, "Unexpected")
@@ -228,4 +244,34 @@ describe("afterExplain", () => {
       }
     }
   )
+})
+
+describe("result columns", () => {
+  it("are read by name from text (prepared statements) or from values pg parsed", () => {
+    assert.deepStrictEqual(D.appendedColumns(["3", "10", "12"]), {
+      version: 3,
+      first_position: 10n,
+      last_position: 12n
+    })
+    assert.deepStrictEqual(D.appendedColumns([3, 10n, null]), { version: 3, first_position: 10n, last_position: null })
+    assert.deepStrictEqual(D.headColumns(["2", "t"]), { head_version: 2, stored: true })
+    assert.deepStrictEqual(D.headColumns([0, false]), { head_version: 0, stored: false })
+    assert.deepStrictEqual(
+      D.explainColumns(["5", "6", "2", "t", "1", "1", "3", "7", "8", "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41"]),
+      {
+        head_version: 5,
+        last_version: 6,
+        found: 2,
+        same_stream: true,
+        base_min: 1,
+        base_max: 1,
+        replay_version: 3,
+        first_position: 7n,
+        last_position: 8n,
+        duplicate_event_id: "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41"
+      }
+    )
+    assert.throws(() => D.headColumns(["two", "t"]), /head_version/)
+    assert.throws(() => D.headColumns(["2", "maybe"]), /stored/)
+  })
 })

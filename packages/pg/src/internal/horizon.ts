@@ -80,7 +80,8 @@ export const settle = (
       }
     }
     if (ended) {
-      if (entry.last > horizon) horizon = entry.last
+      // Every waiting entry is beyond the horizon: entries are added only past the newest one.
+      horizon = entry.last
       rest = rest.slice(i + 1)
       break
     }

@@ -84,6 +84,7 @@ describe("append statements", () => {
       assert.notMatch(head, /Seq Scan|Sort/, head)
       assert.match(head, /Index Scan using pk_event_streams/, head)
       assert.match(head, /Index Only Scan using events_event_id_key/, head)
+      assert.match(head, /Index Only Scan Backward using idx_events_aggregate_version/, head)
       const repair = yield* planOf(AppendSql.repairStatement)
       assert.notMatch(repair, /Seq Scan|Sort/, repair)
 
@@ -321,8 +322,27 @@ describe("stream heads", () => {
         (yield* store.append(behind, placed("3"), { expectedVersion: ExpectedVersion.any })).version,
         3
       )
+      // A single event whose expectation holds of the stream's events, as its first append
+      // through the store: the head is raised first, then the event lands after them.
+      const unseen = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      yield* written(unseen.aggregateId, 1)
+      yield* written(unseen.aggregateId, 2)
+      assert.strictEqual(
+        (yield* store.append(unseen, placed("3"), { expectedVersion: ExpectedVersion.exact(2) })).version,
+        3
+      )
+      const existing = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      yield* written(existing.aggregateId, 1)
+      assert.strictEqual(
+        (yield* store.append(existing, placed("2"), { expectedVersion: ExpectedVersion.streamExists })).version,
+        2
+      )
       assert.deepStrictEqual(yield* versions(fresh.aggregateId), [1, 2, 3])
       assert.deepStrictEqual(yield* versions(behind.aggregateId), [1, 2, 3])
+      assert.deepStrictEqual(yield* versions(unseen.aggregateId), [1, 2, 3])
+      assert.deepStrictEqual(yield* versions(existing.aggregateId), [1, 2])
+      assert.strictEqual(yield* head(unseen.aggregateId), 3)
+      assert.strictEqual(yield* head(existing.aggregateId), 2)
     })
   )
 })

@@ -4,6 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { ExpectedVersion } from "@eventfold/core"
+import * as Equal from "effect/Equal"
 import * as FastCheck from "effect/FastCheck"
 import * as D from "../src/internal/appendDecision.js"
 
@@ -99,33 +100,71 @@ describe("afterAppend", () => {
 describe("afterHead", () => {
   it("a stored id is explained, whatever the head", () => {
     for (const expected of expectations) {
-      assert.strictEqual(D.afterHead(input(expected), { head_version: 5, stored: true })._tag, "Explain")
+      assert.strictEqual(
+        D.afterHead(input(expected), { head_version: 5, last_version: 5, stored: true })._tag,
+        "Explain"
+      )
     }
   })
 
   it("otherwise the head decides: a conflict at its version, or, when it accepts the expectation, again", () => {
     assert.deepStrictEqual(
-      D.afterHead(input(exact(2)), { head_version: 5, stored: false }),
+      D.afterHead(input(exact(2)), { head_version: 5, last_version: 5, stored: false }),
       D.Decision.Conflict({ actualVersion: 5 })
     )
     assert.deepStrictEqual(
-      D.afterHead(input(ExpectedVersion.noStream), { head_version: 1, stored: false }),
+      D.afterHead(input(ExpectedVersion.noStream), { head_version: 1, last_version: 1, stored: false }),
       D.Decision.Conflict({ actualVersion: 1 })
     )
     assert.deepStrictEqual(
-      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 0, stored: false }),
+      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 0, last_version: 0, stored: false }),
       D.Decision.Conflict({ actualVersion: 0 })
     )
     // The stream came to exist between the append and the lookup.
     assert.deepStrictEqual(
-      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 2, stored: false }),
+      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 2, last_version: 2, stored: false }),
       D.Decision.Retry({ actualVersion: 2 })
     )
   })
 
-  it("a row with nulls is unexpected", () => {
-    assert.strictEqual(D.afterHead(input(any), { head_version: null, stored: false })._tag, "Unexpected")
+  it("a head behind the stream's events (written around the store) is repaired first, whatever the expectation", () => {
+    for (const expected of expectations) {
+      assert.deepStrictEqual(
+        D.afterHead(input(expected), { head_version: 0, last_version: 2, stored: false }),
+        D.Decision.RepairHead({ lastVersion: 2 })
+      )
+    }
+    // A stored id still goes to the explanation, which repairs too when none of the ids is found.
+    assert.strictEqual(D.afterHead(input(exact(2)), { head_version: 0, last_version: 2, stored: true })._tag, "Explain")
   })
+
+  it("a row with nulls is unexpected", () => {
+    assert.strictEqual(
+      D.afterHead(input(any), { head_version: null, last_version: 0, stored: false })._tag,
+      "Unexpected"
+    )
+    assert.strictEqual(
+      D.afterHead(input(any), { head_version: 0, last_version: null, stored: false })._tag,
+      "Unexpected"
+    )
+  })
+
+  it.prop(
+    "properties: a single event's lookup agrees with the explanation of the same stream with no id found",
+    [
+      FastCheck.constantFrom(...expectations),
+      FastCheck.integer({ min: 0, max: 10 }),
+      FastCheck.integer({ min: 0, max: 10 })
+    ],
+    ([expected, head, last]) => {
+      const byHead = D.afterHead(input(expected), { head_version: head, last_version: last, stored: false })
+      const byExplanation = D.afterExplain(
+        input(expected),
+        explain({ head_version: head, last_version: last, found: 0 })
+      )
+      return Equal.equals(byHead, byExplanation)
+    }
+  )
 })
 
 describe("afterExplain", () => {
@@ -254,8 +293,8 @@ describe("result columns", () => {
       last_position: 12n
     })
     assert.deepStrictEqual(D.appendedColumns([3, 10n, null]), { version: 3, first_position: 10n, last_position: null })
-    assert.deepStrictEqual(D.headColumns(["2", "t"]), { head_version: 2, stored: true })
-    assert.deepStrictEqual(D.headColumns([0, false]), { head_version: 0, stored: false })
+    assert.deepStrictEqual(D.headColumns(["2", "3", "t"]), { head_version: 2, last_version: 3, stored: true })
+    assert.deepStrictEqual(D.headColumns([0, 0, false]), { head_version: 0, last_version: 0, stored: false })
     assert.deepStrictEqual(
       D.explainColumns(["5", "6", "2", "t", "1", "1", "3", "7", "8", "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41"]),
       {
@@ -271,7 +310,7 @@ describe("result columns", () => {
         duplicate_event_id: "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41"
       }
     )
-    assert.throws(() => D.headColumns(["two", "t"]), /head_version/)
-    assert.throws(() => D.headColumns(["2", "maybe"]), /stored/)
+    assert.throws(() => D.headColumns(["two", "0", "t"]), /head_version/)
+    assert.throws(() => D.headColumns(["2", "0", "maybe"]), /stored/)
   })
 })

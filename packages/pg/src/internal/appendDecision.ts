@@ -10,9 +10,10 @@
  * 1. {@link afterAppend}: it went in (`Appended`), or it did not (a single event:
  *    `LookUpHead`, a batch: `Explain`), or it met a unique constraint of ours (an id
  *    stored already, or a version taken by events written around the store: `Explain`).
- * 2. {@link afterHead}: the event's id is stored (`Explain`), or the head says why the
- *    expectation failed (`Conflict`), or the expectation holds now (`Retry`: the head
- *    moved in between, e.g. a stream `streamExists` waited for was created).
+ * 2. {@link afterHead}: the event's id is stored (`Explain`), or the head is behind the
+ *    stream's events (`RepairHead`), or the head says why the expectation failed
+ *    (`Conflict`), or the expectation holds now (`Retry`: the head moved in between,
+ *    e.g. a stream `streamExists` waited for was created).
  * 3. {@link afterExplain}: the ids are this append's own, stored at consecutive
  *    versions from a version the expectation accepts (an idempotent replay: `Appended`
  *    with the original result); or stored elsewhere (`Duplicate`); or none is stored and
@@ -35,7 +36,7 @@ export interface Input {
 export const appendedColumns = EventRows.columns({ version: "int4", first_position: "int8", last_position: "int8" })
 
 /** The head lookup's result columns. */
-export const headColumns = EventRows.columns({ head_version: "int4", stored: "bool" })
+export const headColumns = EventRows.columns({ head_version: "int4", last_version: "int4", stored: "bool" })
 
 /** The explanation's result columns. */
 export const explainColumns = EventRows.columns({
@@ -115,13 +116,20 @@ export const afterAppend = (input: Input, outcome: Outcome): Decision => {
 
 /** Step 2 (a single event that did not go in): the head lookup's row. */
 export const afterHead = (input: Input, row: HeadRow): Decision => {
-  if (row.head_version === null || row.stored === null) {
+  const { head_version: head, last_version: last } = row
+  if (head === null || last === null || row.stored === null) {
     return Decision.Unexpected({ message: `a head lookup returned ${JSON.stringify(row)}` })
   }
   if (row.stored) return Decision.Explain()
-  return ExpectedVersion.isSatisfiedBy(input.expectedVersion, row.head_version)
-    ? Decision.Retry({ actualVersion: row.head_version })
-    : Decision.Conflict({ actualVersion: row.head_version })
+  return afterStream(input, head, last)
+}
+
+/** No id of the append is stored: the head decides, once it has caught up with the stream's events. */
+const afterStream = (input: Input, head: number, last: number): Decision => {
+  if (last > head) return Decision.RepairHead({ lastVersion: last })
+  return ExpectedVersion.isSatisfiedBy(input.expectedVersion, head)
+    ? Decision.Retry({ actualVersion: head })
+    : Decision.Conflict({ actualVersion: head })
 }
 
 /** Step 3: the explanation's row. */
@@ -130,12 +138,7 @@ export const afterExplain = (input: Input, row: ExplainRow): Decision => {
   if (head === null || last === null || found === null) {
     return Decision.Unexpected({ message: `an explanation returned ${JSON.stringify(row, bigints)}` })
   }
-  if (found === 0) {
-    if (last > head) return Decision.RepairHead({ lastVersion: last })
-    return ExpectedVersion.isSatisfiedBy(input.expectedVersion, head)
-      ? Decision.Retry({ actualVersion: head })
-      : Decision.Conflict({ actualVersion: head })
-  }
+  if (found === 0) return afterStream(input, head, last)
   // A replay: every id is stored, in this stream, at consecutive versions in the batch's
   // order, from a version the expectation accepts.
   const base = row.base_min

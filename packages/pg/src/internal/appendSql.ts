@@ -169,11 +169,17 @@ SELECT max(inserted.version) AS version,
 const headVersion = (id: string, type: string) =>
   `coalesce((SELECT s.version FROM event_streams s WHERE s.aggregate_id = ${id} AND s.aggregate_type = ${type}), 0)`
 
+/** The last version of the stream's stored events, 0 when it has none: one backward probe of the version index. */
+const lastVersion = (id: string, type: string) =>
+  `coalesce((SELECT v.version FROM events v WHERE v.aggregate_id = ${id} AND v.aggregate_type = ${type}
+                  ORDER BY v.version DESC LIMIT 1), 0)`
+
 /**
  * Why a single event did not go in: the stream's head (result `head_version`, 0 when
- * it has none), and whether the event's id is stored already (`stored`; then
- * {@link explainStatement} tells a replay from a duplicate). Two index probes, planned
- * once.
+ * it has none), the last version of its stored events (`last_version`; above the head
+ * only when events were written around the store), and whether the event's id is
+ * stored already (`stored`; then {@link explainStatement} tells a replay from a
+ * duplicate). Three index probes, planned once.
  */
 export const headStatement: Statement = (() => {
   const { bind, params } = binder()
@@ -183,6 +189,7 @@ export const headStatement: Statement = (() => {
     name: "eventfold_append_head",
     params,
     text: `SELECT ${headVersion(id, type)} AS head_version,
+       ${lastVersion(id, type)} AS last_version,
        EXISTS (SELECT 1 FROM events x WHERE x.event_id = ${bind("eventId", "uuid")}) AS stored`
   }
 })()
@@ -208,8 +215,7 @@ export const explainStatement: Statement = (() => {
     // `event_id = ANY($3)` gets a sequential scan as its generic plan when the table was
     // small at planning, and keeps it as the table grows.
     text: `SELECT ${headVersion(id, type)} AS head_version,
-       coalesce((SELECT v.version FROM events v WHERE v.aggregate_id = ${id} AND v.aggregate_type = ${type}
-                  ORDER BY v.version DESC LIMIT 1), 0) AS last_version,
+       ${lastVersion(id, type)} AS last_version,
        count(e.event_id)::int AS found,
        coalesce(bool_and(e.aggregate_id = ${id} AND e.aggregate_type = ${type}), false) AS same_stream,
        min(e.version - ids.n::int) AS base_min,

@@ -1,7 +1,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, describe, it } from "@effect/vitest"
 import { Event, EventRegistry, ExpectedVersion } from "@eventfold/core"
-import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
+import { PgEventStore, PgMigrations, PgPool, PgTransaction } from "@eventfold/pg"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -143,6 +143,64 @@ describe("PgPool", () => {
       yield* release.open
       yield* Fiber.join(holder)
       assert.strictEqual((yield* store.append(stream(), note, { expectedVersion: ExpectedVersion.any })).version, 1)
+    })
+  )
+
+  it.scopedLive("an append interrupted while it waits for a connection is never sent", () =>
+    Effect.gen(function* () {
+      const { context, url } = yield* pool({ poolSize: 1, maxOverflow: 0, acquireTimeout: "30 seconds" })
+      const store = yield* PgEventStore.makePrepared({ registry }).pipe(Effect.provide(context))
+      const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+      const holding = yield* Deferred.make<void>()
+      const release = yield* Effect.makeLatch(false)
+      const holder = yield* Effect.forkScoped(
+        sql.withTransaction(Effect.zipRight(Deferred.succeed(holding, undefined), release.await))
+      )
+      yield* Deferred.await(holding)
+      const s = stream()
+      const abandoned = yield* Effect.fork(store.append(s, note, { expectedVersion: ExpectedVersion.any }))
+      const stats = yield* PgPool.PgPool.pipe(Effect.provide(context))
+      yield* eventually(stats.stats, (now) => now.waiting === 1, { what: "the append to wait for the connection" })
+      yield* Fiber.interrupt(abandoned)
+      yield* release.open
+      yield* Fiber.join(holder)
+      // The pool hands its connection out in order: the abandoned append's turn comes first.
+      const next = yield* store.append(s, [{ event: Noted.make({ text: "y" }) }], {
+        expectedVersion: ExpectedVersion.any
+      })
+      assert.strictEqual(next.version, 1)
+      const client = new pg.Client({ connectionString: url })
+      yield* Effect.acquireRelease(
+        Effect.promise(() => client.connect()),
+        () => Effect.promise(() => client.end())
+      )
+      const { rows } = yield* Effect.promise(() =>
+        client.query<{ text: string }>("SELECT payload->>'text' AS text FROM events WHERE aggregate_id = $1", [
+          s.aggregateId
+        ])
+      )
+      assert.deepStrictEqual(
+        rows.map((row) => row.text),
+        ["y"]
+      )
+    })
+  )
+
+  it.scopedLive("a transaction's body keeps the caller's scope: what it acquires outlives the transaction", () =>
+    Effect.gen(function* () {
+      const { context } = yield* pool({ poolSize: 2 })
+      const released: Array<string> = []
+      const inner = yield* Effect.scoped(
+        Effect.gen(function* () {
+          yield* PgTransaction.withTransaction(
+            Effect.acquireRelease(Effect.void, () => Effect.sync(() => released.push("resource")))
+          ).pipe(Effect.provide(context))
+          // The transaction committed; the resource is the caller's until its scope closes.
+          return [...released]
+        })
+      )
+      assert.deepStrictEqual(inner, [])
+      assert.deepStrictEqual(released, ["resource"])
     })
   )
 

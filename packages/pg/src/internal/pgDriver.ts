@@ -38,7 +38,7 @@ import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Pg from "pg"
 import * as LeanQuery from "./leanQuery.js"
@@ -186,41 +186,43 @@ const execute = (connection: Connection, text: string) =>
   Effect.mapError(connection.executeUnprepared(text, [], undefined), (error) => classify(error))
 
 /**
- * Undoes a failed transaction (or savepoint) and fails as its body did; a rollback
- * that fails too (the connection is gone) is added to the cause.
+ * Ends a transaction (or savepoint) as its body ended: `commit` after a success,
+ * `rollback` after a failure, which fails as the body did (a rollback that fails too is
+ * added to the cause). A COMMIT that fails on a lost connection leaves the outcome
+ * unknown: the caller learns it as a Connection failure.
+ *
+ * At the top level (`top`), a COMMIT or ROLLBACK that failed on a live connection (a
+ * cancel that reached it, say) may leave the session in a transaction; @effect/sql-pg
+ * destroys a connection on release only when its socket failed, so one more ROLLBACK
+ * (a warning, not an error, when no transaction is open) hands it back to the pool clean.
  */
-const rollBack = <A, E>(
-  connection: Connection,
-  text: string,
-  exit: Exit.Failure<A, E>
-): Effect.Effect<A, E | DriverError> =>
-  Effect.flatMap(
-    Effect.exit(execute(connection, text)),
-    (rollback): Effect.Effect<A, E | DriverError> =>
-      Exit.isFailure(rollback) ? Effect.failCause(Cause.sequential(exit.cause, rollback.cause)) : exit
-  )
-
-/** Ends a transaction (or savepoint) as its body ended: `commit` after a success, `rollback` after a failure. */
 const settle = <A, E>(
   connection: Connection,
   exit: Exit.Exit<A, E>,
   commit: string | undefined,
-  rollback: string
-): Effect.Effect<A, E | DriverError> =>
-  Exit.isSuccess(exit)
-    ? commit === undefined
-      ? exit
-      : // A COMMIT that fails on a lost connection leaves the outcome unknown: the caller
-        // learns it as a Connection failure.
-        Effect.zipRight(execute(connection, commit), exit)
-    : rollBack(connection, rollback, exit)
+  rollback: string,
+  top: boolean
+): Effect.Effect<A, E | DriverError> => {
+  const end = (text: string) =>
+    top
+      ? Effect.tapError(execute(connection, text), () => Effect.ignore(execute(connection, "ROLLBACK")))
+      : execute(connection, text)
+  if (Exit.isSuccess(exit)) return commit === undefined ? exit : Effect.zipRight(end(commit), exit)
+  return Effect.flatMap(
+    Effect.exit(end(rollback)),
+    (rolledBack): Effect.Effect<A, E | DriverError> =>
+      Exit.isFailure(rolledBack) ? Effect.failCause(Cause.sequential(exit.cause, rolledBack.cause)) : exit
+  )
+}
 
 /**
  * Transactions on @effect/sql's connections, with typed failures: BEGIN, COMMIT and
  * ROLLBACK (to a savepoint) fail with a DriverError instead of a defect. Nested calls,
  * and calls inside a caller's `sql.withTransaction`, run under savepoints whose ids
- * continue @effect/sql's counter, so that both kinds nest in each other. A failed
- * ROLLBACK means a broken connection, which @effect/sql-pg destroys on release.
+ * continue @effect/sql's counter, so that both kinds nest in each other. The connection
+ * is held in a scope of the transaction's own, closed when it ends; the body keeps the
+ * caller's context, its `Scope` included (a resource it acquires lives as long as the
+ * caller's scope, not the transaction).
  */
 const makeTransaction =
   (sql: SqlClient.SqlClient) =>
@@ -232,17 +234,20 @@ const makeTransaction =
         const savepoint = `eventfold_${outer + 1}`
         return Effect.flatMap(
           Effect.zipRight(execute(connection, `SAVEPOINT ${savepoint}`), run(connection, outer + 1)),
-          (exit) => settle(connection, exit, undefined, `ROLLBACK TO SAVEPOINT ${savepoint}`)
+          (exit) => settle(connection, exit, undefined, `ROLLBACK TO SAVEPOINT ${savepoint}`, false)
         )
       }
-      const top: Effect.Effect<A, E | DriverError, R> = Effect.scoped(
-        Effect.flatMap(
-          Effect.mapError(sql.reserve, (error) => classify(error, true)),
-          (connection): Effect.Effect<A, E | DriverError, R> =>
-            Effect.flatMap(Effect.zipRight(execute(connection, "BEGIN"), run(connection, 0)), (exit) =>
-              settle(connection, exit, "COMMIT", "ROLLBACK")
-            )
-        )
+      const top: Effect.Effect<A, E | DriverError, R> = Effect.acquireUseRelease(
+        Scope.make(),
+        (scope) =>
+          Effect.flatMap(
+            Effect.mapError(Scope.extend(sql.reserve, scope), (error) => classify(error, true)),
+            (connection): Effect.Effect<A, E | DriverError, R> =>
+              Effect.flatMap(Effect.zipRight(execute(connection, "BEGIN"), run(connection, 0)), (exit) =>
+                settle(connection, exit, "COMMIT", "ROLLBACK", true)
+              )
+          ),
+        (scope, exit) => Scope.close(scope, exit)
       )
       return Effect.flatMap(
         Effect.serviceOption(SqlClient.TransactionConnection),
@@ -322,9 +327,25 @@ const watch = (client: Pg.ClientBase): Watch => {
 }
 
 /**
+ * Whether a connection that failed a statement with `error` can go back to the pool: a
+ * server error or a rejected row leaves it usable, except an error that ends the
+ * session (severity FATAL or PANIC: the server is shutting down or terminated it) and
+ * "current transaction is aborted" (25P02: it was handed out inside a transaction, which
+ * a statement of ours outside one can never clear). Anything else (a lost socket) does not.
+ */
+const usableAfter = (error: Error | undefined): boolean =>
+  error === undefined ||
+  error instanceof LeanQuery.RowError ||
+  (error instanceof Pg.DatabaseError &&
+    error.severity !== "FATAL" &&
+    error.severity !== "PANIC" &&
+    error.code !== "25P02")
+
+/**
  * Checks a connection out of the pool, runs the statement, and releases the
  * connection: destroyed when it broke, returned otherwise. An interrupted caller stops
- * waiting at once; the statement runs to its end (an append's outcome is then the
+ * waiting at once. A statement not sent yet (the caller was waiting for a connection)
+ * is never sent; one sent already runs to its end (an append's outcome is then the
  * store's to find out, as for any statement whose answer is lost) and the connection is
  * released as usual.
  */
@@ -335,20 +356,24 @@ const runPrepared = <A>(
   parseRow: (row: Row) => A
 ): Effect.Effect<ReadonlyArray<A>, DriverError> =>
   Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
+    let interrupted = false
     pool.connect((connectError, client, release) => {
       if (connectError !== undefined || client === undefined) {
         resume(Effect.fail(classify(connectError ?? new Error("the pool handed out no connection"), true)))
         return
       }
       const seen = watch(client)
+      if (interrupted) {
+        release(seen.broken)
+        return
+      }
       LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
-        // A server error or a rejected row leaves the connection usable; anything else does not.
-        const usable =
-          seen.broken === undefined &&
-          (error === undefined || error instanceof Pg.DatabaseError || error instanceof LeanQuery.RowError)
-        release(usable ? undefined : (seen.broken ?? error))
+        release(seen.broken === undefined && usableAfter(error) ? undefined : (seen.broken ?? error))
         resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
       })
+    })
+    return Effect.sync(() => {
+      interrupted = true
     })
   })
 
@@ -386,6 +411,8 @@ const clientConfig = (config: PgClient.PgClientConfig, applicationName: string):
   ...(config.username === undefined ? {} : { user: config.username }),
   ...(config.password === undefined ? {} : { password: Redacted.value(config.password) }),
   ...(config.ssl === undefined ? {} : { ssl: config.ssl }),
+  // A LISTEN connection is idle for long stretches: keepalives find a dead peer.
+  keepAlive: true,
   application_name: applicationName
 })
 

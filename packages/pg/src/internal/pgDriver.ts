@@ -348,6 +348,10 @@ const usableAfter = (error: Error | undefined): boolean =>
  * is never sent; one sent already runs to its end (an append's outcome is then the
  * store's to find out, as for any statement whose answer is lost) and the connection is
  * released as usual.
+ *
+ * Only a caller that may wait gets a canceler: with a connection idle, the pool hands
+ * it out at once, and a canceler (Effect wraps the wait in an interruption handler)
+ * cost an append about 25 us of client CPU, a sixth of it (W1).
  */
 const runPrepared = <A>(
   pool: Pg.Pool,
@@ -355,27 +359,42 @@ const runPrepared = <A>(
   values: ReadonlyArray<unknown>,
   parseRow: (row: Row) => A
 ): Effect.Effect<ReadonlyArray<A>, DriverError> =>
-  Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
-    let interrupted = false
-    pool.connect((connectError, client, release) => {
-      if (connectError !== undefined || client === undefined) {
-        resume(Effect.fail(classify(connectError ?? new Error("the pool handed out no connection"), true)))
-        return
-      }
-      const seen = watch(client)
-      if (interrupted) {
-        release(seen.broken)
-        return
-      }
-      LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
-        release(seen.broken === undefined && usableAfter(error) ? undefined : (seen.broken ?? error))
-        resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
+  pool.idleCount > 0
+    ? Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
+        checkOut(pool, statement, values, parseRow, resume, undefined)
       })
-    })
-    return Effect.sync(() => {
-      interrupted = true
+    : Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
+        const waiting = { interrupted: false }
+        checkOut(pool, statement, values, parseRow, resume, waiting)
+        return Effect.sync(() => {
+          waiting.interrupted = true
+        })
+      })
+
+const checkOut = <A>(
+  pool: Pg.Pool,
+  statement: Statement,
+  values: ReadonlyArray<unknown>,
+  parseRow: (row: Row) => A,
+  resume: (effect: Effect.Effect<ReadonlyArray<A>, DriverError>) => void,
+  waiting: { readonly interrupted: boolean } | undefined
+): void => {
+  pool.connect((connectError, client, release) => {
+    if (connectError !== undefined || client === undefined) {
+      resume(Effect.fail(classify(connectError ?? new Error("the pool handed out no connection"), true)))
+      return
+    }
+    const seen = watch(client)
+    if (waiting?.interrupted === true) {
+      release(seen.broken)
+      return
+    }
+    LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
+      release(seen.broken === undefined && usableAfter(error) ? undefined : (seen.broken ?? error))
+      resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
     })
   })
+}
 
 // ---------------------------------------------------------------------------
 // Sessions

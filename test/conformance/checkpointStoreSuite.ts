@@ -166,7 +166,13 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
           withServices((checkpoints) =>
             Effect.gen(function* () {
               const n = name()
-              yield* checkpoints.save(n, { position: 70n, eventId: uuid(), eventType: "X", processed: 7 })
+              const saved = yield* checkpoints.save(n, { position: 70n, eventId: uuid(), eventType: "X", processed: 7 })
+              // The clock moves on before the reset, so that a reset that took "now" as its birth would show.
+              yield* eventually(
+                Effect.sync(() => Date.now()),
+                (now) => now > saved.createdAt.getTime(),
+                { every: "1 millis", what: "the clock to pass the checkpoint's birth" }
+              )
               yield* checkpoints.reset(n)
               assert.deepInclude(Option.getOrThrow(yield* checkpoints.get(n)), {
                 position: 0n,
@@ -174,6 +180,10 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
                 eventType: null,
                 eventsProcessed: 0n
               })
+              assert.strictEqual(
+                Option.getOrThrow(yield* checkpoints.get(n)).createdAt.getTime(),
+                saved.createdAt.getTime()
+              )
               yield* checkpoints.reset(n, { to: 30n })
               assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, 30n)
               // Reset is the one way back; saves go forward from there, and the checkpoint keeps its birth.
@@ -241,8 +251,27 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               }
               const negative = yield* Effect.flip(checkpoints.save(name(), { position: -1n }))
               assert.strictEqual(negative._tag, "CheckpointError")
+              assert.strictEqual(negative._tag === "CheckpointError" && negative.method, "save")
+              // The longest name fits.
+              const longest = `${name()}-`.padEnd(255, "x")
+              yield* checkpoints.save(longest, { position: 3n })
+              assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(longest)).position, 3n)
             })
           )
+        )
+
+        it.effect(
+          "rejects what untyped callers may pass: a name that is not a string, a position that is not a bigint",
+          () =>
+            withServices((checkpoints) =>
+              Effect.gen(function* () {
+                const notString = yield* Effect.flip(checkpoints.get(42 as unknown as string))
+                assert.strictEqual(notString._tag, "CheckpointError")
+                const notBigint = yield* Effect.flip(checkpoints.save(name(), { position: 5 as unknown as bigint }))
+                assert.strictEqual(notBigint._tag, "CheckpointError")
+                assert.include(notBigint.message, "bigint")
+              })
+            )
         )
       })
     }

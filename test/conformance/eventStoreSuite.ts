@@ -462,6 +462,13 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           )
           assert.deepInclude(elsewhere, { _tag: "DuplicateEventError", eventId })
           assert.strictEqual((yield* collect(store.readStream(other))).length, 0)
+          // Same id, a stream of the same aggregate id but another type, where it would take the same version.
+          const otherType = yield* Effect.flip(
+            store.append({ ...s, aggregateType: `${s.aggregateType}Other` }, [{ ...note("a"), eventId }], {
+              expectedVersion: ExpectedVersion.noStream
+            })
+          )
+          assert.deepInclude(otherType, { _tag: "DuplicateEventError", eventId })
           // Same id, same stream, another version.
           const shifted = yield* Effect.flip(
             store.append(s, [note("d"), { ...note("a"), eventId }], { expectedVersion: ExpectedVersion.exact(1) })
@@ -539,6 +546,27 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
               .slice(14, 20)
               .reverse()
               .map((e) => e.eventId)
+          )
+          // Backward, bounded below by `after` (exclusive), and down to the log's first event.
+          const backwardWindow = yield* collect(
+            store.readAll({
+              aggregateTypes: [aggregateType],
+              direction: "backward",
+              after: all[15]!.globalPosition,
+              before: all[20]!.globalPosition
+            })
+          )
+          assert.deepStrictEqual(
+            backwardWindow.map((e) => e.eventId),
+            all
+              .slice(16, 20)
+              .reverse()
+              .map((e) => e.eventId)
+          )
+          const toStart = yield* collect(store.readAll({ aggregateTypes: [aggregateType], direction: "backward" }))
+          assert.deepStrictEqual(
+            toStart.map((e) => e.eventId),
+            [...all].reverse().map((e) => e.eventId)
           )
           const zero = yield* collect(store.readAll({ aggregateTypes: [aggregateType], limit: 0 }))
           assert.strictEqual(zero.length, 0)

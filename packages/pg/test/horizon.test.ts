@@ -85,6 +85,21 @@ describe("the settled horizon", () => {
   )
 
   it.prop(
+    "waiting entries lie past the horizon, each past the one before: a refresh that saw nothing new adds none",
+    [FastCheck.array(step, { maxLength: 200 })],
+    ([steps]) => {
+      simulate(steps, (state, { before }) => {
+        let floor = state.settled
+        for (const entry of state.pending) {
+          assert.isAbove(Number(entry.last), Number(floor))
+          floor = entry.last
+        }
+        assert.isAtMost(state.pending.length, before.pending.length + 1)
+      })
+    }
+  )
+
+  it.prop(
     "with no transaction running, everything taken is settled and nothing waits",
     [FastCheck.array(step, { maxLength: 200 })],
     ([steps]) => {

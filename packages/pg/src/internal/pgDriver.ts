@@ -350,8 +350,9 @@ const usableAfter = (error: Error | undefined): boolean =>
  * released as usual.
  *
  * Only a caller that may wait gets a canceler: with a connection idle, the pool hands
- * it out at once, and a canceler (Effect wraps the wait in an interruption handler)
- * cost an append about 25 us of client CPU, a sixth of it (W1).
+ * it out at once (after a ping, when it sat idle long), and a canceler (Effect wraps
+ * the wait in an interruption handler) cost an append about 25 us of client CPU, a
+ * sixth of it (W1).
  */
 const runPrepared = <A>(
   pool: Pg.Pool,

@@ -52,6 +52,18 @@ const advisoryGate = (url: string) =>
     }
   })
 
+/** Holds a connection of `sql`'s pool in a transaction until `release` (which then waits for its end). */
+const holdConnection = (sql: SqlClient.SqlClient) =>
+  Effect.gen(function* () {
+    const holding = yield* Deferred.make<void>()
+    const latch = yield* Effect.makeLatch(false)
+    const holder = yield* Effect.forkScoped(
+      sql.withTransaction(Effect.zipRight(Deferred.succeed(holding, undefined), latch.await))
+    )
+    yield* Deferred.await(holding)
+    return { release: Effect.zipRight(latch.open, Fiber.join(holder)) }
+  })
+
 const pool = (options: Omit<PgPool.Options, "url">) =>
   Effect.gen(function* () {
     const url = yield* TestDatabase.fresh
@@ -129,19 +141,12 @@ describe("PgPool", () => {
   it.scopedLive("an exhausted pool fails the caller after the acquire timeout with a typed error", () =>
     Effect.gen(function* () {
       const { context, store } = yield* pool({ poolSize: 1, maxOverflow: 0, acquireTimeout: "300 millis" })
-      const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
-      // The pool's one connection is held in a transaction until the latch opens.
-      const holding = yield* Deferred.make<void>()
-      const release = yield* Effect.makeLatch(false)
-      const holder = yield* Effect.forkScoped(
-        sql.withTransaction(Effect.zipRight(Deferred.succeed(holding, undefined), release.await))
-      )
-      yield* Deferred.await(holding)
+      // The pool's one connection is held in a transaction until released.
+      const held = yield* holdConnection(yield* SqlClient.SqlClient.pipe(Effect.provide(context)))
       const error = yield* Effect.flip(store.append(stream(), note, { expectedVersion: ExpectedVersion.any }))
       assert.strictEqual(error._tag, "EventStoreError")
       assert.include(error.message.toLowerCase(), "timeout")
-      yield* release.open
-      yield* Fiber.join(holder)
+      yield* held.release
       assert.strictEqual((yield* store.append(stream(), note, { expectedVersion: ExpectedVersion.any })).version, 1)
     })
   )
@@ -150,20 +155,13 @@ describe("PgPool", () => {
     Effect.gen(function* () {
       const { context, url } = yield* pool({ poolSize: 1, maxOverflow: 0, acquireTimeout: "30 seconds" })
       const store = yield* PgEventStore.makePrepared({ registry }).pipe(Effect.provide(context))
-      const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
-      const holding = yield* Deferred.make<void>()
-      const release = yield* Effect.makeLatch(false)
-      const holder = yield* Effect.forkScoped(
-        sql.withTransaction(Effect.zipRight(Deferred.succeed(holding, undefined), release.await))
-      )
-      yield* Deferred.await(holding)
+      const held = yield* holdConnection(yield* SqlClient.SqlClient.pipe(Effect.provide(context)))
       const s = stream()
       const abandoned = yield* Effect.fork(store.append(s, note, { expectedVersion: ExpectedVersion.any }))
       const stats = yield* PgPool.PgPool.pipe(Effect.provide(context))
       yield* eventually(stats.stats, (now) => now.waiting === 1, { what: "the append to wait for the connection" })
       yield* Fiber.interrupt(abandoned)
-      yield* release.open
-      yield* Fiber.join(holder)
+      yield* held.release
       // The pool hands its connection out in order: the abandoned append's turn comes first.
       const next = yield* store.append(s, [{ event: Noted.make({ text: "y" }) }], {
         expectedVersion: ExpectedVersion.any

@@ -5,7 +5,8 @@
  * - `EVENTFOLD_MUTATE=decisions`: the pure modules that decide correctness, against
  *   their unit tests and the memory conformance suites (no database);
  * - `EVENTFOLD_MUTATE=pg`: the PostgreSQL modules whose SQL carries those decisions,
- *   against the PostgreSQL conformance suites (`DATABASE_URL`, or embedded).
+ *   against the PostgreSQL conformance suites and the pg package's store and pool tests
+ *   (`DATABASE_URL`, or embedded).
  *
  * The fault suites are left out: they test recovery, not these decisions, and take
  * minutes.
@@ -21,6 +22,9 @@ const decisions = [
 ]
 
 const pg = [
+  // The PostgreSQL modules' own tests: stream heads and their repair, retries after a dropped connection.
+  "packages/pg/test/PgEventStore.test.ts",
+  "packages/pg/test/PgPool.test.ts",
   "test/conformance/EventStore.pg.test.ts",
   "test/conformance/CheckpointStore.pg.test.ts",
   "test/conformance/DeadLetterQueue.pg.test.ts",

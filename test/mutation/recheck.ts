@@ -6,7 +6,9 @@
  * wrong one (tests whose effects run after vitest moved on to the next test), and then
  * reports a mutant alive that the tests kill; what survives here survives the tests.
  *
- * `<run>` is `decisions` or `pg`, as `EVENTFOLD_MUTATE` (reports/mutation/<run>.json).
+ * `<run>` is `decisions` or `pg`, as `EVENTFOLD_MUTATE` (reports/mutation/<run>.json);
+ * any further arguments are vitest filters, to run only the tests that reach the mutated
+ * module (`npm run mutate:recheck -- pg EventStore PgPool`).
  * Run it on a clean tree: it edits files in place and puts them back.
  */
 import { spawnSync } from "node:child_process"
@@ -34,9 +36,10 @@ interface Report {
 
 const run = process.argv[2]
 if (run !== "decisions" && run !== "pg") {
-  console.error("usage: npm run mutate:recheck -- decisions|pg")
+  console.error("usage: npm run mutate:recheck -- decisions|pg [vitest filters]")
   process.exit(2)
 }
+const filters = process.argv.slice(3)
 const report: Report = JSON.parse(Fs.readFileSync(`reports/mutation/${run}.json`, "utf8"))
 
 let killed = 0
@@ -56,11 +59,15 @@ for (const [file, { source, mutants }] of Object.entries(report.files)) {
     const shown = `${file}:${mutant.location.start.line} ${mutant.mutatorName} ${JSON.stringify(original.slice(from, to)).slice(0, 80)} -> ${JSON.stringify(mutant.replacement).slice(0, 60)}`
     Fs.writeFileSync(file, original.slice(0, from) + mutant.replacement + original.slice(to))
     try {
-      const tests = spawnSync("npx", ["vitest", "run", "--config", "vitest.mutate.config.ts", "--bail", "1"], {
-        env: { ...process.env, EVENTFOLD_MUTATE: run },
-        encoding: "utf8",
-        timeout: 600_000
-      })
+      const tests = spawnSync(
+        "npx",
+        ["vitest", "run", "--config", "vitest.mutate.config.ts", "--bail", "1", ...filters],
+        {
+          env: { ...process.env, EVENTFOLD_MUTATE: run },
+          encoding: "utf8",
+          timeout: 600_000
+        }
+      )
       if (tests.status === 0) {
         survivors.push(shown)
         console.log(`survived  ${shown}`)

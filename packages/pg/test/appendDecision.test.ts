@@ -94,6 +94,11 @@ describe("afterAppend", () => {
     })
     assert.strictEqual(decision._tag, "Unexpected")
     assert.include(decision._tag === "Unexpected" ? decision.message : "", '"last_position":"5"')
+    const withoutLast = D.afterAppend(input(any), {
+      _tag: "Rows",
+      rows: [{ version: 4, first_position: 5n, last_position: null }]
+    })
+    assert.strictEqual(withoutLast._tag, "Unexpected")
   })
 })
 
@@ -147,6 +152,10 @@ describe("afterHead", () => {
       D.afterHead(input(any), { head_version: 0, last_version: null, stored: false })._tag,
       "Unexpected"
     )
+    const noStored = D.afterHead(input(any), { head_version: 0, last_version: 0, stored: null })
+    assert.include(noStored._tag === "Unexpected" ? noStored.message : "", "a head lookup returned")
+    const noLast = D.afterExplain(input(any), explain({ last_version: null }))
+    assert.include(noLast._tag === "Unexpected" ? noLast.message : "", "an explanation returned")
   })
 
   it.prop(

@@ -271,6 +271,13 @@ describe("the rules, by example", () => {
     assert.deepStrictEqual(r.report, { _tag: "Resumed", since: 1000 })
     assert.strictEqual(r.heldMillis, 0)
     assert.isUndefined(r.state.stalled)
+    // The end of a stall changes nothing else: the horizon and what was seen stay.
+    assert.deepInclude(r.state, {
+      settled: 1n,
+      pending: [],
+      lastSeen: 1n,
+      lastRefreshAt: 1000 + 2 * settings.stallMillis + 1
+    })
     assert.strictEqual(observe(r.state, 1n, writers(), 5000).report._tag, "None")
   })
 })

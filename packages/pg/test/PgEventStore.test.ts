@@ -6,6 +6,7 @@ import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
@@ -183,7 +184,8 @@ describe("stream heads", () => {
     const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 2 }))
     yield* PgMigrations.run.pipe(Effect.provide(context))
     const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
-    const store = () => PgEventStore.makePrepared({ registry }).pipe(Effect.provide(context))
+    const store = (options: { readonly retry?: Schedule.Schedule<unknown, unknown> } = {}) =>
+      PgEventStore.makePrepared({ registry, ...options }).pipe(Effect.provide(context))
     const versions = (aggregateId: string) =>
       sql<{ version: number }>`SELECT version FROM events WHERE aggregate_id = ${aggregateId} ORDER BY version`.pipe(
         Effect.map((rows) => rows.map((row) => row.version))
@@ -343,6 +345,25 @@ describe("stream heads", () => {
       assert.deepStrictEqual(yield* versions(existing.aggregateId), [1, 2])
       assert.strictEqual(yield* head(unseen.aggregateId), 3)
       assert.strictEqual(yield* head(existing.aggregateId), 2)
+    })
+  )
+
+  it.scopedLive("with no retry left, an append that had to raise the head is a ConcurrencyError at that head", () =>
+    Effect.gen(function* () {
+      const { sql, store: makeStore, versions, head } = yield* setup
+      const once = yield* makeStore({ retry: Schedule.stop })
+      const s = { aggregateId: crypto.randomUUID(), aggregateType: "Order" }
+      for (const version of [1, 2]) {
+        yield* sql`INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
+            VALUES (gen_random_uuid(), ${s.aggregateId}, 'Order', 'Placed', ${version}, now(), '{"number":"sql"}')`
+      }
+      // The head is raised to the stream's events, and the append would go again: the
+      // schedule allows no second try, so the caller learns where the stream is.
+      const error = yield* Effect.flip(once.append(s, placed("3"), { expectedVersion: ExpectedVersion.exact(2) }))
+      assert.deepInclude(error, { _tag: "ConcurrencyError", actualVersion: 2 })
+      assert.strictEqual(yield* head(s.aggregateId), 2)
+      assert.strictEqual((yield* once.append(s, placed("3"), { expectedVersion: ExpectedVersion.exact(2) })).version, 3)
+      assert.deepStrictEqual(yield* versions(s.aggregateId), [1, 2, 3])
     })
   )
 })

@@ -140,6 +140,22 @@ const publishError = (cause: unknown, message: Publisher.Message, destination: s
   })
 }
 
+/**
+ * The servers as a message may name them: host and port only, never a user or a
+ * password that a URL carries (`nats://user:secret@host:4222`).
+ */
+const describeServers = (servers: ReadonlyArray<string>): string =>
+  servers
+    .map((server) => {
+      try {
+        const url = new URL(server.includes("://") ? server : `nats://${server}`)
+        return url.host === "" ? "a server whose URL has no host" : url.host
+      } catch {
+        return "a server whose URL does not parse"
+      }
+    })
+    .join(", ")
+
 const setupError = (message: string) => (cause: unknown) =>
   new JetStreamSetupError({
     message: `${message}: ${cause instanceof Error ? cause.message : String(cause)}`,
@@ -163,11 +179,12 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
       return yield* new JetStreamSetupError({ message: `invalid subject prefix "${prefix}"` })
     }
 
+    const serverList = typeof servers === "string" ? servers.split(",").map((s) => s.trim()) : [...servers]
     const nc = yield* Effect.acquireRelease(
       Effect.tryPromise({
         try: () =>
           Nats.connect({
-            servers: typeof servers === "string" ? servers.split(",").map((s) => s.trim()) : [...servers],
+            servers: serverList,
             name: options.name ?? "eventfold-outbox",
             // The relay outlives broker outages: never give up reconnecting.
             maxReconnectAttempts: -1,
@@ -175,7 +192,7 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
             ...(options.user === undefined ? {} : { user: options.user }),
             ...(options.password === undefined ? {} : { pass: Redacted.value(options.password) })
           }),
-        catch: setupError(`cannot connect to NATS at ${String(servers)}`)
+        catch: setupError(`cannot connect to NATS at ${describeServers(serverList)}`)
       }),
       (nc) =>
         Effect.tryPromise(() => nc.close()).pipe(

@@ -41,6 +41,18 @@ describe("NatsPublisher", () => {
     })
   )
 
+  it.effect("a server that cannot be reached is named by host and port, never with the URL's credentials", () =>
+    Effect.gen(function* () {
+      // Port 1: nothing listens there, so the connection is refused at once.
+      const error = yield* Effect.flip(
+        NatsPublisher.make({ servers: "nats://relay:S3cret@127.0.0.1:1, tls://admin:hunter2@localhost:2" })
+      )
+      assert.strictEqual(error._tag, "JetStreamSetupError")
+      assert.include(error.message, "cannot connect to NATS at 127.0.0.1:1, localhost:2")
+      for (const secret of ["S3cret", "hunter2", "relay:", "admin:"]) assert.notInclude(error.message, secret)
+    }).pipe(Effect.scoped)
+  )
+
   it.effect("an invalid subject prefix fails before connecting", () =>
     Effect.gen(function* () {
       const error = yield* Effect.flip(NatsPublisher.make({ subjectPrefix: "events.>" }))

@@ -255,6 +255,10 @@ const makeTransaction =
       )
     })
 
+/** Whether `context` holds a transaction's connection (read from the context: this runs on every statement). */
+const hasTransaction = (context: Context.Context<never>): boolean =>
+  Option.isSome(Context.getOption(context, SqlClient.TransactionConnection))
+
 /**
  * The `sql` executor: every statement through the application's `SqlClient` (any
  * PgClient layer, with or without name transforms).
@@ -273,9 +277,7 @@ export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
         )
       ),
     transaction: makeTransaction(sql),
-    inTransaction: Effect.contextWith((context) =>
-      Option.isSome(Context.getOption(context, SqlClient.TransactionConnection))
-    ),
+    inTransaction: Effect.contextWith(hasTransaction),
     sql
   }
 }
@@ -292,9 +294,7 @@ export const preparedExecutor = (client: SqlClient.SqlClient, connections: Conne
     ...base,
     run: (statement, values, parseRow) =>
       Effect.contextWithEffect((context) =>
-        Option.isSome(Context.getOption(context, SqlClient.TransactionConnection))
-          ? base.run(statement, values, parseRow)
-          : runPrepared(pool, statement, values, parseRow)
+        hasTransaction(context) ? base.run(statement, values, parseRow) : runPrepared(pool, statement, values, parseRow)
       )
   }
 }
@@ -360,42 +360,30 @@ const runPrepared = <A>(
   values: ReadonlyArray<unknown>,
   parseRow: (row: Row) => A
 ): Effect.Effect<ReadonlyArray<A>, DriverError> =>
-  pool.idleCount > 0
-    ? Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
-        checkOut(pool, statement, values, parseRow, resume, undefined)
+  Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
+    const waiting = pool.idleCount > 0 ? undefined : { interrupted: false }
+    pool.connect((connectError, client, release) => {
+      if (connectError !== undefined || client === undefined) {
+        resume(Effect.fail(classify(connectError ?? new Error("the pool handed out no connection"), true)))
+        return
+      }
+      const seen = watch(client)
+      if (waiting?.interrupted === true) {
+        release(seen.broken)
+        return
+      }
+      LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
+        release(seen.broken === undefined && usableAfter(error) ? undefined : (seen.broken ?? error))
+        resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
       })
-    : Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
-        const waiting = { interrupted: false }
-        checkOut(pool, statement, values, parseRow, resume, waiting)
-        return Effect.sync(() => {
+    })
+    // No canceler returned, no interruption handler: Effect wraps the wait only for a caller that may wait.
+    return waiting === undefined
+      ? undefined
+      : Effect.sync(() => {
           waiting.interrupted = true
         })
-      })
-
-const checkOut = <A>(
-  pool: Pg.Pool,
-  statement: Statement,
-  values: ReadonlyArray<unknown>,
-  parseRow: (row: Row) => A,
-  resume: (effect: Effect.Effect<ReadonlyArray<A>, DriverError>) => void,
-  waiting: { readonly interrupted: boolean } | undefined
-): void => {
-  pool.connect((connectError, client, release) => {
-    if (connectError !== undefined || client === undefined) {
-      resume(Effect.fail(classify(connectError ?? new Error("the pool handed out no connection"), true)))
-      return
-    }
-    const seen = watch(client)
-    if (waiting?.interrupted === true) {
-      release(seen.broken)
-      return
-    }
-    LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
-      release(seen.broken === undefined && usableAfter(error) ? undefined : (seen.broken ?? error))
-      resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
-    })
   })
-}
 
 // ---------------------------------------------------------------------------
 // Sessions

@@ -47,6 +47,261 @@ const note = (text: string): EventStore.EventToAppend => ({ event: NoteWritten.m
 const notes = (n: number, prefix = "n") => Arr.makeBy(n, (i) => note(`${prefix}${i + 1}`))
 const collect = <A, E>(s: Stream.Stream<A, E>) => Effect.map(Stream.runCollect(s), Chunk.toReadonlyArray)
 
+// Hostile input for the property test of `append`: strings made of the pieces that break
+// databases and readers, numbers JSON cannot hold, dates outside what PostgreSQL stores,
+// ids that are not UUIDs, versions past INTEGER, and values Schema.Unknown lets through.
+const Hostile = Event.make("Hostile", {
+  text: Schema.String,
+  n: Schema.Number,
+  at: Schema.Date,
+  amount: Schema.BigInt,
+  maybe: Schema.optional(Schema.String),
+  anything: Schema.Unknown
+})
+const hostileRegistry = EventRegistry.make(Hostile)
+
+const piece = FastCheck.constantFrom(
+  "\u0000",
+  "\ud800",
+  "\udfff",
+  "\ud83d\ude00",
+  "\n",
+  "\r\n",
+  "'",
+  '"',
+  "\\",
+  "\\u0000",
+  "%",
+  "null",
+  "\u2028",
+  "\uffff"
+)
+const hostileText = FastCheck.oneof(
+  FastCheck.string({ unit: "binary", maxLength: 8 }),
+  FastCheck.array(FastCheck.oneof(piece, FastCheck.string({ maxLength: 3 })), { maxLength: 6 }).map((p) => p.join("")),
+  FastCheck.constantFrom("", "x".repeat(255), "x".repeat(256), "\ud83d\ude00".repeat(128))
+)
+// Each field is mostly valid, so that most appends carry one or two hostile values and a
+// good share lands (about half: a property test that refuses everything checks little).
+const mostly = <A, B>(valid: FastCheck.Arbitrary<A>, hostile: FastCheck.Arbitrary<B>) =>
+  FastCheck.oneof({ arbitrary: valid, weight: 12 }, { arbitrary: hostile, weight: 1 })
+const anyText = mostly(
+  FastCheck.array(FastCheck.oneof(piece, FastCheck.string({ unit: "grapheme", maxLength: 4 })), {
+    maxLength: 5
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is what PostgreSQL rejects
+  }).map((p) => p.join("").replace(/\u0000|\p{Surrogate}/gu, "?")),
+  hostileText
+)
+const nameText = mostly(
+  FastCheck.string({ unit: "grapheme", minLength: 1, maxLength: 30 }).filter((t) => t.length <= 255),
+  hostileText
+)
+const hostileNumber = mostly(
+  FastCheck.double({ noNaN: true, noDefaultInfinity: true }),
+  FastCheck.constantFrom(Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY)
+)
+const hostileDate = mostly(
+  FastCheck.oneof(
+    FastCheck.date({ min: new Date("0001-01-01T00:00:00.000Z"), max: new Date("9999-12-31T23:59:59.999Z") }),
+    FastCheck.constantFrom(new Date("0001-01-01T00:00:00.000Z"), new Date("9999-12-31T23:59:59.999Z"))
+  ),
+  FastCheck.oneof(
+    FastCheck.integer({ min: -8.64e15, max: 8.64e15 }).map((t) => new Date(t)),
+    FastCheck.constantFrom(
+      new Date(Number.NaN),
+      new Date("0000-12-31T23:59:59.999Z"),
+      new Date("+010000-01-01T00:00:00.000Z")
+    )
+  )
+)
+class NotData {
+  readonly field = 1
+}
+// biome-ignore lint/suspicious/noSparseArray: a hole is what JSON turns into null
+const sparse = [1, , 3]
+const leaf = FastCheck.oneof(
+  {
+    arbitrary: FastCheck.oneof(
+      FastCheck.jsonValue({ maxDepth: 2 }),
+      anyText,
+      FastCheck.constantFrom<unknown>(-0, undefined)
+    ),
+    weight: 5
+  },
+  {
+    arbitrary: FastCheck.oneof(
+      hostileText,
+      FastCheck.constantFrom(Number.NaN, Number.POSITIVE_INFINITY),
+      FastCheck.bigInt(),
+      hostileDate,
+      FastCheck.constant(new NotData()),
+      FastCheck.constant(new Map([[1, 2]])),
+      FastCheck.constant(sparse),
+      FastCheck.constant(Symbol.for("s")),
+      FastCheck.constant(() => 1)
+    ),
+    weight: 1
+  }
+)
+const hostileValue = FastCheck.oneof(
+  leaf,
+  FastCheck.array(leaf, { maxLength: 3 }),
+  FastCheck.dictionary(anyText, leaf, { maxKeys: 3 })
+)
+// Ids must be new to the store on every run (fast-check repeats values across runs): the
+// markers "fresh" and "FRESH" become a new UUID (upper case for the second), "same" one
+// shared by a whole append.
+const hostileUuid = mostly(
+  FastCheck.constantFrom("fresh", "FRESH"),
+  FastCheck.oneof(FastCheck.constant("same"), hostileText)
+)
+const resolveIds = (input: HostileAppend): HostileAppend => {
+  const same = crypto.randomUUID()
+  const id = (value: string) =>
+    value === "fresh"
+      ? crypto.randomUUID()
+      : value === "FRESH"
+        ? crypto.randomUUID().toUpperCase()
+        : value === "same"
+          ? same
+          : value
+  return {
+    ...input,
+    stream: { ...input.stream, aggregateId: id(input.stream.aggregateId) },
+    events: input.events.map((e) => ({ ...e, eventId: e.eventId === undefined ? undefined : id(e.eventId) })),
+    tenantId: input.tenantId === undefined ? undefined : id(input.tenantId)
+  }
+}
+interface HostileEvent {
+  readonly fields: {
+    readonly text: string
+    readonly n: number
+    readonly at: Date
+    readonly amount: bigint
+    readonly maybe?: string
+    readonly anything: unknown
+  }
+  readonly eventId: string | undefined
+  readonly timestamp: Date | undefined
+}
+const hostileEvent: FastCheck.Arbitrary<HostileEvent> = FastCheck.record({
+  fields: FastCheck.record(
+    {
+      text: anyText,
+      n: hostileNumber,
+      at: hostileDate,
+      amount: FastCheck.bigInt(),
+      maybe: anyText,
+      anything: hostileValue
+    },
+    { requiredKeys: ["text", "n", "at", "amount", "anything"] }
+  ),
+  eventId: FastCheck.option(hostileUuid, { nil: undefined }),
+  timestamp: FastCheck.option(hostileDate, { nil: undefined })
+})
+const hostileAppend = FastCheck.record({
+  stream: FastCheck.record({ aggregateId: hostileUuid, aggregateType: nameText }),
+  events: mostly(FastCheck.array(hostileEvent, { minLength: 1, maxLength: 3 }), FastCheck.constant([])),
+  expected: FastCheck.oneof(
+    { arbitrary: FastCheck.constant(ExpectedVersion.noStream), weight: 4 },
+    { arbitrary: FastCheck.constant(ExpectedVersion.any), weight: 4 },
+    { arbitrary: FastCheck.constant(ExpectedVersion.exact(0)), weight: 3 },
+    {
+      arbitrary: FastCheck.constantFrom(2 ** 31 - 3, 2 ** 31 - 1, 2 ** 31, 2 ** 40).map((v) =>
+        ExpectedVersion.exact(v)
+      ),
+      weight: 1
+    }
+  ),
+  tenantId: FastCheck.option(hostileUuid, { nil: undefined }),
+  actorId: FastCheck.option(nameText, { nil: undefined })
+})
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+// biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is what PostgreSQL rejects
+const UNSTORABLE = /\u0000|\p{Surrogate}/u
+const badText = (s: string) => s.length === 0 || s.length > 255 || UNSTORABLE.test(s)
+const badDate = (d: Date) =>
+  Number.isNaN(d.getTime()) ||
+  d.getTime() < Date.parse("0001-01-01T00:00:00.000Z") ||
+  d.getTime() > Date.parse("9999-12-31T23:59:59.999Z")
+/** Why `value` is not JSON data that reads back as it is (the spec the store must meet), or undefined. */
+const notData = (value: unknown, inArray: boolean): string | undefined => {
+  switch (typeof value) {
+    case "string":
+      return UNSTORABLE.test(value) ? "unstorable string" : undefined
+    case "number":
+      return Number.isFinite(value) ? undefined : "non-finite number"
+    case "boolean":
+      return undefined
+    case "undefined":
+      return inArray ? "undefined in an array" : undefined
+    case "object": {
+      if (value === null) return undefined
+      if (Array.isArray(value)) {
+        if (Object.getPrototypeOf(value) !== Array.prototype) return "exotic array"
+        for (let i = 0; i < value.length; i++) {
+          if (!(i in value)) return "sparse array"
+          const problem = notData(value[i], true)
+          if (problem !== undefined) return problem
+        }
+        return undefined
+      }
+      const prototype = Object.getPrototypeOf(value)
+      if (prototype !== Object.prototype && prototype !== null) return "not a plain object"
+      for (const [key, v] of Object.entries(value)) {
+        if (UNSTORABLE.test(key)) return "unstorable key"
+        const problem = notData(v, false)
+        if (problem !== undefined) return problem
+      }
+      return undefined
+    }
+    default:
+      return typeof value
+  }
+}
+type HostileAppend = typeof hostileAppend extends FastCheck.Arbitrary<infer A> ? A : never
+/** Why the store must refuse the append (the spec it must meet), or undefined when it must take it. */
+const hostileProblem = (input: HostileAppend): string | undefined => {
+  if (!UUID.test(input.stream.aggregateId)) return "aggregateId"
+  if (badText(input.stream.aggregateType)) return "aggregateType"
+  if (input.events.length === 0) return "no events"
+  if (input.tenantId !== undefined && !UUID.test(input.tenantId)) return "tenantId"
+  if (input.actorId !== undefined && badText(input.actorId)) return "actorId"
+  if (input.expected._tag === "Exact" && input.expected.version + input.events.length > 2 ** 31 - 1) return "version"
+  const ids = new Set<string>()
+  for (const e of input.events) {
+    if (e.eventId !== undefined) {
+      if (!UUID.test(e.eventId)) return "eventId"
+      if (ids.has(e.eventId.toLowerCase())) return "duplicate eventId"
+      ids.add(e.eventId.toLowerCase())
+    }
+    if (e.timestamp !== undefined && badDate(e.timestamp)) return "timestamp"
+    if (Number.isNaN(e.fields.at.getTime())) return "at"
+    if (UNSTORABLE.test(e.fields.text) || (e.fields.maybe !== undefined && UNSTORABLE.test(e.fields.maybe))) {
+      return "text"
+    }
+    if (!Number.isFinite(e.fields.n)) return "n"
+    const problem = notData(e.fields.anything, false)
+    if (problem !== undefined) return `anything: ${problem}`
+  }
+  return undefined
+}
+/** As JSON keeps data: -0 is 0, an undefined property is absent. */
+const asData = (value: unknown): unknown => {
+  if (Object.is(value, -0)) return 0
+  if (Array.isArray(value)) return value.map(asData)
+  if (value instanceof Date) return value.getTime()
+  if (typeof value === "object" && value !== null) {
+    return Object.fromEntries(
+      Object.entries(value)
+        .filter(([, v]) => v !== undefined)
+        .map(([k, v]) => [k, asData(v)])
+    )
+  }
+  return value
+}
+
 export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
   layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(`EventStore conformance: ${name}`, (it) => {
     const withStore = Effect.flatMap(Harness, (h) => h.store(registry))
@@ -877,6 +1132,109 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
             both.map((e) => e.globalPosition),
             [positions.get('a"b'), positions.get("e,f")]
           )
+        })
+      )
+
+      it.effect.prop(
+        "hostile input: an append fails with InvalidEventError and writes nothing, or lands and reads back equal",
+        [hostileAppend],
+        ([generated]) =>
+          Effect.gen(function* () {
+            const input = resolveIds(generated)
+            const store = yield* Effect.flatMap(Harness, (h) => h.store(hostileRegistry))
+            // Other tests leave events this registry cannot decode: look at Hostile events only.
+            const [last] = yield* collect(store.readAll({ direction: "backward", limit: 1, eventTypes: ["Hostile"] }))
+            const before = last?.globalPosition ?? 0n
+            const events = input.events.map((e) => ({
+              event: Hostile.make(e.fields, true),
+              ...(e.eventId === undefined ? {} : { eventId: e.eventId }),
+              ...(e.timestamp === undefined ? {} : { timestamp: e.timestamp })
+            }))
+            const result = yield* Effect.either(
+              store.append(input.stream, events, {
+                expectedVersion: input.expected,
+                ...(input.tenantId === undefined ? {} : { tenantId: input.tenantId }),
+                ...(input.actorId === undefined ? {} : { actorId: input.actorId })
+              })
+            )
+            const written = yield* collect(store.readAll({ after: before, eventTypes: ["Hostile"] }))
+            const problem = hostileProblem(input)
+            // On a new stream, an exact expectation other than 0 is a conflict, not bad input.
+            const conflict = problem === undefined && input.expected._tag === "Exact" && input.expected.version !== 0
+            if (Either.isLeft(result)) {
+              assert.strictEqual(
+                result.left._tag,
+                conflict ? "ConcurrencyError" : "InvalidEventError",
+                `${result.left.message} (expected: ${problem ?? "a conflict"})`
+              )
+              assert.isTrue(problem !== undefined || conflict, `refused input that should land: ${result.left.message}`)
+              assert.strictEqual(written.length, 0, "a refused append wrote events")
+              return
+            }
+            assert.isFalse(conflict, "an exact expectation past a new stream's version landed")
+            assert.isUndefined(problem, `stored input it should have refused: ${problem}`)
+            assert.strictEqual(written.length, events.length)
+            const back = yield* collect(store.readStream(input.stream))
+            assert.deepStrictEqual(
+              back.map((e) => asData(e.event)),
+              input.events.map((e) => asData({ _tag: "Hostile", ...e.fields }))
+            )
+            for (const [i, e] of back.entries()) {
+              assert.strictEqual(e.actorId, input.actorId ?? null)
+              assert.strictEqual(e.tenantId, input.tenantId?.toLowerCase() ?? null)
+              const timestamp = input.events[i]!.timestamp
+              if (timestamp !== undefined) assert.strictEqual(e.timestamp.getTime(), timestamp.getTime())
+            }
+          }),
+        { fastCheck: { numRuns: 200 } }
+      )
+
+      it.effect("bounds past the storable range are refused on append and mean open ends on reads", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          for (const timestamp of [new Date(-8.64e15), new Date(8.64e15), new Date("0000-12-31T23:59:59.999Z")]) {
+            const error = yield* Effect.flip(
+              store.append(s, [{ ...note("t"), timestamp }], { expectedVersion: ExpectedVersion.any })
+            )
+            assert.strictEqual(error._tag, "InvalidEventError")
+            assert.include(error.message, "years 1 to 9999")
+          }
+          for (const version of [2 ** 31, 2 ** 31 - 1]) {
+            const error = yield* Effect.flip(
+              store.append(s, notes(1), { expectedVersion: ExpectedVersion.exact(version) })
+            )
+            assert.strictEqual(error._tag, "InvalidEventError", error.message)
+          }
+          const edges = [new Date("0001-01-01T00:00:00.000Z"), new Date("9999-12-31T23:59:59.999Z")]
+          const landed = yield* store.append(
+            s,
+            edges.map((timestamp) => ({ ...note("edge"), timestamp })),
+            { expectedVersion: ExpectedVersion.noStream }
+          )
+          const back = yield* collect(store.readStream(s))
+          assert.deepStrictEqual(
+            back.map((e) => e.timestamp.toISOString()),
+            edges.map((d) => d.toISOString())
+          )
+          const window = (options: EventStore.ReadAllOptions) =>
+            collect(store.readAll({ after: landed.firstPosition - 1n, ...options })).pipe(
+              Effect.map((events) => events.map((e) => e.version))
+            )
+          assert.deepStrictEqual(yield* window({ since: new Date(-8.64e15), until: new Date(8.64e15) }), [1, 2])
+          assert.deepStrictEqual(yield* window({ since: new Date(8.64e15) }), [])
+          assert.deepStrictEqual(yield* window({ until: new Date(-8.64e15) }), [])
+          assert.deepStrictEqual(yield* window({ until: edges[1]! }), [1])
+          assert.deepStrictEqual(yield* window({ before: 2n ** 70n }), [1, 2])
+          assert.deepStrictEqual(yield* window({ after: 2n ** 70n }), [])
+          assert.deepStrictEqual(yield* window({ before: -5n }), [])
+          const versions = (options: EventStore.ReadStreamOptions) =>
+            collect(store.readStream(s, options)).pipe(Effect.map((events) => events.map((e) => e.version)))
+          assert.deepStrictEqual(yield* versions({ fromVersion: -(2 ** 40), toVersion: 2 ** 40 }), [1, 2])
+          assert.deepStrictEqual(yield* versions({ fromVersion: 2 ** 40 }), [])
+          assert.deepStrictEqual(yield* versions({ toVersion: 2 ** 40, direction: "backward" }), [2, 1])
+          const events = yield* collect(store.readStreamEvents(s, { fromVersion: 2 ** 40 }))
+          assert.strictEqual(events.length, 0)
         })
       )
 

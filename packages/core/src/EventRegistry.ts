@@ -9,7 +9,9 @@ import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import { EventDecodeError, InvalidEventError, UnknownEventTypeError } from "./Errors.js"
 import type * as Event from "./Event.js"
+import * as JsonShape from "./internal/jsonShape.js"
 import * as PlainStruct from "./internal/plainStruct.js"
+import * as Validate from "./internal/validate.js"
 
 /**
  * @since 0.1.0
@@ -51,8 +53,16 @@ const withFastPath = <A>(
 }
 
 /**
- * Builds a registry from event definitions. Two definitions of one event type are a
- * programming error and throw at once, when the registry is made.
+ * Builds a registry from event definitions. What could never be stored and read back
+ * is a programming error and throws at once, when the registry is made:
+ * - two definitions of one event type;
+ * - an event type that is empty, longer than 255 characters, or holds a NUL or a lone
+ *   surrogate (the `event_type` column could not store it as given);
+ * - a payload schema whose encoded side is not plain JSON: a `Date`
+ *   (`Schema.DateFromSelf`; use `Schema.Date`, an ISO string), a `bigint`
+ *   (`Schema.BigIntFromSelf`; use `Schema.BigInt`), bytes, a symbol, or `undefined`
+ *   where the property is not optional. Stored as JSON, these would read back as
+ *   something else, and every read of the event would fail.
  *
  * @since 0.1.0
  * @category constructors
@@ -70,6 +80,12 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
     if (existing !== undefined) {
       if (existing === definition) continue
       throw new Error(`EventRegistry: event type "${definition.type}" is defined twice`)
+    }
+    const badType = Validate.textError("event type", definition.type)
+    if (badType !== undefined) throw new Error(`EventRegistry: ${badType.reason}`)
+    const notJson = JsonShape.notJson(definition.payload.ast)
+    if (notJson !== undefined) {
+      throw new Error(`EventRegistry: event type "${definition.type}" cannot be stored: its ${notJson}`)
     }
     types.set(definition.type, definition)
     encoders.set(definition.type, withFastPath(definition.payload, Schema.encodeUnknownEither(definition.payload)))

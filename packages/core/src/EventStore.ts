@@ -23,6 +23,7 @@ import { describeCause, EventStoreError, InvalidEventError } from "./Errors.js"
 import type * as Event from "./Event.js"
 import type { EventRegistry } from "./EventRegistry.js"
 import type { ExpectedVersion } from "./ExpectedVersion.js"
+import * as JsonShape from "./internal/jsonShape.js"
 import * as MemoryEventStore from "./internal/memoryEventStore.js"
 import * as validate from "./internal/validate.js"
 import type * as Subscription from "./Subscription.js"
@@ -356,7 +357,11 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       return decodeStream(
         backend.readStream(
           { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
-          { direction: options?.direction ?? "forward", fromVersion, ...(toVersion === undefined ? {} : { toVersion }) }
+          {
+            direction: options?.direction ?? "forward",
+            fromVersion: validate.versionBound(fromVersion),
+            ...(toVersion === undefined ? {} : { toVersion: validate.versionBound(toVersion) })
+          }
         )
       )
     }).pipe(Stream.unwrap, streamSpan(stream, options?.fromVersion))
@@ -400,7 +405,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       }
       const normalized = { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType }
       return backend
-        .readStreamEvents(normalized, fromVersion)
+        .readStreamEvents(normalized, validate.versionBound(fromVersion))
         .pipe(Stream.chunks, Stream.flatMap(decodeStreamChunk(normalized)))
     }).pipe(Stream.unwrap, streamSpan(stream, options?.fromVersion))
 
@@ -482,6 +487,14 @@ const prepareAppend = (
   const invalid = validate.streamError(stream)
   if (invalid !== undefined) return Either.left(invalid)
   if (events.length === 0) return Either.left(new InvalidEventError({ reason: "append needs at least one event" }))
+  const expected = options.expectedVersion
+  if (expected?._tag === "Exact" && expected.version + events.length > validate.MAX_VERSION) {
+    return Either.left(
+      new InvalidEventError({
+        reason: `versions end at ${validate.MAX_VERSION}: ${events.length} event(s) cannot follow version ${expected.version}`
+      })
+    )
+  }
   const tenantId = options.tenantId ?? null
   const actorId = options.actorId ?? null
   const invalidOption =
@@ -503,10 +516,11 @@ const prepareAppend = (
     }
     seen.add(eventId)
     const timestamp = item.timestamp ?? defaultTimestamp
-    if (Number.isNaN(timestamp.getTime())) {
-      return Either.left(new InvalidEventError({ reason: `event ${eventId} has an invalid timestamp` }))
-    }
-    const payloadJson = validate.payloadJson(item.event._tag, payload.right)
+    const invalidTimestamp = validate.timestampError(`the timestamp of event ${eventId}`, timestamp)
+    if (invalidTimestamp !== undefined) return Either.left(invalidTimestamp)
+    const definition = registry.types.get(item.event._tag)
+    const opaque = definition !== undefined && JsonShape.isOpaque(definition.payload.ast)
+    const payloadJson = validate.payloadJson(item.event._tag, payload.right, opaque)
     if (Either.isLeft(payloadJson)) return Either.left(payloadJson.left)
     prepared[i] = { eventId, eventType: item.event._tag, timestamp, payloadJson: payloadJson.right }
   }

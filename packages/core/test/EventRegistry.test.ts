@@ -108,3 +108,58 @@ describe("EventRegistry", () => {
     }
   })
 })
+
+describe("EventRegistry refuses, when it is made, what could not be stored and read back", () => {
+  interface Tree {
+    readonly label: string
+    readonly children: ReadonlyArray<Tree>
+  }
+  const Tree: Schema.Schema<Tree> = Schema.Struct({
+    label: Schema.String,
+    children: Schema.Array(Schema.suspend(() => Tree))
+  })
+  class Money extends Schema.Class<Money>("Money")({ amount: Schema.BigInt, currency: Schema.String }) {}
+
+  it("accepts schemas whose encoded side is JSON", () => {
+    const fine = {
+      at: Schema.Date,
+      amount: Schema.BigInt,
+      maybe: Schema.optional(Schema.String),
+      maybeAt: Schema.optionalWith(Schema.Date, { exact: true }),
+      nullable: Schema.NullOr(Schema.Number),
+      option: Schema.Option(Schema.String),
+      tree: Tree,
+      money: Money,
+      record: Schema.Record({ key: Schema.String, value: Schema.UndefinedOr(Schema.Number) }),
+      pair: Schema.Tuple(Schema.String, Schema.Number),
+      bytes: Schema.Uint8Array,
+      anything: Schema.Unknown
+    }
+    assert.doesNotThrow(() => EventRegistry.make(Event.make("Fine", fine)))
+  })
+
+  it("refuses a Date, a bigint, bytes, a symbol or a required undefined in the encoded side, naming the field", () => {
+    const cases: ReadonlyArray<readonly [Schema.Struct.Fields, string]> = [
+      [{ at: Schema.DateFromSelf }, "payload.at is encoded as DateFromSelf"],
+      [{ at: Schema.optional(Schema.DateFromSelf) }, "payload.at is encoded as DateFromSelf"],
+      [{ n: Schema.BigIntFromSelf }, "payload.n is encoded as a bigint"],
+      [{ n: Schema.Literal(1n) }, "payload.n is encoded as a bigint literal"],
+      [{ bytes: Schema.Uint8ArrayFromSelf }, "payload.bytes is encoded as Uint8ArrayFromSelf"],
+      [{ s: Schema.SymbolFromSelf }, "payload.s is encoded as a symbol"],
+      [{ u: Schema.UndefinedOr(Schema.String) }, "payload.u may be encoded as undefined"],
+      [{ list: Schema.Array(Schema.UndefinedOr(Schema.String)) }, "payload.list[] may be encoded as undefined"],
+      [{ nested: Schema.Struct({ deep: Schema.Tuple(Schema.String, Schema.DateFromSelf) }) }, "payload.nested.deep[1]"],
+      [{ map: Schema.ReadonlyMapFromSelf({ key: Schema.String, value: Schema.String }) }, "payload.map is encoded as"]
+    ]
+    for (const [fields, expected] of cases) {
+      assert.throws(() => EventRegistry.make(Event.make("Bad", fields) as unknown as Event.AnyEventType), expected)
+    }
+  })
+
+  it("refuses an event type the event_type column could not store as given", () => {
+    for (const type of ["", "x".repeat(256), "Order\u0000Created", "lone \ud800"]) {
+      assert.throws(() => EventRegistry.make(Event.make(type, { a: Schema.String })), /event type/)
+    }
+    assert.doesNotThrow(() => EventRegistry.make(Event.make("x".repeat(255), { a: Schema.String })))
+  })
+})

@@ -6,6 +6,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as OutboxRelay from "@eventfold/core/OutboxRelay"
+import * as Publisher from "@eventfold/core/Publisher"
 import * as NatsPublisher from "@eventfold/nats/NatsPublisher"
 import * as PgOutbox from "@eventfold/pg/PgOutbox"
 import * as PgPool from "@eventfold/pg/PgPool"
@@ -22,7 +23,7 @@ import type { Latencies } from "./stats.js"
 const open = (target: Target) =>
   Effect.gen(function* () {
     const live = OutboxRelay.layer({ start: false, batchSize: target.batchSize }).pipe(
-      Layer.provide(
+      Layer.provideMerge(
         Layer.merge(
           PgOutbox.layer(),
           // The harness made the stream; the publisher only checks that it captures the subjects.
@@ -42,6 +43,8 @@ const open = (target: Target) =>
       Effect.tapErrorCause(() => Scope.close(scope, Exit.void))
     )
     const relay = Context.get(context, OutboxRelay.OutboxRelay)
+    // The publisher connects in the background: batches are timed from when it is ready.
+    yield* Publisher.awaitReady(Context.get(context, Publisher.Publisher))
     yield* Context.get(context, SqlClient.SqlClient)`SELECT 1`
 
     const drain = (latencies: Latencies) =>

@@ -422,6 +422,65 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
       )
     })
 
+    describe("parking", () => {
+      it.scoped("a parked entry is set aside with who and why, and the rest of its aggregate flows on", () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* fresh
+          const writer = store({ outbox: true })
+          const poisoned = cart()
+          yield* writer.append(poisoned, notes(3), { expectedVersion: ExpectedVersion.noStream })
+          const [p1, p2, p3] = yield* outbox.claim({ owner: "r1", limit: 10, lease })
+          yield* outbox.settle({
+            owner: "r1",
+            published: [p1!.id],
+            failed: [{ id: p2!.id, error: "max_payload size exceeded", retryAfter: null }],
+            released: [{ id: p3!.id }]
+          })
+          assert.deepInclude(yield* outbox.stats, { failed: 1, held: 1, parked: 0 })
+          assert.deepStrictEqual(yield* outbox.claim({ owner: "r2", limit: 10, lease }), [])
+
+          // Only failed entries are parked: a pending or published one is left as it is.
+          const ids = [p1!.message.eventId, p3!.message.eventId]
+          assert.strictEqual(yield* outbox.park({ eventIds: ids, by: "ops", reason: "no" }), 0)
+          const parked = yield* outbox.park({
+            eventIds: [p2!.message.eventId.toUpperCase()],
+            by: "alice (on call)",
+            reason: "payload over the broker's max_payload; consumers rebuild from the store"
+          })
+          assert.strictEqual(parked, 1)
+          assert.deepInclude(yield* outbox.stats, { failed: 0, held: 0, parked: 1, pending: 1, published: 1 })
+          const [row] = yield* outbox.list({ status: "parked" })
+          assert.strictEqual(row!.message.eventId, p2!.message.eventId)
+          assert.strictEqual(row!.lastError, "max_payload size exceeded")
+          assert.deepInclude(row!.parked, {
+            by: "alice (on call)",
+            reason: "payload over the broker's max_payload; consumers rebuild from the store"
+          })
+          assert.instanceOf(row!.parked!.at, Date)
+
+          // Version 3 flows on, and so do later ones.
+          yield* writer.append(poisoned, notes(1), { expectedVersion: ExpectedVersion.exact(3) })
+          const next = yield* outbox.claim({ owner: "r3", limit: 10, lease })
+          assert.deepStrictEqual(
+            next.map((e) => e.message.version),
+            [3, 4]
+          )
+          yield* outbox.settle({ owner: "r3", published: next.map((e) => e.id), failed: [], released: [] })
+
+          // retryFailed leaves parked entries alone unless they are named.
+          assert.strictEqual(yield* outbox.retryFailed(), 0)
+          assert.strictEqual(yield* outbox.retryFailed({ eventIds: [p2!.message.eventId] }), 1)
+          const [back] = yield* outbox.list({ aggregateId: poisoned.aggregateId, status: "pending" })
+          assert.strictEqual(back!.message.version, 2)
+          assert.isNull(back!.parked)
+          assert.deepStrictEqual(
+            (yield* outbox.claim({ owner: "r4", limit: 10, lease })).map((e) => e.message.version),
+            [2]
+          )
+        })
+      )
+    })
+
     describe("maintenance", () => {
       it.scoped("deletePublished removes published entries older than the given age, nothing else", () =>
         Effect.gen(function* () {

@@ -19,6 +19,13 @@
  * `retryFailed`: publishing them would deliver version n+1 without version n.
  * Other aggregates are not affected.
  *
+ * **Parking is the way past a poison entry.** An operator who decides that a failed
+ * entry will never be published parks it (`park`, with who and why, which are kept):
+ * it is set aside as `parked`, and the later entries of its aggregate flow on, so
+ * consumers see version n+1 without version n. Per-aggregate order is the default;
+ * giving it up for one entry is this explicit, recorded decision. A parked entry can
+ * still be published later by naming it to `retryFailed`.
+ *
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
@@ -34,12 +41,13 @@ import * as MemoryOutbox from "./internal/memoryOutbox.js"
 import type { Message } from "./Publisher.js"
 
 /**
- * The spec's status values.
+ * The spec's status values, and `parked`: a failed entry an operator set aside (see the
+ * module docs).
  *
  * @since 0.1.0
  * @category models
  */
-export type Status = "pending" | "published" | "failed"
+export type Status = "pending" | "published" | "failed" | "parked"
 
 /**
  * An entry handed to a relay by {@link Service.claim}.
@@ -71,6 +79,21 @@ export interface Row extends Entry {
   readonly leaseUntil: Date | null
   /** Not handed out before this time (a retry's backoff). */
   readonly nextAttemptAt: Date | null
+  /** Who parked the entry, when, and why; null unless parked. */
+  readonly parked: { readonly at: Date; readonly by: string; readonly reason: string } | null
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ParkOptions {
+  /** The failed entries to set aside, by event id. */
+  readonly eventIds: ReadonlyArray<string>
+  /** Who decides (an operator, a tool): kept with the entry. */
+  readonly by: string
+  /** Why: kept with the entry. */
+  readonly reason: string
 }
 
 /**
@@ -123,6 +146,8 @@ export interface Stats {
   readonly failed: number
   /** Pending entries held back behind a failed entry of their aggregate (see the module docs). */
   readonly held: number
+  /** Entries an operator set aside (see the module docs). */
+  readonly parked: number
   /** Pending entries leased to a relay right now. */
   readonly inFlight: number
   /** Creation time of the oldest pending entry. */
@@ -181,8 +206,17 @@ export interface Service {
   /** Hands back the owner's leased entries (all, or those given) at once, e.g. when a relay stops. */
   readonly release: (owner: string, ids?: ReadonlyArray<string>) => Effect.Effect<number, OutboxError>
   readonly stats: Effect.Effect<Stats, OutboxError>
-  /** Puts failed entries (all, or those of the given event ids) back to pending with a fresh budget. Returns how many. */
+  /**
+   * Puts failed entries (all, or those of the given event ids, parked ones included when
+   * named) back to pending with a fresh budget. Returns how many.
+   */
   readonly retryFailed: (options?: { readonly eventIds?: ReadonlyArray<string> }) => Effect.Effect<number, OutboxError>
+  /**
+   * Sets failed entries aside for good, recording who and why, so that the later
+   * entries of their aggregates are published (see the module docs). Entries that are
+   * not failed are left as they are. Returns how many were parked.
+   */
+  readonly park: (options: ParkOptions) => Effect.Effect<number, OutboxError>
   /** Deletes published entries published longer ago than `olderThan` (e.g. "7 days"). Returns how many. */
   readonly deletePublished: (olderThan: Duration.DurationInput) => Effect.Effect<number, OutboxError>
   /** Entries in global order, for inspection. */

@@ -33,7 +33,9 @@
  * **Wake-ups**: the fiber runs a batch when the outbox signals new entries (LISTEN/
  * NOTIFY in PostgreSQL, sent at commit), every `pollInterval` as a fallback, when a
  * retry is due, and straight away as long as claims find entries. While the
- * broker or the database is unreachable it backs off with `backoff`.
+ * broker or the database is unreachable it backs off with `backoff`; while the
+ * publisher says its broker is not ready (see `Publisher.Status`), it claims nothing
+ * and waits for it, and `stats` shows the broker's state.
  *
  * @since 0.1.0
  */
@@ -53,8 +55,15 @@ import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as ScheduleIntervals from "effect/ScheduleIntervals"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { type Entry, Outbox, type OutboxError, type Service as OutboxService, type Settlement } from "./Outbox.js"
-import { Outcome, type PublishError, Publisher } from "./Publisher.js"
+import {
+  type Entry,
+  Outbox,
+  type OutboxError,
+  type Service as OutboxService,
+  type Stats as OutboxStats,
+  type Settlement
+} from "./Outbox.js"
+import { awaitReady, Outcome, type PublishError, Publisher, type Status } from "./Publisher.js"
 import * as Settings from "./Settings.js"
 import { Attributes, Spans } from "./Telemetry.js"
 
@@ -119,6 +128,16 @@ export interface BatchReport {
 }
 
 /**
+ * The outbox's figures and the link to the broker.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Stats extends OutboxStats {
+  readonly broker: Status
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -135,8 +154,9 @@ export interface Service {
   readonly drain: Effect.Effect<BatchReport, OutboxError | PublishError>
   /** Asks the background fiber to run a batch now. */
   readonly wake: Effect.Effect<void>
-  readonly stats: OutboxService["stats"]
+  readonly stats: Effect.Effect<Stats, OutboxError>
   readonly retryFailed: OutboxService["retryFailed"]
+  readonly park: OutboxService["park"]
   readonly deletePublished: OutboxService["deletePublished"]
 }
 
@@ -366,8 +386,9 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Outbo
       runOnce,
       drain,
       wake,
-      stats: outbox.stats,
+      stats: Effect.zipWith(outbox.stats, publisher.status, (stats, broker) => ({ ...stats, broker })),
       retryFailed: outbox.retryFailed,
+      park: outbox.park,
       deletePublished: outbox.deletePublished
     }
 
@@ -403,9 +424,18 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Outbo
       // A backoff that ends leaves the rest to the next poll.
       Effect.orElseSucceed(() => emptyReport)
     )
-    // While claims find work, go on at once; after an empty one, wait for a signal.
+    // While claims find work, go on at once; after an empty one, wait for a signal. While
+    // the broker is not ready, claim nothing: wait until it is (it says when).
+    const whenReady = Effect.flatMap(publisher.status, (status) =>
+      status._tag === "Ready" ? Effect.void : awaitReady(publisher)
+    )
     const loop = (signal: Queue.Queue<void>) =>
-      Effect.forever(Effect.flatMap(cycle, (report) => (report.claimed === 0 ? Queue.take(signal) : Effect.void)))
+      Effect.forever(
+        whenReady.pipe(
+          Effect.zipRight(cycle),
+          Effect.flatMap((report) => (report.claimed === 0 ? Queue.take(signal) : Effect.void))
+        )
+      )
     const poll = wake.pipe(Effect.repeat(Schedule.spaced(pollInterval)))
     const listen = outbox.wakeups.pipe(
       Stream.runForEach(() => wake),

@@ -20,6 +20,8 @@ import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
+import * as SubscriptionRef from "effect/SubscriptionRef"
 import { Attributes, Spans } from "./Telemetry.js"
 
 /**
@@ -86,12 +88,39 @@ export type Outcome = Data.TaggedEnum<{
 export const Outcome = Data.taggedEnum<Outcome>()
 
 /**
+ * The publisher's link to its broker. A broker that is down is a state, not a failure
+ * of the application: the publisher keeps trying, and publishes fail as `Unavailable`
+ * meanwhile.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Status = Data.TaggedEnum<{
+  /** Not connected yet: the first connection (or the broker's setup) is being tried, `attempts` times so far. */
+  Connecting: { readonly since: Date; readonly attempts: number; readonly lastError: string | null }
+  /** Connected and set up. `maxPayload`: the largest message the broker takes, in bytes, when it says. */
+  Ready: { readonly since: Date; readonly maxPayload: number | null }
+  /** Was ready, lost the connection, and is reconnecting. */
+  Reconnecting: { readonly since: Date; readonly lastError: string | null }
+}>
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const Status = Data.taggedEnum<Status>()
+
+/**
  * @since 0.1.0
  * @category models
  */
 export interface Service {
   /** The broker's name, as OpenTelemetry's `messaging.system` ("nats", ...). */
   readonly system: string
+  /** The link to the broker now. */
+  readonly status: Effect.Effect<Status>
+  /** The link's states, the current one first, then each change. */
+  readonly statusChanges: Stream.Stream<Status>
   /**
    * Publishes a batch and reports one outcome per message, in the batch's order.
    * Fails only when nothing of the batch could be attempted.
@@ -118,7 +147,27 @@ export interface MakeOptions {
   readonly publishOne: (message: Message) => Effect.Effect<{ readonly duplicate: boolean }, PublishError>
   /** How many aggregates are published at once (messages awaiting their acks). Default 128. */
   readonly concurrency?: number
+  /** The link to the broker, for brokers that connect apart from publishing. Default: always ready. */
+  readonly status?: SubscriptionRef.SubscriptionRef<Status>
 }
+
+/**
+ * Waits until the publisher is ready (connected and set up).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const awaitReady = (publisher: Service): Effect.Effect<void> =>
+  publisher.statusChanges.pipe(
+    Stream.filter((status) => status._tag === "Ready"),
+    Stream.runHead,
+    Effect.asVoid
+  )
+
+const alwaysReady: { readonly status: Effect.Effect<Status>; readonly statusChanges: Stream.Stream<Status> } = (() => {
+  const ready = Status.Ready({ since: new Date(0), maxPayload: null })
+  return { status: Effect.succeed(ready), statusChanges: Stream.succeed(ready) }
+})()
 
 /**
  * A publisher over a one-message publish: the batch is split by aggregate; the
@@ -168,7 +217,11 @@ export const make = (options: MakeOptions): Service => {
         }
       })
     )
-  return { system: options.system, publish }
+  const link =
+    options.status === undefined
+      ? alwaysReady
+      : { status: SubscriptionRef.get(options.status), statusChanges: options.status.changes }
+  return { system: options.system, publish, ...link }
 }
 
 /**

@@ -18,8 +18,11 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as NatsServer from "../../../test/support/NatsServer.js"
 import {
   Broker,
   BrokerLive,
@@ -90,6 +93,8 @@ const recording = (inner: Publisher.Service) => {
   const acks: Array<{ readonly eventId: string; readonly duplicate: boolean; readonly by: string }> = []
   const wrap = (by: string): Publisher.Service => ({
     system: inner.system,
+    status: inner.status,
+    statusChanges: inner.statusChanges,
     publish: (messages) =>
       inner.publish(messages).pipe(
         Effect.tap((outcomes) =>
@@ -109,6 +114,8 @@ const countingUnavailable = (inner: Publisher.Service) => {
   let unavailable = 0
   const publisher: Publisher.Service = {
     system: inner.system,
+    status: inner.status,
+    statusChanges: inner.statusChanges,
     publish: (messages) =>
       inner.publish(messages).pipe(
         Effect.tap((outcomes) => {
@@ -205,22 +212,27 @@ const suite = () =>
         const counting = countingUnavailable(
           yield* NatsPublisher.make({ servers: tcp.url, ...names, ackTimeout: "1 second" })
         )
-        yield* relay(outbox, counting.publisher, { backoff: Schedule.spaced("200 millis"), pollInterval: "500 millis" })
+        const relayed = yield* relay(outbox, counting.publisher, {
+          backoff: Schedule.spaced("200 millis"),
+          pollInterval: "500 millis"
+        })
 
         const before = yield* appendOrders(store, 5, 4)
         yield* eventually(
           Effect.map(broker.count(names.stream), (n) => n === 20),
           "the first 20 arrive"
         )
+        assert.strictEqual((yield* relayed.stats).broker._tag, "Ready")
 
         yield* tcp.pause
-        const failedBefore = yield* counting.unavailable
-        const during = yield* appendOrders(store, 5, 6)
-        // Only the new entries are pending: two attempts at them met the outage (the first one settled).
+        // The relay learns of the outage from the connection, and shows it.
         yield* eventually(
-          Effect.map(counting.unavailable, (n) => n >= failedBefore + 2),
-          "two attempts found the broker unavailable"
+          Effect.map(relayed.stats, (s) => s.broker._tag === "Reconnecting"),
+          "the relay's stats show the broker reconnecting"
         )
+        const during = yield* appendOrders(store, 5, 6)
+        // Whatever was tried meanwhile met the outage; now nothing more is tried until the broker is back.
+        yield* relayed.wake
         assert.strictEqual(yield* broker.count(names.stream), 20, "nothing got through the paused proxy")
         const pending = yield* outbox.list({ status: "pending" })
         assert.strictEqual(pending.length, 30)
@@ -228,17 +240,16 @@ const suite = () =>
           pending.every((row) => row.retryCount === 0),
           "an outage spends no retry budget"
         )
-        assert.isTrue(
-          pending.some((row) => row.lastError !== null),
-          "the outage is noted in last_error"
-        )
         assert.strictEqual((yield* outbox.stats).failed, 0)
+        const attemptsDuringOutage = yield* counting.unavailable
 
         yield* tcp.resume
         yield* eventually(
           Effect.map(broker.count(names.stream), (n) => n === 50),
           "all 50 arrive after the outage"
         )
+        assert.strictEqual((yield* relayed.stats).broker._tag, "Ready")
+        assert.isAtMost(attemptsDuringOutage, 2, "the relay waited for the broker rather than trying on")
         yield* eventually(
           Effect.map(outbox.stats, (s) => s.pending === 0),
           "the outbox is settled"
@@ -412,6 +423,156 @@ const suite = () =>
       }).pipe(Effect.orDie, Effect.provide(quiet))
     )
 
+    it.scoped(
+      "poison never blocks: what the broker can never take fails after its budget, parked it lets its aggregate on",
+      () =>
+        Effect.gen(function* () {
+          const { outbox, store } = yield* database
+          const names = yield* uniqueStream
+          const broker = yield* Broker
+          const nats = yield* NatsPublisher.make({ servers: natsUrl, ...names })
+          yield* Publisher.awaitReady(nats)
+          const ready = yield* nats.status
+          const maxPayload = ready._tag === "Ready" ? ready.maxPayload : null
+          assert.isAbove(maxPayload ?? 0, 0, "the server's max_payload is read at start")
+          const relayed = yield* relay(outbox, nats, {
+            retryBudget: 3,
+            retrySchedule: Schedule.spaced("300 millis"),
+            pollInterval: "200 millis"
+          })
+
+          // Version 2 of one order is larger than the server takes; an actor id with a line break
+          // (which NATS headers cannot carry as such) rides on another.
+          const poison = crypto.randomUUID()
+          const poisoned = { aggregateId: poison, aggregateType: "Order" }
+          yield* store.append(poisoned, [{ event: OrderPlaced.make({ total: 1 }) }], {
+            expectedVersion: ExpectedVersion.noStream
+          })
+          yield* store.append(poisoned, [{ event: OrderNoted.make({ text: "x".repeat(maxPayload! + 1024) }) }], {
+            expectedVersion: ExpectedVersion.exact(1)
+          })
+          yield* store.append(poisoned, [{ event: OrderPlaced.make({ total: 3 }) }], {
+            expectedVersion: ExpectedVersion.exact(2)
+          })
+          const night = crypto.randomUUID()
+          yield* store.append(
+            { aggregateId: night, aggregateType: "Order" },
+            [{ event: OrderPlaced.make({ total: 9 }) }],
+            {
+              expectedVersion: ExpectedVersion.noStream,
+              actorId: "clerk\r\nnight shift ☾"
+            }
+          )
+          const others = yield* appendOrders(store, 10, 4)
+
+          // Everything else is published while the poison entry is still being retried.
+          yield* eventually(
+            Effect.map(outbox.stats, (s) => s.published === 42),
+            "every other aggregate is published"
+          )
+          const [stillTrying] = yield* outbox.list({ aggregateId: poison, status: "pending" })
+          assert.strictEqual(stillTrying!.message.version, 2)
+          assert.isBelow(stillTrying!.retryCount, 3, "the others did not wait for the poison entry's budget")
+          yield* eventually(
+            Effect.map(outbox.stats, (s) => s.failed === 1),
+            "the poison entry is failed once its budget is spent"
+          )
+          const [failed] = yield* outbox.list({ status: "failed" })
+          assert.strictEqual(failed!.message.version, 2)
+          assert.strictEqual(failed!.retryCount, 3)
+          assert.match(failed!.lastError ?? "", /max_payload/)
+          const messages = yield* broker.read(names.stream)
+          assert.deepStrictEqual(versionsByAggregate(messages).get(poison), [1], "version 3 is held behind it")
+          for (const [aggregateId] of others) {
+            assert.deepStrictEqual(versionsByAggregate(messages).get(aggregateId), [1, 2, 3, 4])
+          }
+          const nightMessage = messages.find((m) => m.aggregateId === night)!
+          assert.strictEqual(
+            decodeURIComponent(nightMessage.headers[NatsPublisher.Headers.actorId]!),
+            "clerk\r\nnight shift ☾"
+          )
+
+          // The operator parks it: version 3 follows, and the relay's stats say what was done.
+          assert.strictEqual(
+            yield* relayed.park({ eventIds: [failed!.message.eventId], by: "ops", reason: "over max_payload" }),
+            1
+          )
+          yield* eventually(
+            Effect.map(broker.read(names.stream), (m) => (versionsByAggregate(m).get(poison) ?? []).length === 2),
+            "version 3 is published after the parked version 2"
+          )
+          assert.deepStrictEqual(versionsByAggregate(yield* broker.read(names.stream)).get(poison), [1, 3])
+          assert.deepInclude(yield* relayed.stats, { failed: 0, parked: 1, held: 0, pending: 0 })
+        }).pipe(Effect.orDie, Effect.provide(quiet))
+    )
+
+    it.scoped("a relay started while the broker is down: the store works, stats show it, all flows once it is up", () =>
+      Effect.gen(function* () {
+        const { outbox, store } = yield* database
+        const port = yield* NatsServer.freePort
+        const publisher = yield* NatsPublisher.make({
+          servers: `nats://127.0.0.1:${port}`,
+          reconnect: Schedule.spaced("100 millis")
+        })
+        const relayed = yield* relay(outbox, publisher, { pollInterval: "200 millis" })
+        const written = yield* appendOrders(store, 3, 2)
+        yield* eventually(
+          Effect.map(relayed.stats, (s) => s.broker._tag === "Connecting" && s.broker.attempts >= 2),
+          "the relay's stats show the broker being tried"
+        )
+        const down = yield* relayed.stats
+        assert.deepInclude(down, { pending: 6, published: 0, failed: 0 })
+        assert.include(down.broker._tag === "Connecting" ? (down.broker.lastError ?? "") : "", `127.0.0.1:${port}`)
+        assert.isTrue(
+          (yield* outbox.list()).every((row) => row.retryCount === 0),
+          "a broker that is down spends no budget"
+        )
+
+        yield* NatsServer.start({ port })
+        yield* eventually(
+          Effect.map(relayed.stats, (s) => s.published === 6 && s.broker._tag === "Ready"),
+          "everything is published once the broker is up"
+        )
+        assert.strictEqual(written.size, 3)
+      }).pipe(Effect.orDie, Effect.provide(quiet))
+    )
+
+    it.scoped("credentials in the server URL are used, and never printed", () =>
+      Effect.gen(function* () {
+        const port = yield* NatsServer.freePort
+        yield* NatsServer.start({ port, user: "relay", password: "S3cret/x" })
+        const good = yield* NatsPublisher.make({ servers: `nats://relay:S3cret%2Fx@127.0.0.1:${port}` })
+        yield* Publisher.awaitReady(good)
+        const [outcome] = yield* good.publish([
+          {
+            eventId: crypto.randomUUID(),
+            eventType: "OrderPlaced",
+            aggregateId: crypto.randomUUID(),
+            aggregateType: "Order",
+            version: 1,
+            globalPosition: 1n,
+            tenantId: null,
+            actorId: null,
+            timestamp: new Date(),
+            payloadJson: "{}"
+          }
+        ])
+        assert.strictEqual(outcome?._tag, "Published")
+        const wrong = yield* NatsPublisher.make({
+          servers: `nats://relay:hunter2@127.0.0.1:${port}`,
+          reconnect: Schedule.spaced("100 millis")
+        })
+        const lastError = Effect.map(wrong.status, (s) => (s._tag === "Connecting" ? s.lastError : null))
+        yield* eventually(
+          Effect.map(lastError, (e) => e !== null),
+          "the wrong password is refused"
+        )
+        const refused = yield* lastError
+        assert.match(refused ?? "", /authorization/i)
+        for (const secret of ["hunter2", "S3cret", "relay:"]) assert.notInclude(refused ?? "", secret)
+      }).pipe(Effect.provide(quiet))
+    )
+
     it.scoped("a rolled-back append publishes nothing and leaves no outbox entry", () =>
       Effect.gen(function* () {
         const { context, outbox, store } = yield* database
@@ -454,13 +615,52 @@ const suite = () =>
         const names = yield* uniqueStream
         const broker = yield* Broker
         yield* Effect.promise(() => broker.jsm.streams.add({ name: names.stream, subjects: ["elsewhere.>"] }))
-        const error = yield* Effect.flip(NatsPublisher.make({ servers: natsUrl, ...names }))
-        assert.strictEqual(error._tag, "JetStreamSetupError")
-        assert.include(error.message, `does not capture ${names.subjectPrefix}.>`)
-        const missing = yield* Effect.flip(
-          NatsPublisher.make({ servers: natsUrl, stream: `${names.stream}_NONE`, createStream: false })
+        // A setup that fails is retried (an operator may fix the stream) and shown in `status`.
+        const lastError = (publisher: Publisher.Service) =>
+          publisher.statusChanges.pipe(
+            Stream.filterMap((status) =>
+              status._tag === "Connecting" && status.lastError !== null ? Option.some(status.lastError) : Option.none()
+            ),
+            Stream.runHead,
+            Effect.map(Option.getOrThrow)
+          )
+        const wrong = yield* NatsPublisher.make({ servers: natsUrl, ...names })
+        assert.include(yield* lastError(wrong), `does not capture ${names.subjectPrefix}.>`)
+        const missing = yield* NatsPublisher.make({
+          servers: natsUrl,
+          stream: `${names.stream}_NONE`,
+          createStream: false
+        })
+        assert.include(yield* lastError(missing), "does not exist")
+        const failed = yield* Effect.flip(
+          missing
+            .publish([
+              {
+                eventId: crypto.randomUUID(),
+                eventType: "OrderPlaced",
+                aggregateId: crypto.randomUUID(),
+                aggregateType: "Order",
+                version: 1,
+                globalPosition: 1n,
+                tenantId: null,
+                actorId: null,
+                timestamp: new Date(),
+                payloadJson: "{}"
+              }
+            ])
+            .pipe(
+              Effect.flatMap(([outcome]) =>
+                outcome?._tag === "Failed" ? Effect.fail(outcome.error) : Effect.succeed(outcome)
+              )
+            )
         )
-        assert.include(missing.message, "does not exist")
+        assert.strictEqual(failed.reason, "Unavailable")
+        assert.include(failed.message, "does not exist")
+        // Fixed by an operator: the next attempt finds the stream, and the publisher is ready.
+        yield* Effect.promise(() =>
+          broker.jsm.streams.update(names.stream, { subjects: ["elsewhere.>", `${names.subjectPrefix}.>`] })
+        )
+        yield* Publisher.awaitReady(wrong)
       })
     )
   })

@@ -194,6 +194,19 @@ SELECT aggregate_id, aggregate_type, (array_agg(tenant_id ORDER BY version))[1],
 ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
    SET version = greatest(event_streams.version, EXCLUDED.version);
 
+
+-- 11_outbox_parking
+ALTER TABLE event_outbox DROP CONSTRAINT IF EXISTS chk_outbox_status;
+ALTER TABLE event_outbox
+  ADD CONSTRAINT chk_outbox_status CHECK (status IN ('pending', 'published', 'failed', 'parked'));
+ALTER TABLE event_outbox
+  ADD COLUMN IF NOT EXISTS parked_at TIMESTAMP WITH TIME ZONE,
+  ADD COLUMN IF NOT EXISTS parked_by VARCHAR(255),
+  ADD COLUMN IF NOT EXISTS parked_reason TEXT;
+DROP INDEX IF EXISTS idx_outbox_aggregate_unpublished;
+CREATE INDEX IF NOT EXISTS idx_outbox_aggregate_unpublished ON event_outbox (aggregate_id, aggregate_type, version)
+  WHERE status IN ('pending', 'failed');
+
 -- The Migrator's record, so PgMigrations.run knows these are applied.
 CREATE TABLE IF NOT EXISTS eventfold_migrations (
   migration_id integer primary key,
@@ -210,6 +223,7 @@ INSERT INTO eventfold_migrations (migration_id, name) VALUES
   (7, 'outbox_relay'),
   (8, 'subscriptions'),
   (9, 'append_statement'),
-  (10, 'stream_heads')
+  (10, 'stream_heads'),
+  (11, 'outbox_parking')
 ON CONFLICT (migration_id) DO NOTHING;
 COMMIT;

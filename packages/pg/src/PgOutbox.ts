@@ -14,7 +14,8 @@
  *   may have been published since; none seen published can be unpublished again;
  *   new entries come after all others), and the locked set is exact, so two relays
  *   can never both pass for one aggregate. Each row costs a few index probes
- *   (`idx_outbox_aggregate_unpublished`); entries held behind a failed one are still
+ *   (`idx_outbox_aggregate_unpublished`, over pending and failed entries: published and
+ *   parked ones take no part in order); entries held behind a failed one are still
  *   scanned past, so a large `held` count slows claims down.
  * - `settle` is one statement for the whole batch.
  * - `wakeups` LISTENs on `eventfold_outbox` on a connection of its own, and fails as
@@ -80,13 +81,16 @@ const EntryRow = Schema.Struct({
 
 const FullRow = Schema.Struct({
   ...EntryRow.fields,
-  status: Schema.Literal("pending", "published", "failed"),
+  status: Schema.Literal("pending", "published", "failed", "parked"),
   last_error: Schema.NullOr(Schema.String),
   created_at: Schema.DateFromSelf,
   published_at: Schema.NullOr(Schema.DateFromSelf),
   claimed_by: Schema.NullOr(Schema.String),
   lease_until: Schema.NullOr(Schema.DateFromSelf),
-  next_attempt_at: Schema.NullOr(Schema.DateFromSelf)
+  next_attempt_at: Schema.NullOr(Schema.DateFromSelf),
+  parked_at: Schema.NullOr(Schema.DateFromSelf),
+  parked_by: Schema.NullOr(Schema.String),
+  parked_reason: Schema.NullOr(Schema.String)
 })
 
 const StatsRow = Schema.Struct({
@@ -94,6 +98,7 @@ const StatsRow = Schema.Struct({
   published: Count,
   failed: Count,
   held: Count,
+  parked: Count,
   in_flight: Count,
   oldest_pending_at: Schema.NullOr(Schema.DateFromSelf),
   oldest_pending_age_ms: Schema.NullOr(Count)
@@ -169,7 +174,8 @@ WITH candidates AS (
                                  AND (h.lease_until IS NULL OR h.lease_until < now())
                                  AND (h.next_attempt_at IS NULL OR h.next_attempt_at <= now()))
             FROM event_outbox h
-           WHERE h.aggregate_id = o.aggregate_id AND h.aggregate_type = o.aggregate_type AND h.status <> 'published'
+           WHERE h.aggregate_id = o.aggregate_id AND h.aggregate_type = o.aggregate_type
+             AND h.status IN ('pending', 'failed')
            ORDER BY h.version
            LIMIT 1)
    ORDER BY o.global_position
@@ -186,10 +192,10 @@ WITH candidates AS (
     FROM runs r
    WHERE NOT EXISTS (SELECT 1 FROM event_outbox p
                       WHERE p.aggregate_id = r.aggregate_id AND p.aggregate_type = r.aggregate_type
-                        AND p.status <> 'published' AND p.version < r.lo)
+                        AND p.status IN ('pending', 'failed') AND p.version < r.lo)
      AND (SELECT count(*) FROM event_outbox p
            WHERE p.aggregate_id = r.aggregate_id AND p.aggregate_type = r.aggregate_type
-             AND p.status <> 'published' AND p.version BETWEEN r.lo AND r.hi) = r.n
+             AND p.status IN ('pending', 'failed') AND p.version BETWEEN r.lo AND r.hi) = r.n
 )
 UPDATE event_outbox t
    SET claimed_by = ${options.owner},
@@ -257,6 +263,7 @@ UPDATE event_outbox o
 SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'published') AS published,
        count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'parked') AS parked,
        count(*) FILTER (WHERE status = 'pending' AND lease_until >= now()) AS in_flight,
        (SELECT count(*) FROM event_outbox h
          WHERE h.status = 'pending'
@@ -275,6 +282,7 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
           published: row.published,
           failed: row.failed,
           held: row.held,
+          parked: row.parked,
           inFlight: row.in_flight,
           oldestPendingAt: Option.fromNullable(row.oldest_pending_at),
           oldestPendingAge: Option.map(Option.fromNullable(row.oldest_pending_age_ms), (ms) =>
@@ -287,23 +295,37 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
 
     const notify = sql`SELECT pg_notify(${channel}, 'retry')`
 
+    const eventIdsIn = (ids: ReadonlyArray<string>) =>
+      sql`event_id IN (SELECT value::uuid FROM jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb))`
+
+    // A parked entry is put back only when named.
     const retryFailed = (options?: { readonly eventIds?: ReadonlyArray<string> }) =>
-      (options?.eventIds === undefined
-        ? sql`UPDATE event_outbox
-                 SET status = 'pending', retry_count = 0, next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL
-               WHERE status = 'failed' RETURNING id`
-        : sql`UPDATE event_outbox
-                 SET status = 'pending', retry_count = 0, next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL
-               WHERE status = 'failed'
-                 AND event_id IN (SELECT value::uuid FROM jsonb_array_elements_text(${JSON.stringify(
-                   options.eventIds
-                 )}::jsonb))
-               RETURNING id`
-      ).pipe(
+      sql`UPDATE event_outbox
+             SET status = 'pending', retry_count = 0, next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL,
+                 parked_at = NULL, parked_by = NULL, parked_reason = NULL
+           WHERE ${
+             options?.eventIds === undefined
+               ? sql`status = 'failed'`
+               : sql.and([sql`status IN ('failed', 'parked')`, eventIdsIn(options.eventIds)])
+           }
+          RETURNING id`.pipe(
         Effect.map((rows) => rows.length),
         Effect.tap((count) => (count > 0 ? notify : Effect.void)),
         fail("retryFailed")
       )
+
+    const park = (options: Outbox.ParkOptions) =>
+      options.eventIds.length === 0
+        ? Effect.succeed(0)
+        : sql`UPDATE event_outbox
+                 SET status = 'parked', parked_at = now(), parked_by = ${options.by}, parked_reason = ${options.reason},
+                     claimed_by = NULL, lease_until = NULL
+               WHERE status = 'failed' AND ${eventIdsIn(options.eventIds)}
+              RETURNING id`.pipe(
+            Effect.map((rows) => rows.length),
+            Effect.tap((count) => (count > 0 ? notify : Effect.void)),
+            fail("park")
+          )
 
     // In chunks, so that a large purge neither holds many row locks nor runs as one long statement.
     const deletePublished = (olderThan: Duration.DurationInput) => {
@@ -328,7 +350,7 @@ RETURNING 1 AS deleted`.pipe(Effect.map((rows) => rows.length))
 
     const list = (options: Outbox.ListOptions = {}) =>
       sql`SELECT ${sql.literal(entryColumns("o"))}, o.status, o.last_error, o.created_at, o.published_at,
-                 o.claimed_by, o.lease_until, o.next_attempt_at
+                 o.claimed_by, o.lease_until, o.next_attempt_at, o.parked_at, o.parked_by, o.parked_reason
             FROM event_outbox o
            WHERE ${sql.and([
              ...(options.status === undefined ? [] : [sql`o.status = ${options.status}`]),
@@ -347,7 +369,11 @@ RETURNING 1 AS deleted`.pipe(Effect.map((rows) => rows.length))
               publishedAt: row.published_at,
               claimedBy: row.claimed_by,
               leaseUntil: row.lease_until,
-              nextAttemptAt: row.next_attempt_at
+              nextAttemptAt: row.next_attempt_at,
+              parked:
+                row.parked_at === null
+                  ? null
+                  : { at: row.parked_at, by: row.parked_by ?? "", reason: row.parked_reason ?? "" }
             })
           )
         ),
@@ -377,7 +403,17 @@ RETURNING 1 AS deleted`.pipe(Effect.map((rows) => rows.length))
       return Stream.merge(notifications, beats).pipe(Stream.as(undefined))
     })
 
-    return { claim, settle, release, stats, retryFailed, deletePublished, list, wakeups } satisfies Outbox.Service
+    return {
+      claim,
+      settle,
+      release,
+      stats,
+      retryFailed,
+      park,
+      deletePublished,
+      list,
+      wakeups
+    } satisfies Outbox.Service
   })
 
 /**

@@ -5,7 +5,7 @@ import * as Option from "effect/Option"
 import * as PubSub from "effect/PubSub"
 import * as Stream from "effect/Stream"
 import type { Backend } from "../EventStore.js"
-import type { ClaimOptions, Entry, ListOptions, Row, Service, Settlement, Stats } from "../Outbox.js"
+import type { ClaimOptions, Entry, ListOptions, ParkOptions, Row, Service, Settlement, Stats } from "../Outbox.js"
 
 interface MutableRow {
   id: string
@@ -18,6 +18,7 @@ interface MutableRow {
   claimedBy: string | null
   leaseUntil: number | null
   nextAttemptAt: number | null
+  parked: { readonly at: number; readonly by: string; readonly reason: string } | null
 }
 
 const aggregateKey = (row: MutableRow) => `${row.message.aggregateType}\u0000${row.message.aggregateId}`
@@ -32,7 +33,8 @@ const toRow = (row: MutableRow): Row => ({
   publishedAt: row.publishedAt === null ? null : new Date(row.publishedAt),
   claimedBy: row.claimedBy,
   leaseUntil: row.leaseUntil === null ? null : new Date(row.leaseUntil),
-  nextAttemptAt: row.nextAttemptAt === null ? null : new Date(row.nextAttemptAt)
+  nextAttemptAt: row.nextAttemptAt === null ? null : new Date(row.nextAttemptAt),
+  parked: row.parked === null ? null : { ...row.parked, at: new Date(row.parked.at) }
 })
 
 /**
@@ -57,7 +59,7 @@ export const make = Effect.gen(function* () {
       const blocked = new Set<string>()
       for (const row of rows) {
         if (claimed.length >= options.limit) break
-        if (row.status === "published") continue
+        if (row.status === "published" || row.status === "parked") continue
         const key = aggregateKey(row)
         if (blocked.has(key)) continue
         if (row.status === "failed" || leased(row, now) || !due(row, now)) {
@@ -123,11 +125,13 @@ export const make = Effect.gen(function* () {
     let published = 0
     let failed = 0
     let held = 0
+    let parked = 0
     let inFlight = 0
     let oldest: number | undefined
     const failedAggregates = new Set<string>()
     for (const row of rows) {
       if (row.status === "published") published++
+      else if (row.status === "parked") parked++
       else if (row.status === "failed") {
         failed++
         failedAggregates.add(aggregateKey(row))
@@ -143,6 +147,7 @@ export const make = Effect.gen(function* () {
       published,
       failed,
       held,
+      parked,
       inFlight,
       oldestPendingAt: oldest === undefined ? Option.none() : Option.some(new Date(oldest)),
       oldestPendingAge: oldest === undefined ? Option.none() : Option.some(Duration.millis(Math.max(0, now - oldest)))
@@ -154,15 +159,32 @@ export const make = Effect.gen(function* () {
       const only = options?.eventIds === undefined ? undefined : new Set(options.eventIds.map((id) => id.toLowerCase()))
       let count = 0
       for (const row of rows) {
-        if (row.status !== "failed") continue
+        // A parked entry is put back only when named.
+        if (row.status !== "failed" && !(row.status === "parked" && only !== undefined)) continue
         if (only !== undefined && !only.has(row.message.eventId)) continue
         row.status = "pending"
         row.retryCount = 0
         row.nextAttemptAt = null
+        row.parked = null
         count++
       }
       return count
     }).pipe(Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void)))
+
+  const park = (options: ParkOptions) =>
+    Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.sync(() => {
+        const only = new Set(options.eventIds.map((id) => id.toLowerCase()))
+        let count = 0
+        for (const row of rows) {
+          if (row.status !== "failed" || !only.has(row.message.eventId)) continue
+          row.status = "parked"
+          row.parked = { at: now, by: options.by, reason: options.reason }
+          count++
+        }
+        return count
+      })
+    ).pipe(Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void)))
 
   const deletePublished = (olderThan: Duration.DurationInput) =>
     Effect.map(Clock.currentTimeMillis, (now) => {
@@ -197,6 +219,7 @@ export const make = Effect.gen(function* () {
     release,
     stats,
     retryFailed,
+    park,
     deletePublished,
     list,
     wakeups: Stream.fromPubSub(signal)
@@ -234,7 +257,8 @@ export const make = Effect.gen(function* () {
                   publishedAt: null,
                   claimedBy: null,
                   leaseUntil: null,
-                  nextAttemptAt: null
+                  nextAttemptAt: null,
+                  parked: null
                 }
                 rows.push(row)
                 byId.set(row.id, row)

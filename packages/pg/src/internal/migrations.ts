@@ -269,5 +269,25 @@ SELECT aggregate_id, aggregate_type, (array_agg(tenant_id ORDER BY version))[1],
 ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
    SET version = greatest(event_streams.version, EXCLUDED.version);
 `
+  },
+  {
+    id: 11,
+    name: "outbox_parking",
+    // An operator may park a failed entry (see @eventfold/core/Outbox): set aside for
+    // good, with who, when and why, so that the later entries of its aggregate flow on.
+    // A parked entry no longer holds its aggregate: the index of entries that take part
+    // in per-aggregate order covers pending and failed ones only.
+    sql: `
+ALTER TABLE event_outbox DROP CONSTRAINT IF EXISTS chk_outbox_status;
+ALTER TABLE event_outbox
+  ADD CONSTRAINT chk_outbox_status CHECK (status IN ('pending', 'published', 'failed', 'parked'));
+ALTER TABLE event_outbox
+  ADD COLUMN IF NOT EXISTS parked_at TIMESTAMP WITH TIME ZONE,
+  ADD COLUMN IF NOT EXISTS parked_by VARCHAR(255),
+  ADD COLUMN IF NOT EXISTS parked_reason TEXT;
+DROP INDEX IF EXISTS idx_outbox_aggregate_unpublished;
+CREATE INDEX IF NOT EXISTS idx_outbox_aggregate_unpublished ON event_outbox (aggregate_id, aggregate_type, version)
+  WHERE status IN ('pending', 'failed');
+`
   }
 ]

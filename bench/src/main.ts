@@ -482,11 +482,13 @@ const report = (summaries: ReadonlyArray<Summary>, repeat: number) => {
 const serverUrl = Effect.gen(function* () {
   const fromEnv = process.env.DATABASE_URL
   if (fromEnv !== undefined && fromEnv !== "") return { url: fromEnv, server: "DATABASE_URL" }
-  yield* Console.error("No DATABASE_URL: starting an embedded PostgreSQL (default durability)...")
-  const server = yield* EmbeddedPostgres.start({
-    dataDir: Path.join(Os.tmpdir(), `eventfold-bench-${process.pid}`),
-    persistent: false
-  }).pipe(Effect.mapError((cause) => new BenchError({ message: cause.message, cause })))
+  const dataDir = Path.join(Os.tmpdir(), `eventfold-bench-${process.pid}`)
+  yield* Console.error(
+    `No DATABASE_URL: starting an embedded PostgreSQL (default durability), data in ${dataDir} (deleted at the end)...`
+  )
+  const server = yield* EmbeddedPostgres.start({ dataDir, persistent: false }).pipe(
+    Effect.mapError((cause) => new BenchError({ message: cause.message, cause }))
+  )
   return { url: Redacted.value(server.url), server: `embedded PostgreSQL on port ${server.port}` }
 })
 

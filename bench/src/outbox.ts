@@ -16,6 +16,8 @@
  * NATS from NATS_URL (default nats://127.0.0.1:4222); without it the workload is
  * reported unavailable.
  */
+
+import { redactCredentials } from "@eventfold/core/Settings"
 import * as Jet from "@nats-io/jetstream"
 import * as Nats from "@nats-io/transport-node"
 import pg from "pg"
@@ -36,7 +38,7 @@ export const unavailable = async (): Promise<string | undefined> => {
     }
     return undefined
   } catch (error) {
-    return `no NATS JetStream at ${natsUrl} (${error instanceof Error ? error.message : String(error)}); set NATS_URL`
+    return `no NATS JetStream at ${redactCredentials(natsUrl)} (${error instanceof Error ? error.message : String(error)}); set NATS_URL`
   }
 }
 

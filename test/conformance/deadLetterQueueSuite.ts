@@ -94,6 +94,93 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
         )
       })
 
+      describe("what an event holds never fails it", () => {
+        /** An object nested `depth` deep: `{"a":{"a":...}}`, built without recursion. */
+        const nested = (depth: number) => {
+          const root: Record<string, unknown> = {}
+          let current = root
+          for (let i = 1; i < depth; i++) {
+            const next: Record<string, unknown> = {}
+            current.a = next
+            current = next
+          }
+          return root
+        }
+        /** How deep a JSON value goes (an object of one key per level, as `nested` builds). */
+        const depthOf = (value: unknown) => {
+          let depth = 0
+          for (
+            let current = value;
+            typeof current === "object" && current !== null;
+            current = Object.values(current)[0]
+          )
+            depth++
+          return depth
+        }
+        const identifies = (letter: DeadLetterQueue.DeadLetter, event: EventStore.StoredEvent) => {
+          assert.deepInclude(letter, {
+            eventId: event.eventId,
+            eventType: event.eventType,
+            globalPosition: event.globalPosition
+          })
+          assert.deepInclude(letter.eventData as object, {
+            event_id: event.eventId,
+            event_type: event.eventType,
+            aggregate_id: event.aggregateId,
+            global_position: String(event.globalPosition)
+          })
+        }
+
+        it.effect("a payload nested 10,000 deep is kept cut at maxPayloadDepth, with a note", () =>
+          withQueue((queue) =>
+            Effect.gen(function* () {
+              const event = { ...stored(30n), payload: { sku: nested(10_000), quantity: 1 } }
+              const letter = yield* queue.add(`p-${uuid()}`, event, { message: "boom", attempts: 1 })
+              identifies(letter, event)
+              const data = letter.eventData as {
+                payload: { sku: unknown; quantity: unknown }
+                payload_truncated: string
+              }
+              assert.include(data.payload_truncated, `deeper than ${DeadLetterQueue.maxPayloadDepth} levels`)
+              assert.strictEqual(data.payload.quantity, 1)
+              // The payload is level 1, its sku level 2: the cut leaves maxPayloadDepth levels of objects.
+              assert.strictEqual(depthOf(data.payload.sku), DeadLetterQueue.maxPayloadDepth - 1)
+              assert.deepStrictEqual(Option.getOrThrow(yield* queue.get(letter.id)), letter)
+            })
+          )
+        )
+
+        it.effect("a payload over maxPayloadLength is kept as the start of its JSON, with a note", () =>
+          withQueue((queue) =>
+            Effect.gen(function* () {
+              // Ends each chunk with an emoji (a surrogate pair) so that a cut may fall inside one.
+              const text = "x".repeat(4_095).concat("😀").repeat(300)
+              const event = { ...stored(31n), payload: { text } }
+              const letter = yield* queue.add(`p-${uuid()}`, event, { message: "boom", attempts: 1 })
+              identifies(letter, event)
+              const data = letter.eventData as { payload: unknown; payload_truncated: string; payload_preview: string }
+              assert.isNull(data.payload)
+              assert.include(data.payload_truncated, `${JSON.stringify({ text }).length} characters`)
+              assert.isTrue(JSON.stringify({ text }).startsWith(data.payload_preview))
+              assert.isAtLeast(data.payload_preview.length, DeadLetterQueue.payloadPreviewLength - 1)
+              assert.deepStrictEqual(Option.getOrThrow(yield* queue.get(letter.id)), letter)
+            })
+          )
+        )
+
+        it.effect("a payload that is no JSON at all (a bigint) is left out, with a note", () =>
+          withQueue((queue) =>
+            Effect.gen(function* () {
+              const event = { ...stored(32n), payload: { amount: 10n } }
+              const letter = yield* queue.add(`p-${uuid()}`, event, { message: "boom", attempts: 1 })
+              identifies(letter, event)
+              assert.deepInclude(letter.eventData as object, { payload: null })
+              assert.include((letter.eventData as { payload_truncated: string }).payload_truncated, "not representable")
+            })
+          )
+        )
+      })
+
       describe("list, resolve, retry", () => {
         it.effect("lists by projection and status, oldest first, in pages", () =>
           withQueue((queue) =>

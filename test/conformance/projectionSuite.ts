@@ -181,6 +181,61 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
           )
       )
 
+      it.effect(
+        "an event written by another program with a payload nested 10,000 deep is dead-lettered; the runner reaches the head",
+        () =>
+          withRunner((store, b) =>
+            Effect.gen(function* () {
+              const aggregateType = `Deep${uuid().slice(0, 8)}`
+              const name = `deep-${uuid()}`
+              const { projection, model } = yield* quantities(name, aggregateType)
+              const s = { aggregateId: uuid(), aggregateType }
+              yield* store.append(s, [item("before")], { expectedVersion: ExpectedVersion.noStream })
+              // Deep in a field the schema declares (its decode error would print it), and deep beside the fields.
+              const deep = `${'{"a":'.repeat(10_000)}1${"}".repeat(10_000)}`
+              const inField = yield* b.writeForeign({
+                ...s,
+                version: 2,
+                eventType: "ItemAdded",
+                payloadJson: `{"sku":${deep},"quantity":1}`
+              })
+              const beside = yield* b.writeForeign({
+                ...s,
+                version: 3,
+                eventType: "ItemAdded",
+                payloadJson: `{"extra":${deep}}`
+              })
+              const last = yield* store.append(s, [item("after")], { expectedVersion: ExpectedVersion.exact(3) })
+              yield* Projection.start(projection, fast)
+              const checkpoints = yield* CheckpointStore.CheckpointStore
+              yield* eventually(
+                checkpoints.get(name),
+                (c) => Option.exists(c, (c) => c.position >= last.lastPosition),
+                {
+                  what: "the checkpoint to reach the head of the log"
+                }
+              )
+              assert.deepStrictEqual([...(yield* Ref.get(model)).keys()].sort(), ["after", "before"])
+              const deadLetters = yield* DeadLetterQueue.DeadLetterQueue
+              const letters = yield* deadLetters.list({ projection: name })
+              assert.deepStrictEqual(
+                letters.map((l) => [l.globalPosition, l.eventType, (l.eventData as { event_type: string }).event_type]),
+                [
+                  [inField, "ItemAdded", "ItemAdded"],
+                  [beside, "ItemAdded", "ItemAdded"]
+                ]
+              )
+              for (const letter of letters) {
+                assert.deepInclude(letter.eventData as object, {
+                  event_id: letter.eventId,
+                  global_position: String(letter.globalPosition)
+                })
+                assert.include((letter.eventData as { payload_truncated: string }).payload_truncated, "deeper than")
+              }
+            })
+          )
+      )
+
       it.effect("with onDeadLetter: stop, the runner stops before the event; once fixed it resumes there", () =>
         withRunner((store) =>
           Effect.gen(function* () {

@@ -30,6 +30,7 @@ import { createRequire } from "node:module"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { redactCredentials } from "@eventfold/core/Settings"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
@@ -282,7 +283,7 @@ const query = (url: string, text: string, values: ReadonlyArray<unknown> = []) =
         await client.connect()
         return client
       },
-      catch: failure(`PostgresServer: cannot connect to ${url}`)
+      catch: failure(`PostgresServer: cannot connect to ${redactCredentials(url)}`)
     }),
     (client) =>
       Effect.tryPromise({

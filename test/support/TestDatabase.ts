@@ -12,6 +12,7 @@
  */
 
 import { randomBytes } from "node:crypto"
+import { redactCredentials } from "@eventfold/core/Settings"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
@@ -44,7 +45,7 @@ export const withClient = <A>(url: string, f: (client: pg.Client) => Promise<A>)
         await client.connect()
         return client
       },
-      catch: (cause) => new TestDatabaseError({ message: `Could not connect to ${redact(url)}`, cause })
+      catch: (cause) => new TestDatabaseError({ message: `Could not connect to ${redactCredentials(url)}`, cause })
     }),
     (client) =>
       Effect.tryPromise({
@@ -56,12 +57,6 @@ export const withClient = <A>(url: string, f: (client: pg.Client) => Promise<A>)
         client.end().catch((error: unknown) => console.warn("Closing a test connection failed", error))
       )
   )
-
-const redact = (url: string): string => {
-  const parsed = new URL(url)
-  if (parsed.password !== "") parsed.password = "***"
-  return parsed.toString()
-}
 
 /** A name PostgreSQL accepts unquoted: lower case, under 63 bytes, unique across parallel workers and runs. */
 const uniqueName = (): string => `test_${Date.now().toString(36)}_${process.pid}_${randomBytes(4).toString("hex")}`

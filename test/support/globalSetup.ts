@@ -16,6 +16,7 @@
 import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { redactCredentials } from "@eventfold/core/Settings"
 import * as EmbeddedPostgres from "@eventfold/pg/EmbeddedPostgres"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -45,24 +46,15 @@ interface Shared {
 const sharedKey = Symbol.for("@eventfold/test/globalSetup/postgres")
 const registry = globalThis as { [sharedKey]?: Shared }
 
-/** `postgres://user:***@host:port/db`, for messages. */
-const redact = (url: string): string => {
-  try {
-    const parsed = new URL(url)
-    if (parsed.password !== "") parsed.password = "***"
-    return parsed.toString()
-  } catch {
-    return "<unparseable URL>"
-  }
-}
-
 const checkReachable = async (url: string): Promise<void> => {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 })
   try {
     await client.connect()
     await client.query("select 1")
   } catch (cause) {
-    throw new Error(`DATABASE_URL=${redact(url)} is not reachable; unset it to use an embedded PostgreSQL`, { cause })
+    throw new Error(`DATABASE_URL=${redactCredentials(url)} is not reachable; unset it to use an embedded PostgreSQL`, {
+      cause
+    })
   } finally {
     await client.end().catch(() => undefined)
   }
@@ -120,7 +112,7 @@ const acquire = (): Shared => {
     return {
       users: 0,
       url: checkReachable(fromEnv).then(() => {
-        console.log(`PostgreSQL for tests: DATABASE_URL=${redact(fromEnv)}`)
+        console.log(`PostgreSQL for tests: DATABASE_URL=${redactCredentials(fromEnv)}`)
         return fromEnv
       }),
       close: () => Promise.resolve()

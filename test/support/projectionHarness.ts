@@ -6,7 +6,15 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import type * as PgClient from "@effect/sql-pg/PgClient"
-import { CheckpointStore, DeadLetterQueue, Errors, type EventRegistry, EventStore, Projection } from "@eventfold/core"
+import {
+  CheckpointStore,
+  DeadLetterQueue,
+  Errors,
+  type EventRegistry,
+  EventStore,
+  ExpectedVersion,
+  Projection
+} from "@eventfold/core"
 import { type PgEventStore, PgMigrations, PgProjection } from "@eventfold/pg"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -31,6 +39,17 @@ export interface BackendService {
   >
   /** A statement of the backend's own in the current transaction (other work before an append). */
   readonly sideWrite: Option.Option<(value: string) => Effect.Effect<void, Errors.EventStoreError>>
+  /**
+   * Writes an event as another program would, past the store's checks: its payload as
+   * JSON text (memory: the backend's append; PostgreSQL: a plain INSERT). Returns its position.
+   */
+  readonly writeForeign: (event: {
+    readonly aggregateId: string
+    readonly aggregateType: string
+    readonly version: number
+    readonly eventType: string
+    readonly payloadJson: string
+  }) => Effect.Effect<bigint, Errors.EventStoreError>
   /** The database: its URL, a client on the pool, and the pool's layer. */
   readonly database: Option.Option<{
     readonly url: string
@@ -69,6 +88,26 @@ export const memory: Layer.Layer<Backend> = Layer.sync(Backend, (): BackendServi
     },
     transaction: Option.none(),
     sideWrite: Option.none(),
+    writeForeign: (event) =>
+      backend
+        .append({
+          stream: { aggregateId: event.aggregateId, aggregateType: event.aggregateType },
+          expectedVersion: ExpectedVersion.exact(event.version - 1),
+          tenantId: null,
+          actorId: null,
+          events: [
+            {
+              eventId: crypto.randomUUID(),
+              eventType: event.eventType,
+              timestamp: new Date(),
+              payloadJson: event.payloadJson
+            }
+          ]
+        })
+        .pipe(
+          Effect.map((result) => result.firstPosition),
+          Effect.mapError(storeError)
+        ),
     database: Option.none()
   }
 })
@@ -121,6 +160,15 @@ export const postgresql = (
         sideWrite: Option.some((value) =>
           sql`INSERT INTO side_effects (value) VALUES (${value})`.pipe(Effect.asVoid, Effect.mapError(storeError))
         ),
+        writeForeign: (event) =>
+          sql<{ readonly position: string }>`
+            INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
+            VALUES (gen_random_uuid(), ${event.aggregateId}::uuid, ${event.aggregateType}, ${event.eventType},
+                    ${event.version}, now(), ${event.payloadJson}::jsonb)
+            RETURNING global_position::text AS position`.pipe(
+            Effect.map((rows) => BigInt(rows[0]!.position)),
+            Effect.mapError(storeError)
+          ),
         database: Option.some({ url, sql, pool, scope })
       }
     }).pipe(Effect.orDie)

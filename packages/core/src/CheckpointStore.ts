@@ -16,6 +16,7 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
+import type { ReadError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
 import { Attributes, Spans } from "./Telemetry.js"
 
@@ -224,19 +225,38 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
 
   const get: Service["get"] = (name) => Effect.map(Ref.get(ref), (map) => Option.fromNullable(map.get(name)))
 
+  /**
+   * The events of the log (position and creation time), an event that does not decode
+   * included: as in PostgreSQL, which counts rows, one bad event never hides the rest.
+   * The creation time of one that does not decode is not known.
+   */
+  const events = (
+    options: LagOptions & { readonly after?: bigint; readonly direction?: "backward"; readonly limit?: number }
+  ): Stream.Stream<{ readonly position: bigint; readonly createdAt: Date | undefined }, ReadError> =>
+    store.readAll(options).pipe(
+      Stream.map((event) => ({ position: event.globalPosition, createdAt: event.createdAt as Date | undefined })),
+      Stream.catchAll((error) => {
+        const position =
+          error._tag === "EventDecodeError" || error._tag === "UnknownEventTypeError" ? error.globalPosition : undefined
+        if (position === undefined) return Stream.fail(error)
+        const rest = options.direction === "backward" ? Stream.empty : events({ ...options, after: position })
+        return Stream.concat(Stream.make({ position, createdAt: undefined }), rest)
+      })
+    )
+
   const lag: Service["lag"] = (name, options) =>
     Effect.gen(function* () {
       const position = (yield* Ref.get(ref)).get(name)?.position ?? 0n
-      const head = yield* Stream.runHead(store.readAll({ direction: "backward", limit: 1 }))
+      const head = yield* Stream.runHead(events({ direction: "backward", limit: 1 }))
       const behind = yield* Stream.runFold(
-        store.readAll({ ...options, after: position }),
+        events({ ...options, after: position }),
         { count: 0, oldest: undefined as Date | undefined },
         (acc, event) => ({ count: acc.count + 1, oldest: acc.oldest ?? event.createdAt })
       )
       return {
         name,
         position,
-        headPosition: Option.match(head, { onNone: () => 0n, onSome: (e) => e.globalPosition }),
+        headPosition: Option.match(head, { onNone: () => 0n, onSome: (e) => e.position }),
         eventsBehind: behind.count,
         timeBehindMillis: behind.oldest === undefined ? 0 : Math.max(0, Date.now() - behind.oldest.getTime())
       }

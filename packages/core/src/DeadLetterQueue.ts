@@ -38,7 +38,7 @@ export interface DeadLetter {
   readonly eventType: string
   /** Where the event is in the log; null for rows written by other tools. */
   readonly globalPosition: bigint | null
-  /** The event's envelope and payload, as JSON (see {@link envelope}). */
+  /** The event's envelope and payload, as JSON (see {@link eventDataJson}: the payload may be cut short). */
   readonly eventData: unknown
   readonly errorMessage: string
   readonly errorStacktrace: string | null
@@ -157,6 +157,100 @@ export const envelope = (event: StoredEvent) => ({
 })
 
 /**
+ * How deep a dead letter keeps an event's payload: deeper values are replaced by
+ * `"…"`. Far below what `JSON.stringify` (a few thousand levels) and PostgreSQL's
+ * jsonb (about ten thousand, with the default `max_stack_depth`) can take.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const maxPayloadDepth = 100
+
+/**
+ * How much of an event's payload a dead letter keeps, in characters of JSON; a
+ * larger payload is kept as the first {@link payloadPreviewLength} characters of its
+ * JSON, in `payload_preview`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const maxPayloadLength = 1_000_000
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export const payloadPreviewLength = 4_096
+
+/**
+ * The `event_data` of a dead letter, as JSON text that every backend stores: the
+ * {@link envelope}, whatever the payload. A payload nested deeper than
+ * {@link maxPayloadDepth} is kept cut at that depth, one longer than
+ * {@link maxPayloadLength} as the start of its JSON (`payload_preview`), one that is
+ * not JSON at all (a bigint, a cycle) not at all; each time `payload_truncated` says
+ * what was left out. The event's id, type and position are always there: dead-lettering
+ * never fails because of what an event holds, and the event itself is intact in the log.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const eventDataJson = (event: StoredEvent): string => {
+  const { payload, ...identity } = envelope(event)
+  let json: string
+  let cut: boolean
+  try {
+    ;({ json, cut } = boundedJson(payload, maxPayloadDepth))
+  } catch (error) {
+    return JSON.stringify({
+      ...identity,
+      payload: null,
+      payload_truncated: `the payload is not representable as JSON: ${error instanceof Error ? error.message : String(error)}`
+    })
+  }
+  if (json.length > maxPayloadLength) {
+    return JSON.stringify({
+      ...identity,
+      payload: null,
+      payload_truncated: `the payload's JSON is ${json.length} characters long${cut ? ` (cut at depth ${maxPayloadDepth})` : ""}; payload_preview holds its first ${payloadPreviewLength}`,
+      payload_preview: wellFormedPrefix(json, payloadPreviewLength)
+    })
+  }
+  const data = `{${JSON.stringify(identity).slice(1, -1)},"payload":${json}`
+  return cut
+    ? `${data},"payload_truncated":${JSON.stringify(`the payload is nested deeper than ${maxPayloadDepth} levels: deeper values are replaced by "…"`)}}`
+    : `${data}}`
+}
+
+/**
+ * `JSON.stringify` of `value` with the values below `maxDepth` replaced by `"…"`, so
+ * that its recursion stays shallow whatever the input. A replacer sees its holder as
+ * `this`: each object's depth is its holder's plus one.
+ */
+const boundedJson = (value: unknown, maxDepth: number): { readonly json: string; readonly cut: boolean } => {
+  const depths = new WeakMap<object, number>()
+  let cut = false
+  const json = JSON.stringify(value, function (this: object, _key: string, inner: unknown) {
+    if (typeof inner !== "object" || inner === null) return inner
+    const depth = (depths.get(this) ?? 0) + 1
+    if (depth > maxDepth) {
+      cut = true
+      return "…"
+    }
+    depths.set(inner, depth)
+    return inner
+  })
+  // `undefined` (a payload that is a function, say) is no JSON: stored as null.
+  return { json: json ?? "null", cut }
+}
+
+/** The first `length` characters of `text`, without a lone half of a surrogate pair at the end (jsonb rejects it). */
+const wellFormedPrefix = (text: string, length: number): string => {
+  const prefix = text.slice(0, length)
+  const last = prefix.charCodeAt(prefix.length - 1)
+  return last >= 0xd800 && last <= 0xdbff ? prefix.slice(0, -1) : prefix
+}
+
+/**
  * Wraps an implementation with spans, once for every backend.
  *
  * @since 0.1.0
@@ -254,7 +348,8 @@ export const makeMemory: Effect.Effect<Service> = Effect.gen(function* () {
         eventId: event.eventId,
         eventType: event.eventType,
         globalPosition: event.globalPosition,
-        eventData: envelope(event),
+        // What PostgreSQL stores and hands back, for the same input.
+        eventData: JSON.parse(eventDataJson(event)),
         errorMessage: failure.message,
         errorStacktrace: failure.stacktrace ?? null,
         retryCount: (existing?.retryCount ?? 0) + failure.attempts,

@@ -187,14 +187,22 @@ export const describeCause = (cause: unknown): string => {
   const messages: Array<string> = []
   let current: unknown = cause
   for (let depth = 0; depth < 4 && current !== undefined && current !== null; depth++) {
-    const message =
-      typeof current === "object"
-        ? "message" in current && typeof current.message === "string"
-          ? current.message
-          : ""
-        : String(current)
+    const message = messageOf(current)
     if (message !== "" && !messages.includes(message)) messages.push(message)
     current = typeof current === "object" && "cause" in current ? current.cause : undefined
   }
   return messages.length === 0 ? String(cause) : messages.join(": ")
+}
+
+/**
+ * A failure's own message. Reading it may throw: Schema's ParseError formats the value
+ * that failed, and one nested thousands deep overflows the stack.
+ */
+const messageOf = (failure: unknown): string => {
+  try {
+    if (typeof failure !== "object" || failure === null) return String(failure)
+    return "message" in failure && typeof failure.message === "string" ? failure.message : ""
+  } catch (error) {
+    return `(its message cannot be formatted: ${error instanceof Error ? error.message : "unknown reason"})`
+  }
 }

@@ -45,10 +45,47 @@ const withFastPath = <A>(
   parse: (u: unknown) => Either.Either<A, ParseResult.ParseError>
 ): ((u: unknown) => Either.Either<A, ParseResult.ParseError>) => {
   const fast = PlainStruct.compile(schema.ast)
-  if (fast === undefined) return parse
+  const guarded = guard(schema, parse)
+  if (fast === undefined) return guarded
   return (u) => {
     const output = fast(u)
-    return output === undefined ? parse(u) : Either.right(output as A)
+    return output === undefined ? guarded(u) : Either.right(output as A)
+  }
+}
+
+/**
+ * Schema's parser recurses with the value (a recursive schema, `Schema.suspend`): a
+ * value nested deeper than the stack allows fails to match instead of crashing the caller.
+ */
+const guard =
+  <A>(
+    schema: Schema.Schema.Any,
+    parse: (u: unknown) => Either.Either<A, ParseResult.ParseError>
+  ): ((u: unknown) => Either.Either<A, ParseResult.ParseError>) =>
+  (u) => {
+    try {
+      return parse(u)
+    } catch (cause) {
+      const reason = cause instanceof Error ? cause.message : String(cause)
+      return Either.left(ParseResult.parseError(new ParseResult.Type(schema.ast, u, `cannot be parsed: ${reason}`)))
+    }
+  }
+
+/**
+ * Schema's explanation of a value that does not match, and the ParseError as the cause
+ * to keep. Both print the value, and one nested thousands deep overflows the stack:
+ * then the message says so and the ParseError is not kept, as it would crash whoever
+ * prints the error (`Cause.pretty`, a logger). The error still names the event.
+ */
+const explain = (
+  error: ParseResult.ParseError
+): { readonly message: string; readonly cause?: ParseResult.ParseError } => {
+  try {
+    return { message: ParseResult.TreeFormatter.formatErrorSync(error), cause: error }
+  } catch (cause) {
+    return {
+      message: `the value does not match its schema (too deep to explain: ${cause instanceof Error ? cause.message : String(cause)})`
+    }
   }
 }
 
@@ -106,14 +143,14 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
     // encoding drops it (excess properties are ignored) and keeps the other fields only.
     const _tag = event._tag
     return encoder(event).pipe(
-      Either.mapLeft(
-        (error) =>
-          new InvalidEventError({
-            reason: `event ${_tag} does not match its schema: ${ParseResult.TreeFormatter.formatErrorSync(error)}`,
-            eventType: _tag,
-            cause: error
-          })
-      )
+      Either.mapLeft((error) => {
+        const { message, cause } = explain(error)
+        return new InvalidEventError({
+          reason: `event ${_tag} does not match its schema: ${message}`,
+          eventType: _tag,
+          ...(cause === undefined ? {} : { cause })
+        })
+      })
     )
   }
 
@@ -134,13 +171,14 @@ export const make = (...definitions: ReadonlyArray<Event.AnyEventType>): EventRe
     // (an empty struct) is copied all the same.
     const decoded = decoder(payload)
     if (Either.isLeft(decoded)) {
+      const { message, cause } = explain(decoded.left)
       return Either.left(
         new EventDecodeError({
           eventId: meta.eventId,
           eventType,
           globalPosition: meta.globalPosition,
-          message: ParseResult.TreeFormatter.formatErrorSync(decoded.left),
-          cause: decoded.left
+          message,
+          ...(cause === undefined ? {} : { cause })
         })
       )
     }

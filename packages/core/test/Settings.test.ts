@@ -32,3 +32,23 @@ describe("Settings.overDefaults", () => {
     })
   )
 })
+
+describe("redactCredentials", () => {
+  it("replaces the password of every URL in a text, and nothing else", () => {
+    assert.strictEqual(
+      Settings.redactCredentials(
+        "cannot connect to postgres://app:S3cret@db.example:5432/events?sslmode=require, nor nats://relay:p@ss:w0rd@127.0.0.1:4222"
+      ),
+      "cannot connect to postgres://app:***@db.example:5432/events?sslmode=require, nor nats://relay:***@127.0.0.1:4222"
+    )
+    assert.strictEqual(Settings.redactCredentials("postgresql://:onlyAPassword@host/db"), "postgresql://:***@host/db")
+    for (const untouched of [
+      "postgres://app@db.example:5432/events",
+      "postgres://db.example:5432/events",
+      "host:5432 user:name@example.com",
+      "no URL at all"
+    ]) {
+      assert.strictEqual(Settings.redactCredentials(untouched), untouched)
+    }
+  })
+})

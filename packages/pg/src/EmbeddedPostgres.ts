@@ -7,6 +7,7 @@
  */
 
 import * as Path from "node:path"
+import { redactCredentials } from "@eventfold/core/Settings"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
@@ -165,7 +166,9 @@ export const start: (options: Options) => Effect.Effect<EmbeddedPostgres, Embedd
             ? ""
             : `\nHint: the server runs as the postgres OS user, which cannot traverse ${blocked.join(", ")}`
         return new EmbeddedPostgresError({
-          message: `${message}${output.length === 0 ? "" : `\n--- PostgreSQL output ---\n${output}`}${hint}`,
+          message: redactCredentials(
+            `${message}${output.length === 0 ? "" : `\n--- PostgreSQL output ---\n${output}`}${hint}`
+          ),
           ...(cause === undefined ? {} : { cause })
         })
       })

@@ -94,7 +94,7 @@ export const make: Effect.Effect<DeadLetterQueue.Service, never, SqlClient.SqlCl
         sql`INSERT INTO dead_letter_queue AS d
                    (event_id, projection_name, event_type, event_data, error_message, error_stacktrace, retry_count, global_position)
             VALUES (${event.eventId}::uuid, ${projection}, ${event.eventType},
-                    ${JSON.stringify(DeadLetterQueue.envelope(event))}::jsonb, ${storable(failure.message)},
+                    ${DeadLetterQueue.eventDataJson(event)}::jsonb, ${storable(failure.message)},
                     ${failure.stacktrace === undefined || failure.stacktrace === null ? null : storable(failure.stacktrace)},
                     ${failure.attempts}, ${event.globalPosition})
             ON CONFLICT (event_id, projection_name) DO UPDATE

@@ -25,6 +25,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as EmbeddedPostgres from "./EmbeddedPostgres.js"
 import * as Driver from "./internal/pgDriver.js"
@@ -135,6 +136,23 @@ export class PgPool extends Context.Tag("@eventfold/pg/PgPool")<
   }
 >() {}
 
+/**
+ * The options name no server: no `url` or `host` (from the environment: no
+ * `DATABASE_URL` or `PGHOST`). Eventfold never falls back to pg's defaults (localhost,
+ * the OS user): events would go to whichever server happens to answer there.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ServerNotConfiguredError extends Schema.TaggedError<ServerNotConfiguredError>()(
+  "ServerNotConfiguredError",
+  {}
+) {
+  override get message(): string {
+    return "PgPool: no PostgreSQL server is configured: set DATABASE_URL (or PGHOST and the other PG* variables), or pass `url` or `host`; for development, PgPool.layerConfig's `embedded` option starts an embedded PostgreSQL instead"
+  }
+}
+
 const defaults = {
   poolSize: 5,
   maxOverflow: 10,
@@ -169,7 +187,8 @@ const millis = (duration: Duration.DurationInput | undefined) =>
 
 /**
  * Opens the pool (checking one connection, retrying by `connectRetry`) and closes it
- * when the scope closes.
+ * when the scope closes. Options that name no server fail with
+ * {@link ServerNotConfiguredError}.
  *
  * @since 0.1.0
  * @category constructors
@@ -178,10 +197,11 @@ export const make = (
   options: Options
 ): Effect.Effect<
   { readonly connections: Driver.Connections; readonly stats: Effect.Effect<PoolStats> },
-  SqlError,
+  SqlError | ServerNotConfiguredError,
   Scope.Scope
 > =>
   Effect.gen(function* () {
+    if (!hasServer(options)) return yield* new ServerNotConfiguredError()
     const poolSize = options.poolSize ?? defaults.poolSize
     const max = poolSize + (options.maxOverflow ?? defaults.maxOverflow)
     const { check, connections, counts } = yield* Driver.makePool({
@@ -237,7 +257,9 @@ export const make = (
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<PgPool | PgClient.PgClient | SqlClient.SqlClient, SqlError> =>
+export const layer = (
+  options: Options
+): Layer.Layer<PgPool | PgClient.PgClient | SqlClient.SqlClient, SqlError | ServerNotConfiguredError> =>
   Layer.unwrapScoped(
     Effect.map(make(options), ({ connections, stats }) =>
       Layer.merge(
@@ -292,9 +314,11 @@ export const hasServer = (options: ConnectionOptions): boolean =>
   options.url !== undefined || options.host !== undefined
 
 /**
- * The pool from {@link config}; when the environment names no server and
- * `embedded` is given, an embedded PostgreSQL is started (and stopped with the
- * layer) so that the program needs nothing installed.
+ * The pool from {@link config}. When the environment names no server, `embedded`
+ * starts an embedded PostgreSQL (stopped with the layer) so that the program needs
+ * nothing installed, and says so in one log line naming its data directory, where the
+ * events then live; without `embedded` the layer fails with
+ * {@link ServerNotConfiguredError}.
  *
  * @since 0.1.0
  * @category layers
@@ -304,13 +328,16 @@ export const layerConfig = (
   fallback?: { readonly embedded: EmbeddedPostgres.Options }
 ): Layer.Layer<
   PgPool | PgClient.PgClient | SqlClient.SqlClient,
-  SqlError | ConfigError.ConfigError | EmbeddedPostgres.EmbeddedPostgresError
+  SqlError | ServerNotConfiguredError | ConfigError.ConfigError | EmbeddedPostgres.EmbeddedPostgresError
 > =>
   Layer.unwrapScoped(
     Effect.gen(function* () {
       const options = yield* config(defaultOptions)
       if (hasServer(options) || fallback === undefined) return layer(options)
       const server = yield* EmbeddedPostgres.start(fallback.embedded)
+      yield* Effect.logInfo(
+        `PgPool: no DATABASE_URL or PGHOST set: using an embedded PostgreSQL on ${server.host}:${server.port}; its data, your events included, is in ${server.dataDir}`
+      )
       return layer({ ...options, url: server.url })
     })
   )

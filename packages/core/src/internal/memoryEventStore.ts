@@ -29,6 +29,8 @@ const key = (aggregateType: string, aggregateId: string) => `${aggregateType}\u0
  */
 export const make = (): Backend => {
   const state: State = { log: [], streams: new Map(), byId: new Map(), appended: Deferred.unsafeMake(FiberId.none) }
+  /** Each stored event's payload as the JSON text it was appended as. */
+  const payloadJson = new WeakMap<StoredEvent, string>()
 
   const append: Backend["append"] = (input: PreparedAppend) =>
     Effect.suspend((): ReturnType<Backend["append"]> => {
@@ -66,6 +68,7 @@ export const make = (): Backend => {
           // Parsed from the JSON text, as jsonb would: the stored payload is a copy.
           payload: JSON.parse(event.payloadJson)
         }
+        payloadJson.set(stored, event.payloadJson)
         state.log.push(stored)
         events.push(stored)
         state.byId.set(event.eventId, stored)
@@ -81,8 +84,11 @@ export const make = (): Backend => {
       })
     })
 
-  /** Each read gets a payload of its own, as from PostgreSQL (the registry may build the event from it). */
-  const owned = (event: StoredEvent): StoredEvent => ({ ...event, payload: structuredClone(event.payload) })
+  /**
+   * Each read gets a payload of its own, as from PostgreSQL (the registry may build the event
+   * from it), parsed from its text: JSON.parse takes any depth, structuredClone overflows the stack.
+   */
+  const owned = (event: StoredEvent): StoredEvent => ({ ...event, payload: JSON.parse(payloadJson.get(event)!) })
 
   const readStream: Backend["readStream"] = (stream, options) =>
     Stream.suspend(() => {

@@ -61,8 +61,17 @@ const describeFailure = (error: unknown, attempts: number): Failure => {
   return {
     // "Failed to execute statement" says little: the causes say why (a driver error, its detail).
     message: describeCause(failure),
-    stacktrace: failure instanceof Error ? (failure.stack ?? null) : null,
+    stacktrace: stackOf(failure),
     attempts
+  }
+}
+
+/** The stack of an Error; reading it may throw like its message (see `describeCause`). */
+const stackOf = (failure: unknown): string | null => {
+  try {
+    return failure instanceof Error ? (failure.stack ?? null) : null
+  } catch {
+    return null
   }
 }
 

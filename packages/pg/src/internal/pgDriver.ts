@@ -29,6 +29,7 @@ import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import { describeCause } from "@eventfold/core/Errors"
+import { redactCredentials } from "@eventfold/core/Settings"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -115,6 +116,22 @@ const POOL_TIMEOUT = "timeout exceeded when trying to connect"
  */
 export const classify = (cause: unknown, acquiring = false): DriverError => {
   if (isDriverError(cause)) return cause
+  const failure = classifyUnredacted(cause, acquiring)
+  // pg's own messages name no credentials (its URL parser hides the URL it rejects); a
+  // message that quotes a URL from elsewhere is redacted all the same, here at the driver.
+  const message = redactCredentials(failure.message)
+  return message === failure.message
+    ? failure
+    : new DriverError({
+        reason: failure.reason,
+        message,
+        code: failure.code,
+        constraint: failure.constraint,
+        cause: failure.cause
+      })
+}
+
+const classifyUnredacted = (cause: unknown, acquiring: boolean): DriverError => {
   const inner = cause instanceof SqlError ? cause.cause : cause
   const acquire = acquiring || (cause instanceof SqlError && cause.message.startsWith("Failed to acquire"))
   if (inner instanceof Pg.DatabaseError) {

@@ -1,0 +1,169 @@
+/**
+ * Where a pool's events go, and what it prints about it (issue 12):
+ *
+ * - with no server configured, `embedded` starts an embedded PostgreSQL and says so in
+ *   one log line naming its data directory; without `embedded` the pool fails with a
+ *   typed error instead of connecting with pg's defaults (localhost, the OS user);
+ * - a password in the URL appears in no error, no log line and no span attribute, for
+ *   a server that refuses the connection, a URL that does not parse, and a real
+ *   password-authenticating server given the wrong password.
+ */
+import * as Fs from "node:fs/promises"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as Util from "node:util"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { assert, describe, it } from "@effect/vitest"
+import { PgPool } from "@eventfold/pg"
+import * as EmbeddedPostgres from "@eventfold/pg/EmbeddedPostgres"
+import * as Cause from "effect/Cause"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Schedule from "effect/Schedule"
+import { recordingSpans } from "../../../test/support/spans.js"
+import * as Driver from "../src/internal/pgDriver.js"
+
+/** The environment, as the program's `Config` reads it: `env` and nothing else. */
+const withEnvironment =
+  (env: Record<string, string>) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    Effect.withConfigProvider(effect, ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+/** Runs `effect` with a logger that keeps every line (message, cause, annotations) as text. */
+const capturingLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function* () {
+    const lines: Array<{ readonly level: string; readonly text: string }> = []
+    const logger = Logger.make(({ logLevel, message, cause, annotations }) => {
+      lines.push({
+        level: logLevel.label,
+        text: [Util.inspect(message, { depth: null }), Cause.pretty(cause), Util.inspect(annotations)].join(" ")
+      })
+    })
+    const result = yield* Effect.provide(effect, Logger.replace(Logger.defaultLogger, logger))
+    return [result, lines] as const
+  })
+
+/** A directory the `postgres` OS user can reach when run as root; deleted with the scope. */
+const tempDir = Effect.acquireRelease(
+  Effect.promise(async () => {
+    const dir = await Fs.mkdtemp(Path.join(Os.tmpdir(), "eventfold-pool-env-"))
+    await Fs.chmod(dir, 0o755)
+    return dir
+  }),
+  (dir) => Effect.promise(() => Fs.rm(dir, { recursive: true, force: true }))
+)
+
+const once = { connectRetry: Schedule.recurs(1) }
+
+describe("PgPool: where events go", () => {
+  it.effect("with no server configured and no embedded fallback, fails with ServerNotConfiguredError", () =>
+    Effect.gen(function* () {
+      // PGPORT and PGUSER alone name no server: pg would connect to localhost with them.
+      const fromEnvironment = yield* Effect.flip(
+        Effect.scoped(Layer.build(PgPool.layerConfig(once))).pipe(
+          withEnvironment({ PGPORT: "5432", PGUSER: "postgres" })
+        )
+      )
+      assert.strictEqual(fromEnvironment._tag, "ServerNotConfiguredError")
+      assert.include(fromEnvironment.message, "DATABASE_URL")
+      const inCode = yield* Effect.flip(Effect.scoped(Layer.build(PgPool.layer({ database: "app", ...once }))))
+      assert.strictEqual(inCode._tag, "ServerNotConfiguredError")
+    })
+  )
+
+  it.scopedLive("with no server configured, the embedded fallback starts and says so, naming its data directory", () =>
+    Effect.gen(function* () {
+      const dataDir = Path.join(yield* tempDir, "data")
+      const [rows, lines] = yield* capturingLogs(
+        Effect.gen(function* () {
+          const context = yield* Layer.build(
+            PgPool.layerConfig(once, { embedded: { dataDir, persistent: false, durability: "relaxed" } })
+          )
+          const sql = yield* Effect.provide(SqlClient.SqlClient, context)
+          return yield* sql<{ readonly dir: string }>`SELECT current_setting('data_directory') AS dir`
+        }).pipe(withEnvironment({}))
+      )
+      assert.strictEqual(
+        yield* Effect.promise(() => Fs.realpath(rows[0]!.dir)),
+        yield* Effect.promise(() => Fs.realpath(dataDir))
+      )
+      const said = lines.filter((line) => line.text.includes("embedded PostgreSQL"))
+      assert.strictEqual(said.length, 1, lines.map((line) => line.text).join("\n"))
+      assert.strictEqual(said[0]!.level, "INFO")
+      assert.include(said[0]!.text, dataDir)
+    })
+  )
+})
+
+describe("PgPool: no secret is ever printed", () => {
+  const secret = "S3cret-Pw_41"
+
+  /** Builds a pool from `DATABASE_URL`, expecting it to fail; every text it produced, by where it went. */
+  const failingPool = (url: string) =>
+    Effect.gen(function* () {
+      const [[exit, spans], lines] = yield* capturingLogs(
+        recordingSpans(Effect.exit(Effect.scoped(Layer.build(PgPool.layerConfig(once)))))
+      ).pipe(withEnvironment({ DATABASE_URL: url }))
+      assert.isTrue(Exit.isFailure(exit), "the pool should not connect")
+      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
+      return {
+        error: error as Error,
+        texts: {
+          message: (error as Error).message,
+          string: String(error),
+          pretty: Exit.isFailure(exit) ? Cause.pretty(exit.cause) : "",
+          inspect: Util.inspect(error, { depth: null }),
+          json: JSON.stringify(error),
+          logs: lines.map((line) => line.text).join("\n"),
+          spans: Util.inspect(spans, { depth: null })
+        }
+      }
+    })
+
+  const assertNoSecret = (texts: Record<string, string>) => {
+    for (const [where, text] of Object.entries(texts)) {
+      assert.notInclude(text, secret, `the password appears in ${where}`)
+    }
+  }
+
+  it.scopedLive("not for a server that refuses the connection, nor for a URL that does not parse", () =>
+    Effect.gen(function* () {
+      // Port 1: nothing listens there.
+      const refused = yield* failingPool(`postgres://app:${secret}@127.0.0.1:1/events`)
+      assert.include(refused.error.message, "127.0.0.1:1")
+      assertNoSecret(refused.texts)
+      assert.include(refused.texts.logs, "cannot be reached yet")
+      const unparseable = yield* failingPool(`postgres://app:${secret}@[::1/events`)
+      assert.include(unparseable.error.message, "does not parse")
+      assertNoSecret(unparseable.texts)
+    })
+  )
+
+  it.scopedLive("not for a password-authenticating server given the wrong password", () =>
+    Effect.gen(function* () {
+      // The embedded server authenticates with scram-sha-256 (its password is "postgres").
+      const server = yield* EmbeddedPostgres.start({
+        dataDir: Path.join(yield* tempDir, "data"),
+        persistent: false,
+        durability: "relaxed"
+      })
+      const wrong = yield* failingPool(`postgres://postgres:${secret}@${server.host}:${server.port}/postgres`)
+      assert.include(wrong.error.message, "password authentication failed")
+      assertNoSecret(wrong.texts)
+      // The right password connects: the failure above was the password's.
+      const right = yield* Effect.exit(Effect.scoped(Layer.build(PgPool.layer({ url: server.url, ...once }))))
+      assert.isTrue(Exit.isSuccess(right))
+    })
+  )
+
+  it("a driver message that quotes a URL has its password redacted at the driver boundary", () => {
+    const error = Driver.classify(new Error(`could not reach postgres://app:${secret}@db.example:5432/events`), true)
+    assert.strictEqual(
+      error.message,
+      "cannot get a connection: could not reach postgres://app:***@db.example:5432/events"
+    )
+  })
+})

@@ -88,8 +88,8 @@ export const READ_STREAM_EVENTS: LeanQuery.Statement = {
 export const READ_STREAM_EVENTS_TENANT: LeanQuery.Statement = {
   name: "eventfold_read_stream_events_tenant",
   text: `SELECT version, event_type, payload::text FROM events
-          WHERE aggregate_id = $1::uuid AND aggregate_type = $2::varchar AND version >= $3::int
-            AND tenant_id = $5::uuid
+          WHERE aggregate_id = $1::uuid AND aggregate_type = $2::varchar AND tenant_id = $5::uuid
+            AND version >= $3::int
           ORDER BY version LIMIT $4::int`
 }
 

@@ -12,7 +12,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { assert, describe, it } from "@effect/vitest"
 import { Aggregate, AggregateRepository, EventStore, ExpectedVersion } from "@eventfold/core"
-import { PgMigrations } from "@eventfold/pg"
+import { PgDeadLetterQueue, PgMigrations } from "@eventfold/pg"
 import * as Chunk from "effect/Chunk"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -244,6 +244,36 @@ describe("tenant isolation by row-level security", () => {
       })
     )
   }
+
+  it.scopedLive("a dead letter keeps its event's tenant, so a bound role sees it in that tenant's scope only", () =>
+    Effect.gen(function* () {
+      const { adminStore, roleUrl, streamA, tenantA, tenantB, url } = yield* setup
+      const admin = yield* PgClients.connect("sql", url, { poolSize: 1, maxOverflow: 1 })
+      const dlq = yield* Effect.provide(PgDeadLetterQueue.make, admin.context)
+      const [recorded] = yield* collect(adminStore.readStream(streamA))
+      const { event, ...envelope } = recorded!
+      yield* dlq.add("tenant-projection", { ...envelope, payload: { ...event } }, { message: "failed", attempts: 1 })
+      const [row] = yield* TestDatabase.withClient(url, (c) =>
+        c.query<{ tenant: string }>(`SELECT tenant_id::text AS tenant FROM dead_letter_queue
+                                      WHERE projection_name = 'tenant-projection'`)
+      ).pipe(Effect.map((result) => result.rows))
+      assert.strictEqual(row?.tenant, tenantA)
+      // The bound role, in a transaction of each tenant's (as a tenant scope sets it).
+      const role = yield* PgClients.connect("sql", roleUrl, { poolSize: 1, maxOverflow: 1 })
+      const sql = yield* Effect.provide(SqlClient.SqlClient, role.context)
+      const seen = (tenant: string) =>
+        sql.withTransaction(
+          Effect.zipRight(
+            sql`SELECT set_config('eventfold.tenant_id', ${tenant}, true)`,
+            sql<{
+              n: number
+            }>`SELECT count(*)::int AS n FROM dead_letter_queue WHERE projection_name = 'tenant-projection'`
+          )
+        )
+      assert.strictEqual((yield* seen(tenantA))[0]?.n, 1)
+      assert.strictEqual((yield* seen(tenantB))[0]?.n, 0)
+    })
+  )
 
   it.scopedLive("through plain SQL on the role's connection: 0 rows of another tenant readable or writable", () =>
     Effect.gen(function* () {

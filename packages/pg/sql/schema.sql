@@ -199,6 +199,9 @@ ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
 ALTER TABLE projection_checkpoints ADD COLUMN IF NOT EXISTS tenant_id UUID;
 ALTER TABLE dead_letter_queue ADD COLUMN IF NOT EXISTS tenant_id UUID;
 ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS tenant_id UUID;
+-- A dead letter is its event's tenant's (PgDeadLetterQueue writes it from now on).
+UPDATE dead_letter_queue SET tenant_id = (event_data->>'tenant_id')::uuid
+ WHERE tenant_id IS NULL AND event_data->>'tenant_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
 ALTER TABLE events ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS eventfold_tenant_isolation ON events;
 CREATE POLICY eventfold_tenant_isolation ON events

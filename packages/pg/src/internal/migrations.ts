@@ -278,7 +278,8 @@ ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
     // role the policies bind (neither superuser nor BYPASSRLS, nor the tables' owner unless
     // the owner FORCEs row-level security) sees and writes only the rows of the tenant
     // set, and with none set no rows at all: rows without a tenant are never visible to
-    // it. The tables that had no tenant_id get a nullable one. The subquery makes the
+    // it. The tables that had no tenant_id get a nullable one (dead letters take their
+    // event's, stored in event_data, for the rows written before). The subquery makes the
     // setting one InitPlan per statement, not a call per row.
     // eventfold_stream_tenant_differs and eventfold_event_of_another_tenant let an append
     // explain why it did not go in (another tenant's stream, an id another tenant stored)
@@ -288,6 +289,9 @@ ON CONFLICT (aggregate_id, aggregate_type) DO UPDATE
 ALTER TABLE projection_checkpoints ADD COLUMN IF NOT EXISTS tenant_id UUID;
 ALTER TABLE dead_letter_queue ADD COLUMN IF NOT EXISTS tenant_id UUID;
 ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS tenant_id UUID;
+-- A dead letter is its event's tenant's (PgDeadLetterQueue writes it from now on).
+UPDATE dead_letter_queue SET tenant_id = (event_data->>'tenant_id')::uuid
+ WHERE tenant_id IS NULL AND event_data->>'tenant_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
 ALTER TABLE events ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS eventfold_tenant_isolation ON events;
 CREATE POLICY eventfold_tenant_isolation ON events

@@ -4,7 +4,15 @@
  */
 
 import { assert, describe, layer } from "@effect/vitest"
-import { type Errors, Event, EventRegistry, type EventStore, ExpectedVersion } from "@eventfold/core"
+import {
+  Aggregate,
+  AggregateRepository,
+  type Errors,
+  Event,
+  EventRegistry,
+  EventStore,
+  ExpectedVersion
+} from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
@@ -1259,6 +1267,213 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
           assert.strictEqual(b._tag, "InvalidEventError")
           const c = yield* Effect.flip(collect(store.readStream({ aggregateId: "x", aggregateType: "Cart" })))
           assert.strictEqual(c._tag, "InvalidEventError")
+        })
+      )
+    })
+
+    describe("tenants", () => {
+      /** Every expectation, as a single event and as a batch. */
+      const attempts = (version: number) =>
+        [
+          ExpectedVersion.any,
+          ExpectedVersion.noStream,
+          ExpectedVersion.streamExists,
+          ExpectedVersion.exact(version),
+          ExpectedVersion.exact(version + 1)
+        ].flatMap((expectedVersion) => [
+          { expectedVersion, events: notes(1, "intruder") },
+          { expectedVersion, events: notes(3, "intruders") }
+        ])
+
+      it.effect("inside a tenant scope, reads see only the scope's tenant", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const [tenantA, tenantB] = [uuid(), uuid()]
+          const [a, b, none] = [stream(), stream(), stream()]
+          const [start] = yield* collect(store.readAll({ direction: "backward", limit: 1 }))
+          const after = start?.globalPosition ?? 0n
+          yield* store.append(a, notes(2, "a"), { expectedVersion: ExpectedVersion.noStream, tenantId: tenantA })
+          yield* store.append(b, notes(2, "b"), { expectedVersion: ExpectedVersion.noStream, tenantId: tenantB })
+          yield* store.append(none, notes(2, "none"), { expectedVersion: ExpectedVersion.noStream })
+          // Without a tenant the scope's tenant is the append's.
+          const scoped = yield* store.forTenant(tenantA.toUpperCase())
+          assert.strictEqual(scoped.tenantId, tenantA)
+          yield* scoped.append(a, notes(1, "a-more"), { expectedVersion: ExpectedVersion.exact(2) })
+
+          assert.deepStrictEqual(
+            (yield* collect(scoped.readStream(a))).map((e) => [e.version, e.tenantId]),
+            [
+              [1, tenantA],
+              [2, tenantA],
+              [3, tenantA]
+            ]
+          )
+          assert.strictEqual((yield* collect(scoped.readStreamEvents(a))).length, 3)
+          for (const other of [b, none]) {
+            assert.strictEqual((yield* collect(scoped.readStream(other))).length, 0)
+            assert.strictEqual((yield* collect(scoped.readStream(other, { direction: "backward" }))).length, 0)
+            assert.strictEqual((yield* collect(scoped.readStreamEvents(other))).length, 0)
+          }
+          const log = yield* collect(scoped.readAll({ after }))
+          assert.deepStrictEqual(
+            log.map((e) => [e.aggregateId, e.version]),
+            [
+              [a.aggregateId, 1],
+              [a.aggregateId, 2],
+              [a.aggregateId, 3]
+            ]
+          )
+          assert.deepStrictEqual(
+            (yield* collect(scoped.readAll({ after, tenantId: tenantA }))).map((e) => e.eventId),
+            log.map((e) => e.eventId)
+          )
+          assert.deepStrictEqual(
+            (yield* collect(scoped.readAll({ direction: "backward", limit: 3 }))).map((e) => e.version),
+            [3, 2, 1]
+          )
+          // A filter naming another tenant is refused, not quietly emptied.
+          const refused = yield* Effect.flip(collect(scoped.readAll({ tenantId: tenantB })))
+          assert.strictEqual(refused._tag, "InvalidEventError")
+          const refusedLive = yield* Effect.flip(collect(scoped.subscribe({ tenantId: tenantB })))
+          assert.strictEqual(refusedLive._tag, "InvalidEventError")
+          // Live: B's events between A's are never delivered.
+          const live = yield* collect(scoped.subscribe({ after }).pipe(Stream.take(3)))
+          assert.deepStrictEqual(
+            live.map((e) => e.eventId),
+            log.map((e) => e.eventId)
+          )
+          // The unscoped store still sees everyone.
+          assert.strictEqual((yield* collect(store.readStream(b))).length, 2)
+        })
+      )
+
+      it.effect("inside a tenant scope, an append to another tenant's stream fails typed and writes nothing", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const [tenantA, tenantB] = [uuid(), uuid()]
+          const a = stream()
+          yield* store.append(a, notes(2, "a"), { expectedVersion: ExpectedVersion.noStream, tenantId: tenantA })
+          const scopedB = yield* store.forTenant(tenantB)
+          for (const { events, expectedVersion } of attempts(2)) {
+            const error = yield* Effect.flip(scopedB.append(a, events, { expectedVersion }))
+            assert.strictEqual(error._tag, "TenantMismatchError", `${expectedVersion._tag}, ${events.length} events`)
+            if (error._tag === "TenantMismatchError") {
+              assert.strictEqual(error.reason, "StreamOfAnotherTenant")
+              assert.strictEqual(error.tenantId, tenantB)
+              assert.strictEqual(error.aggregateId, a.aggregateId)
+            }
+          }
+          // Naming another tenant than the scope's is refused before anything is sent.
+          const outside = yield* Effect.flip(
+            scopedB.append(stream(), notes(1), { expectedVersion: ExpectedVersion.any, tenantId: tenantA })
+          )
+          assert.strictEqual(outside._tag, "TenantMismatchError")
+          if (outside._tag === "TenantMismatchError") assert.strictEqual(outside.reason, "OutsideScope")
+          const noTenant = yield* Effect.flip(
+            scopedB.append(stream(), notes(1), { expectedVersion: ExpectedVersion.any, tenantId: null })
+          )
+          assert.strictEqual(noTenant._tag, "TenantMismatchError")
+          // Replaying A's own event ids from B's scope is no replay.
+          const stored = yield* collect(store.readStream(a))
+          const replay = yield* Effect.flip(
+            scopedB.append(
+              a,
+              stored.map((e) => ({ event: e.event, eventId: e.eventId, timestamp: e.timestamp })),
+              { expectedVersion: ExpectedVersion.noStream }
+            )
+          )
+          assert.strictEqual(replay._tag, "TenantMismatchError")
+          const after = yield* collect(store.readStream(a))
+          assert.deepStrictEqual(
+            after.map((e) => [e.version, e.tenantId]),
+            [
+              [1, tenantA],
+              [2, tenantA]
+            ]
+          )
+          // A's own scope still appends, at the next version.
+          const scopedA = yield* store.forTenant(tenantA)
+          const result = yield* scopedA.append(a, notes(1), { expectedVersion: ExpectedVersion.exact(2) })
+          assert.strictEqual(result.version, 3)
+          // A scoped store does not enter another tenant; a malformed tenant is invalid.
+          assert.strictEqual((yield* Effect.flip(scopedA.forTenant(tenantB)))._tag, "InvalidEventError")
+          assert.strictEqual(yield* scopedA.forTenant(tenantA.toUpperCase()), scopedA)
+          assert.strictEqual((yield* Effect.flip(store.forTenant("tenant-1")))._tag, "InvalidEventError")
+        })
+      )
+
+      it.effect("a stream's tenant is fixed by its first append, also outside any scope", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const [tenantA, tenantB] = [uuid(), uuid()]
+          const cases = [
+            { first: tenantA, later: tenantB },
+            { first: tenantA, later: null },
+            { first: null, later: tenantA }
+          ]
+          for (const { first, later } of cases) {
+            const s = stream()
+            yield* store.append(s, notes(1), { expectedVersion: ExpectedVersion.noStream, tenantId: first })
+            for (const { events, expectedVersion } of attempts(1)) {
+              const error = yield* Effect.flip(store.append(s, events, { expectedVersion, tenantId: later }))
+              assert.strictEqual(error._tag, "TenantMismatchError", `${first} later ${later}, ${expectedVersion._tag}`)
+              if (error._tag === "TenantMismatchError") assert.strictEqual(error.reason, "StreamOfAnotherTenant")
+            }
+            const stored = yield* collect(store.readStream(s))
+            assert.deepStrictEqual(
+              stored.map((e) => [e.version, e.tenantId]),
+              [[1, first]]
+            )
+            // The same tenant appends as usual, and a replay of its own ids is still a replay.
+            const more = { ...note("more"), eventId: uuid() }
+            const appended = yield* store.append(s, [more], {
+              expectedVersion: ExpectedVersion.exact(1),
+              tenantId: first
+            })
+            const replayed = yield* store.append(s, [more], {
+              expectedVersion: ExpectedVersion.exact(1),
+              tenantId: first
+            })
+            assert.deepStrictEqual(replayed, appended)
+            const replayOther = yield* Effect.flip(
+              store.append(s, [more], { expectedVersion: ExpectedVersion.exact(1), tenantId: later })
+            )
+            assert.strictEqual(replayOther._tag, "TenantMismatchError")
+          }
+        })
+      )
+
+      it.effect("a repository in a tenant scope neither loads nor saves another tenant's aggregate", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const Notebook = Aggregate.make({
+            type: "Notebook",
+            events: [NoteWritten],
+            initialState: (): ReadonlyArray<string> => [],
+            evolve: (state, event) => [...state, event.text]
+          })
+          const [tenantA, tenantB] = [uuid(), uuid()]
+          const id = uuid()
+          const write = (text: string) =>
+            Aggregate.command(Notebook, () => Effect.succeed([NoteWritten.make({ text })]))(undefined)
+          yield* Effect.gen(function* () {
+            const repo = yield* AggregateRepository.make(Notebook)
+            const root = yield* repo.create(id).pipe(write("A's secret"), Effect.flatMap(repo.save))
+            assert.strictEqual(root.version, 1)
+          }).pipe(EventStore.withTenant(tenantA), Effect.provideService(EventStore.EventStore, store))
+
+          yield* Effect.gen(function* () {
+            const repo = yield* AggregateRepository.make(Notebook)
+            const loaded = yield* Effect.flip(repo.load(id))
+            assert.strictEqual(loaded._tag, "StreamNotFoundError")
+            const saved = yield* Effect.flip(repo.create(id).pipe(write("B's note"), Effect.flatMap(repo.save)))
+            assert.strictEqual(saved._tag, "TenantMismatchError")
+          }).pipe(Effect.provide(EventStore.layerTenant(tenantB)), Effect.provideService(EventStore.EventStore, store))
+          const events = yield* collect(store.readStream({ aggregateId: id, aggregateType: "Notebook" }))
+          assert.deepStrictEqual<unknown>(
+            events.map((e) => [e.tenantId, e.event]),
+            [[tenantA, { _tag: "NoteWritten", text: "A's secret" }]]
+          )
         })
       )
     })

@@ -94,9 +94,55 @@ const mutants: ReadonlyArray<Mutant> = [
   {
     name: "noStream that updates an existing head",
     file: "packages/pg/src/internal/appendSql.ts",
-    from: 'base === "any" ? "UPDATE SET version = s.version + EXCLUDED.version, updated_at = now()" : "NOTHING"',
-    to: '"UPDATE SET version = s.version + EXCLUDED.version, updated_at = now()"',
+    from: ': "NOTHING"',
+    to: ': "UPDATE SET version = s.version + EXCLUDED.version, updated_at = now()"',
     tests: eventStore.slice(0, 1)
+  },
+  {
+    name: "an append that moves another tenant's head (exact, streamExists)",
+    file: "packages/pg/src/internal/appendSql.ts",
+    from: "const ownTenant = `tenant_id IS NOT DISTINCT FROM ${tenant}`",
+    to: "const ownTenant = `${tenant}::text IS NULL OR true`",
+    tests: eventStore.slice(0, 1)
+  },
+  {
+    name: "an any append that moves another tenant's head",
+    file: "packages/pg/src/internal/appendSql.ts",
+    from: "\\n   WHERE s.tenant_id IS NOT DISTINCT FROM EXCLUDED.tenant_id",
+    to: "",
+    tests: eventStore.slice(0, 1)
+  },
+  {
+    name: "a lookup blind to another tenant's head past row-level security",
+    file: "packages/pg/src/internal/appendSql.ts",
+    from: "eventfold_stream_tenant_differs(${id}, ${type}, ${tenant}))",
+    to: "false)",
+    tests: ["test/tenancy/rowLevelSecurity.pg.test.ts"]
+  },
+  {
+    name: "a stream read in a tenant scope without its tenant filter",
+    file: "packages/pg/src/internal/readSql.ts",
+    from: 'if (tenantId !== null) query.where(`tenant_id = ${query.param(tenantId, "uuid")}`)',
+    to: "",
+    tests: eventStore.slice(0, 1)
+  },
+  {
+    name: "the events policy without its WITH CHECK",
+    file: "packages/pg/src/internal/migrations.ts",
+    from: `CREATE POLICY eventfold_tenant_isolation ON events
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));`,
+    to: `CREATE POLICY eventfold_tenant_isolation ON events
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (true);`,
+    tests: ["test/tenancy/rowLevelSecurity.pg.test.ts"]
+  },
+  {
+    name: "a stream's tenant not fixed by its first append (memory)",
+    file: "packages/core/src/internal/memoryEventStore.ts",
+    from: "(events[0] !== undefined && events[0].tenantId !== input.tenantId) ||",
+    to: "",
+    tests: ["test/conformance/EventStore.memory.test.ts"]
   }
 ]
 

@@ -79,6 +79,34 @@ export class DuplicateEventError extends Schema.TaggedError<DuplicateEventError>
 }
 
 /**
+ * An append would put one tenant's events in another tenant's stream, or outside the
+ * tenant scope it runs in. Nothing was written. `reason`:
+ *
+ * - `StreamOfAnotherTenant`: the stream belongs to another tenant (a stream's tenant is
+ *   fixed by its first append; a stream never holds two tenants' events). The other
+ *   tenant is not named.
+ * - `OutsideScope`: the append names a tenant other than its store's tenant scope
+ *   (`EventStore.forTenant`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TenantMismatchError extends Schema.TaggedError<TenantMismatchError>()("TenantMismatchError", {
+  aggregateId: Schema.String,
+  aggregateType: Schema.String,
+  /** The tenant the append is for (null: no tenant). */
+  tenantId: Schema.NullOr(Schema.String),
+  reason: Schema.Literal("StreamOfAnotherTenant", "OutsideScope")
+}) {
+  override get message(): string {
+    const tenant = this.tenantId === null ? "no tenant" : `tenant ${this.tenantId}`
+    return this.reason === "StreamOfAnotherTenant"
+      ? `${this.aggregateType} ${this.aggregateId} belongs to another tenant than ${tenant}`
+      : `an append for ${tenant} to ${this.aggregateType} ${this.aggregateId} is outside its store's tenant scope`
+  }
+}
+
+/**
  * A stored or appended `event_type` has no schema in the registry.
  *
  * @since 0.1.0
@@ -163,6 +191,7 @@ export class StreamNotFoundError extends Schema.TaggedError<StreamNotFoundError>
 export type AppendError =
   | ConcurrencyError
   | DuplicateEventError
+  | TenantMismatchError
   | UnknownEventTypeError
   | InvalidEventError
   | EventStoreError

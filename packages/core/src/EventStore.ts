@@ -19,7 +19,7 @@ import type {
   ReadError,
   UnknownEventTypeError
 } from "./Errors.js"
-import { describeCause, EventStoreError, InvalidEventError } from "./Errors.js"
+import { describeCause, EventStoreError, InvalidEventError, TenantMismatchError } from "./Errors.js"
 import type * as Event from "./Event.js"
 import type { EventRegistry } from "./EventRegistry.js"
 import type { ExpectedVersion } from "./ExpectedVersion.js"
@@ -218,7 +218,7 @@ export interface Backend {
   readonly name: string
   readonly append: (
     input: PreparedAppend
-  ) => Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError | EventStoreError>
+  ) => Effect.Effect<AppendResult, ConcurrencyError | DuplicateEventError | TenantMismatchError | EventStoreError>
   readonly readStream: (
     stream: StreamId,
     options: Required<Pick<ReadStreamOptions, "direction" | "fromVersion">> & Pick<ReadStreamOptions, "toVersion">
@@ -235,6 +235,13 @@ export interface Backend {
   readonly subscribe: (
     options: Subscription.BackendOptions
   ) => Stream.Stream<Subscription.BackendMessage, EventStoreError>
+  /**
+   * The same storage bound to one tenant (a lower-case UUID): its reads see only that
+   * tenant's rows and its appends write only them (PostgreSQL: SQL filters, and
+   * row-level security keyed by a setting made for each transaction). Cheap: called
+   * once per tenant scope.
+   */
+  readonly forTenant: (tenantId: string) => Backend
 }
 
 /**
@@ -275,6 +282,18 @@ export interface Service {
     options?: Subscription.Options
   ) => Stream.Stream<Subscription.Message, InvalidEventError | EventStoreError>
   readonly registry: EventRegistry
+  /** The tenant scope of this store (a lower-case UUID), or null outside any. */
+  readonly tenantId: string | null
+  /**
+   * This store in the scope of one tenant: `readStream`, `readStreamEvents`, `readAll`
+   * and `subscribe` see only that tenant's events; `append` writes them for that tenant
+   * (an append naming another tenant, or to another tenant's stream, fails with
+   * `TenantMismatchError`). A read filter naming another tenant is an
+   * `InvalidEventError`. On PostgreSQL, row-level security enforces the same for a
+   * tenant-bound role (see `@eventfold/pg/PgEventStore`). A store already scoped to
+   * another tenant refuses (`InvalidEventError`): leaving a scope takes the unscoped store.
+   */
+  readonly forTenant: (tenantId: string) => Effect.Effect<Service, InvalidEventError>
 }
 
 /**
@@ -290,14 +309,33 @@ export class EventStore extends Context.Tag("@eventfold/core/EventStore")<EventS
  * @since 0.1.0
  * @category constructors
  */
-export const make = (backend: Backend, registry: EventRegistry): Service => {
+export const make = (backend: Backend, registry: EventRegistry): Service => makeIn(backend, registry, null)
+
+/** Reads options and subscriptions of a tenant scope: the scope's tenant, or why the filter is refused. */
+const scopeFilter = <O extends { readonly tenantId?: string }>(
+  scope: string | null,
+  options: O
+): Either.Either<O, InvalidEventError> => {
+  if (scope === null) return Either.right(options)
+  const asked = options.tenantId
+  if (asked !== undefined && (typeof asked !== "string" || asked.toLowerCase() !== scope)) {
+    return Either.left(
+      new InvalidEventError({ reason: `tenantId ${String(asked)} is outside this store's tenant scope (${scope})` })
+    )
+  }
+  return Either.right({ ...options, tenantId: scope })
+}
+
+const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null): Service => {
   // The hottest call of the library: a plain function with one span (no per-call stack
   // capture, as Effect.fn would do, and none at all when no tracer collects it), and
   // synchronous validation and encoding.
   const append = (stream: StreamId, events: ReadonlyArray<EventToAppend>, options: AppendOptions) =>
     withHotSpan(
       (now): Effect.Effect<AppendResult, AppendError> => {
-        const prepared = prepareAppend(registry, stream, events, options, now)
+        const scoped = scope === null ? options : appendInScope(scope, stream, options)
+        if (scoped instanceof TenantMismatchError) return Effect.fail(scoped)
+        const prepared = prepareAppend(registry, stream, events, scoped, now)
         return Either.isLeft(prepared) ? Effect.fail(prepared.left) : backend.append(prepared.right)
       },
       Spans.append,
@@ -411,7 +449,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
 
   const readAll = (options?: ReadAllOptions) =>
     Effect.gen(function* () {
-      const normalized = yield* validate.readAllOptions(options ?? {})
+      const normalized = yield* validate.readAllOptions(yield* scopeFilter(scope, options ?? {}))
       return decodeStream(backend.readAll(normalized))
     }).pipe(
       Stream.unwrap,
@@ -428,7 +466,7 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
   const subscribeMessages = (
     options?: Subscription.Options
   ): Stream.Stream<Subscription.Message, InvalidEventError | EventStoreError> =>
-    Effect.map(validate.subscribeOptions(options ?? {}), (normalized) =>
+    Effect.map(Effect.flatMap(scopeFilter(scope, options ?? {}), validate.subscribeOptions), (normalized) =>
       backend.subscribe(normalized).pipe(
         Stream.map((message): Subscription.Message => {
           if (message._tag !== "Event") return message
@@ -456,7 +494,52 @@ export const make = (backend: Backend, registry: EventRegistry): Service => {
       })
     )
 
-  return EventStore.of({ append, readStream, readStreamEvents, readAll, subscribe, subscribeMessages, registry })
+  const forTenant = (tenantId: string): Effect.Effect<Service, InvalidEventError> => {
+    const invalid = validate.uuidError("tenantId", tenantId)
+    if (invalid !== undefined) return Effect.fail(invalid)
+    const tenant = tenantId.toLowerCase()
+    if (scope === tenant) return Effect.succeed(service)
+    if (scope !== null) {
+      return Effect.fail(
+        new InvalidEventError({ reason: `this store is scoped to tenant ${scope}; it cannot enter tenant ${tenant}` })
+      )
+    }
+    return Effect.sync(() => makeIn(backend.forTenant(tenant), registry, tenant))
+  }
+
+  const service: Service = EventStore.of({
+    append,
+    readStream,
+    readStreamEvents,
+    readAll,
+    subscribe,
+    subscribeMessages,
+    registry,
+    tenantId: scope,
+    forTenant
+  })
+  return service
+}
+
+/**
+ * An append's options in a tenant scope: the scope's tenant when it names none, or the
+ * error when it names another (an invalid id is left to the validation of the append).
+ */
+const appendInScope = (
+  scope: string,
+  stream: StreamId,
+  options: AppendOptions
+): AppendOptions | TenantMismatchError => {
+  const asked = options.tenantId
+  if (asked === undefined) return { ...options, tenantId: scope }
+  if (typeof asked === "string" && asked.toLowerCase() === scope) return options
+  if (asked !== null && validate.uuidError("tenantId", asked) !== undefined) return options
+  return new TenantMismatchError({
+    aggregateId: String(stream?.aggregateId).toLowerCase(),
+    aggregateType: String(stream?.aggregateType),
+    tenantId: asked === null ? null : asked.toLowerCase(),
+    reason: "OutsideScope"
+  })
 }
 
 /** Errors of envelope-less reads are named after re-reading the event's row. */
@@ -532,6 +615,38 @@ const prepareAppend = (
     events: prepared
   })
 }
+
+/**
+ * The `EventStore` in context, in the scope of one tenant (see {@link Service.forTenant}).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const forTenant = (tenantId: string): Effect.Effect<Service, InvalidEventError, EventStore> =>
+  Effect.flatMap(EventStore, (store) => store.forTenant(tenantId))
+
+/**
+ * Runs `effect` with the `EventStore` in context scoped to one tenant: everything it
+ * reads and appends through the store (an `AggregateRepository` it makes included) is
+ * that tenant's.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const withTenant =
+  (tenantId: string) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | InvalidEventError, R | EventStore> =>
+    Effect.flatMap(forTenant(tenantId), (store) => Effect.provideService(effect, EventStore, store))
+
+/**
+ * The `EventStore` of the layer below, scoped to one tenant: a layer for a process (or
+ * a request's layer graph) that serves one tenant.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerTenant = (tenantId: string): Layer.Layer<EventStore, InvalidEventError, EventStore> =>
+  Layer.effect(EventStore, forTenant(tenantId))
 
 /**
  * An event store kept in memory, for unit tests and prototypes. Same contract,

@@ -207,6 +207,59 @@ DROP INDEX IF EXISTS idx_outbox_aggregate_unpublished;
 CREATE INDEX IF NOT EXISTS idx_outbox_aggregate_unpublished ON event_outbox (aggregate_id, aggregate_type, version)
   WHERE status IN ('pending', 'failed');
 
+
+-- 12_tenant_isolation
+ALTER TABLE projection_checkpoints ADD COLUMN IF NOT EXISTS tenant_id UUID;
+ALTER TABLE dead_letter_queue ADD COLUMN IF NOT EXISTS tenant_id UUID;
+ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS tenant_id UUID;
+-- A dead letter is its event's tenant's (PgDeadLetterQueue writes it from now on).
+UPDATE dead_letter_queue SET tenant_id = (event_data->>'tenant_id')::uuid
+ WHERE tenant_id IS NULL AND event_data->>'tenant_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON events;
+CREATE POLICY eventfold_tenant_isolation ON events
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE event_streams ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON event_streams;
+CREATE POLICY eventfold_tenant_isolation ON event_streams
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE event_outbox ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON event_outbox;
+CREATE POLICY eventfold_tenant_isolation ON event_outbox
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE projection_checkpoints ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON projection_checkpoints;
+CREATE POLICY eventfold_tenant_isolation ON projection_checkpoints
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE dead_letter_queue ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON dead_letter_queue;
+CREATE POLICY eventfold_tenant_isolation ON dead_letter_queue
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE snapshots ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON snapshots;
+CREATE POLICY eventfold_tenant_isolation ON snapshots
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+CREATE OR REPLACE FUNCTION eventfold_stream_tenant_differs(p_aggregate_id UUID, p_aggregate_type VARCHAR, p_tenant_id UUID)
+RETURNS BOOLEAN LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+  SELECT coalesce((SELECT s.tenant_id IS DISTINCT FROM p_tenant_id FROM event_streams s
+                    WHERE s.aggregate_id = p_aggregate_id AND s.aggregate_type = p_aggregate_type), false)
+$fn$;
+CREATE OR REPLACE FUNCTION eventfold_event_of_another_tenant(p_event_ids UUID[], p_tenant_id UUID)
+RETURNS UUID LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+  SELECT x.event_id
+    FROM unnest(p_event_ids) WITH ORDINALITY AS i(event_id, n)
+    JOIN LATERAL (SELECT e.event_id, e.tenant_id FROM events e WHERE e.event_id = i.event_id LIMIT 1) AS x ON true
+   WHERE x.tenant_id IS DISTINCT FROM p_tenant_id
+   ORDER BY i.n
+   LIMIT 1
+$fn$;
+
 -- The Migrator's record, so PgMigrations.run knows these are applied.
 CREATE TABLE IF NOT EXISTS eventfold_migrations (
   migration_id integer primary key,
@@ -224,6 +277,7 @@ INSERT INTO eventfold_migrations (migration_id, name) VALUES
   (8, 'subscriptions'),
   (9, 'append_statement'),
   (10, 'stream_heads'),
-  (11, 'outbox_parking')
+  (11, 'outbox_parking'),
+  (12, 'tenant_isolation')
 ON CONFLICT (migration_id) DO NOTHING;
 COMMIT;

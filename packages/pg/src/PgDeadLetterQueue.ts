@@ -92,17 +92,18 @@ export const make: Effect.Effect<DeadLetterQueue.Service, never, SqlClient.SqlCl
       rows(
         "add",
         sql`INSERT INTO dead_letter_queue AS d
-                   (event_id, projection_name, event_type, event_data, error_message, error_stacktrace, retry_count, global_position)
+                   (event_id, projection_name, event_type, event_data, error_message, error_stacktrace, retry_count, global_position,
+                    tenant_id)
             VALUES (${event.eventId}::uuid, ${projection}, ${event.eventType},
                     ${DeadLetterQueue.eventDataJson(event)}::jsonb, ${storable(failure.message)},
                     ${failure.stacktrace === undefined || failure.stacktrace === null ? null : storable(failure.stacktrace)},
-                    ${failure.attempts}, ${event.globalPosition})
+                    ${failure.attempts}, ${event.globalPosition}, ${event.tenantId}::uuid)
             ON CONFLICT (event_id, projection_name) DO UPDATE
                SET event_type = EXCLUDED.event_type, event_data = EXCLUDED.event_data,
                    error_message = EXCLUDED.error_message, error_stacktrace = EXCLUDED.error_stacktrace,
                    retry_count = d.retry_count + EXCLUDED.retry_count, last_failed_at = now(),
                    status = 'failed', resolved_at = NULL, resolved_by = NULL,
-                   global_position = EXCLUDED.global_position
+                   global_position = EXCLUDED.global_position, tenant_id = EXCLUDED.tenant_id
             RETURNING ${sql.literal(COLUMNS)}`
       ),
       (found) => Effect.succeed(found[0]!)

@@ -94,34 +94,38 @@ export const defaultRetry: Schedule.Schedule<unknown, unknown> = Schedule.expone
 const makeBackend = (executor: Driver.Executor, options: Options) =>
   Effect.gen(function* () {
     const retry = options.retry ?? defaultRetry
-    const reads = PgReads.make(executor, {
-      pageSize: options.pageSize ?? 1000,
-      foldPageSize: options.foldPageSize ?? 10_000,
-      retry
-    })
-    const append = PgAppend.make(executor, { outbox: options.outbox ?? false, retry })
     const listenConfig = Option.map(yield* Effect.serviceOption(PgClient.PgClient), (client) => client.config)
+    // One watcher for every tenant scope: the horizon is the log's, not a tenant's.
     const watcher = yield* PgSubscription.makeWatcher(executor, listenConfig, options.subscriptions)
     const reconnect = options.subscriptions?.reconnect ?? PgSubscription.defaultReconnect
-    const subscribe: EventStore.Backend["subscribe"] = (subscription) =>
-      Subscription.follow(
-        {
-          horizon: watcher.horizon,
-          read: (range) =>
-            reads
-              .subscriptionPage(subscription, range, reconnect)
-              .pipe(Effect.mapError(EventStore.storeError("subscribe")))
-        },
-        subscription
-      )
-    return {
-      name: "postgresql",
-      append,
-      readStream: reads.readStream,
-      readStreamEvents: reads.readStreamEvents,
-      readAll: reads.readAll,
-      subscribe
-    } satisfies EventStore.Backend
+    const over = (executor: Driver.Executor): EventStore.Backend => {
+      const reads = PgReads.make(executor, {
+        pageSize: options.pageSize ?? 1000,
+        foldPageSize: options.foldPageSize ?? 10_000,
+        retry
+      })
+      const subscribe: EventStore.Backend["subscribe"] = (subscription) =>
+        Subscription.follow(
+          {
+            horizon: watcher.horizon,
+            read: (range) =>
+              reads
+                .subscriptionPage(subscription, range, reconnect)
+                .pipe(Effect.mapError(EventStore.storeError("subscribe")))
+          },
+          subscription
+        )
+      return {
+        name: "postgresql",
+        append: PgAppend.make(executor, { outbox: options.outbox ?? false, retry }),
+        readStream: reads.readStream,
+        readStreamEvents: reads.readStreamEvents,
+        readAll: reads.readAll,
+        subscribe,
+        forTenant: (tenantId) => over(executor.forTenant(tenantId))
+      }
+    }
+    return over(executor)
   })
 
 /**

@@ -92,6 +92,28 @@ export const run: Effect.Effect<
 export const layer: Layer.Layer<never, MigrationError, SqlClient.SqlClient> = Layer.effectDiscard(run)
 
 /**
+ * The privileges of an application role that row-level security binds (migration 12):
+ * GRANT statements to run as the migrating role, for a role that is neither superuser
+ * nor `BYPASSRLS` and does not own the tables. It may append (events, their outbox
+ * entries, stream heads), read, subscribe (the log's horizon, the listener rows) and use
+ * snapshots; its rows are those of the tenant its transaction sets, and none without one.
+ * The relay, projection runners, migrations and monitoring need every tenant: give them
+ * a role the policies do not bind (see the README, "Tenant isolation").
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const tenantRoleGrants = (role: string): string => {
+  const r = `"${role.replace(/"/g, '""')}"`
+  return `GRANT SELECT, INSERT ON events, event_outbox TO ${r};
+GRANT SELECT, INSERT, UPDATE ON event_streams, snapshots TO ${r};
+GRANT USAGE, SELECT ON SEQUENCE events_global_position_seq, snapshots_id_seq TO ${r};
+GRANT SELECT, INSERT, UPDATE, DELETE ON eventfold_listeners TO ${r};
+GRANT SELECT ON eventfold_log_writers TO ${r};
+`
+}
+
+/**
  * The whole schema as one SQL script for `psql -f`: the same statements the
  * migrations run, and the Migrator's record of the migrations.
  *

@@ -23,6 +23,8 @@ const explain = (fields: Partial<D.ExplainRow> = {}): D.ExplainRow => ({
   first_position: null,
   last_position: null,
   duplicate_event_id: null,
+  foreign_tenant: false,
+  foreign_event_id: null,
   ...fields
 })
 
@@ -106,7 +108,7 @@ describe("afterHead", () => {
   it("a stored id is explained, whatever the head", () => {
     for (const expected of expectations) {
       assert.strictEqual(
-        D.afterHead(input(expected), { head_version: 5, last_version: 5, stored: true })._tag,
+        D.afterHead(input(expected), { head_version: 5, last_version: 5, stored: true, foreign_tenant: false })._tag,
         "Explain"
       )
     }
@@ -114,20 +116,35 @@ describe("afterHead", () => {
 
   it("otherwise the head decides: a conflict at its version, or, when it accepts the expectation, again", () => {
     assert.deepStrictEqual(
-      D.afterHead(input(exact(2)), { head_version: 5, last_version: 5, stored: false }),
+      D.afterHead(input(exact(2)), { head_version: 5, last_version: 5, stored: false, foreign_tenant: false }),
       D.Decision.Conflict({ actualVersion: 5 })
     )
     assert.deepStrictEqual(
-      D.afterHead(input(ExpectedVersion.noStream), { head_version: 1, last_version: 1, stored: false }),
+      D.afterHead(input(ExpectedVersion.noStream), {
+        head_version: 1,
+        last_version: 1,
+        stored: false,
+        foreign_tenant: false
+      }),
       D.Decision.Conflict({ actualVersion: 1 })
     )
     assert.deepStrictEqual(
-      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 0, last_version: 0, stored: false }),
+      D.afterHead(input(ExpectedVersion.streamExists), {
+        head_version: 0,
+        last_version: 0,
+        stored: false,
+        foreign_tenant: false
+      }),
       D.Decision.Conflict({ actualVersion: 0 })
     )
     // The stream came to exist between the append and the lookup.
     assert.deepStrictEqual(
-      D.afterHead(input(ExpectedVersion.streamExists), { head_version: 2, last_version: 2, stored: false }),
+      D.afterHead(input(ExpectedVersion.streamExists), {
+        head_version: 2,
+        last_version: 2,
+        stored: false,
+        foreign_tenant: false
+      }),
       D.Decision.Retry({ actualVersion: 2 })
     )
   })
@@ -135,24 +152,27 @@ describe("afterHead", () => {
   it("a head behind the stream's events (written around the store) is repaired first, whatever the expectation", () => {
     for (const expected of expectations) {
       assert.deepStrictEqual(
-        D.afterHead(input(expected), { head_version: 0, last_version: 2, stored: false }),
+        D.afterHead(input(expected), { head_version: 0, last_version: 2, stored: false, foreign_tenant: false }),
         D.Decision.RepairHead({ lastVersion: 2 })
       )
     }
     // A stored id still goes to the explanation, which repairs too when none of the ids is found.
-    assert.strictEqual(D.afterHead(input(exact(2)), { head_version: 0, last_version: 2, stored: true })._tag, "Explain")
+    assert.strictEqual(
+      D.afterHead(input(exact(2)), { head_version: 0, last_version: 2, stored: true, foreign_tenant: false })._tag,
+      "Explain"
+    )
   })
 
   it("a row with nulls is unexpected", () => {
     assert.strictEqual(
-      D.afterHead(input(any), { head_version: null, last_version: 0, stored: false })._tag,
+      D.afterHead(input(any), { head_version: null, last_version: 0, stored: false, foreign_tenant: false })._tag,
       "Unexpected"
     )
     assert.strictEqual(
-      D.afterHead(input(any), { head_version: 0, last_version: null, stored: false })._tag,
+      D.afterHead(input(any), { head_version: 0, last_version: null, stored: false, foreign_tenant: false })._tag,
       "Unexpected"
     )
-    const noStored = D.afterHead(input(any), { head_version: 0, last_version: 0, stored: null })
+    const noStored = D.afterHead(input(any), { head_version: 0, last_version: 0, stored: null, foreign_tenant: false })
     assert.include(noStored._tag === "Unexpected" ? noStored.message : "", "a head lookup returned")
     const noLast = D.afterExplain(input(any), explain({ last_version: null }))
     assert.include(noLast._tag === "Unexpected" ? noLast.message : "", "an explanation returned")
@@ -166,7 +186,12 @@ describe("afterHead", () => {
       FastCheck.integer({ min: 0, max: 10 })
     ],
     ([expected, head, last]) => {
-      const byHead = D.afterHead(input(expected), { head_version: head, last_version: last, stored: false })
+      const byHead = D.afterHead(input(expected), {
+        head_version: head,
+        last_version: last,
+        stored: false,
+        foreign_tenant: false
+      })
       const byExplanation = D.afterExplain(
         input(expected),
         explain({ head_version: head, last_version: last, found: 0 })
@@ -256,11 +281,15 @@ describe("afterExplain", () => {
         replay_version: FastCheck.option(FastCheck.integer({ min: 1, max: 15 }), { nil: null }),
         first_position: FastCheck.option(FastCheck.bigInt({ min: 1n, max: 100n }), { nil: null }),
         last_position: FastCheck.option(FastCheck.bigInt({ min: 1n, max: 100n }), { nil: null }),
-        duplicate_event_id: FastCheck.option(FastCheck.uuid(), { nil: null })
+        duplicate_event_id: FastCheck.option(FastCheck.uuid(), { nil: null }),
+        foreign_tenant: FastCheck.boolean(),
+        foreign_event_id: FastCheck.option(FastCheck.uuid(), { nil: null })
       })
     ],
     ([expected, count, row]) => {
       const decision = D.afterExplain(input(expected, count), row)
+      // Another tenant's stream ends every explanation, whatever else the row says.
+      if (row.foreign_tenant) return decision._tag === "ForeignTenant"
       switch (decision._tag) {
         case "Appended":
           return (
@@ -273,6 +302,7 @@ describe("afterExplain", () => {
         case "Conflict":
           return (
             row.found === 0 &&
+            row.foreign_event_id === null &&
             row.last_version <= row.head_version &&
             decision.actualVersion === row.head_version &&
             !ExpectedVersion.isSatisfiedBy(expected, row.head_version)
@@ -280,18 +310,62 @@ describe("afterExplain", () => {
         case "Retry":
           return (
             row.found === 0 &&
+            row.foreign_event_id === null &&
             row.last_version <= row.head_version &&
             ExpectedVersion.isSatisfiedBy(expected, row.head_version)
           )
         case "RepairHead":
-          return row.found === 0 && row.last_version > row.head_version && decision.lastVersion === row.last_version
+          return (
+            row.found === 0 &&
+            row.foreign_event_id === null &&
+            row.last_version > row.head_version &&
+            decision.lastVersion === row.last_version
+          )
         case "Duplicate":
-          return row.found > 0
+          return row.found > 0 || (row.foreign_event_id !== null && decision.eventId === row.foreign_event_id)
         default:
           return false
       }
     }
   )
+})
+
+describe("tenants", () => {
+  it("another tenant's stream ends the append before anything else is considered", () => {
+    for (const expected of expectations) {
+      // Even with the id stored, or the head behind: nothing is repaired or retried for another tenant.
+      for (const stored of [false, true]) {
+        assert.deepStrictEqual(
+          D.afterHead(input(expected), { head_version: 0, last_version: 2, stored, foreign_tenant: true }),
+          D.Decision.ForeignTenant()
+        )
+      }
+      assert.deepStrictEqual(
+        D.afterExplain(input(expected, 2), replay(0, 2, { foreign_tenant: true })),
+        D.Decision.ForeignTenant()
+      )
+    }
+    const noForeign = D.afterHead(input(any), { head_version: 0, last_version: 0, stored: false, foreign_tenant: null })
+    assert.strictEqual(noForeign._tag, "Unexpected")
+    assert.strictEqual(D.afterExplain(input(any), explain({ foreign_tenant: null }))._tag, "Unexpected")
+  })
+
+  it("an id another tenant stored is a duplicate, though the explanation found none", () => {
+    const id = "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41"
+    assert.deepStrictEqual(
+      D.afterExplain(input(any, 2), explain({ found: 0, foreign_event_id: id })),
+      D.Decision.Duplicate({ eventId: id })
+    )
+  })
+
+  it("a policy violation is explained: another tenant's stream, or the database's refusal", () => {
+    const cause = new Error("new row violates row-level security policy")
+    const decision = D.afterAppend(input(any), { _tag: "PolicyViolation", cause })
+    assert.deepStrictEqual(decision, D.Decision.CheckTenant({ cause }))
+    assert.deepStrictEqual(D.afterTenantCheck(explain({ foreign_tenant: true }), cause), D.Decision.ForeignTenant())
+    assert.deepStrictEqual(D.afterTenantCheck(explain({ foreign_tenant: false }), cause), D.Decision.Refused({ cause }))
+    assert.deepStrictEqual(D.afterTenantCheck(explain({ foreign_tenant: null }), cause), D.Decision.Refused({ cause }))
+  })
 })
 
 describe("result columns", () => {
@@ -302,10 +376,33 @@ describe("result columns", () => {
       last_position: 12n
     })
     assert.deepStrictEqual(D.appendedColumns([3, 10n, null]), { version: 3, first_position: 10n, last_position: null })
-    assert.deepStrictEqual(D.headColumns(["2", "3", "t"]), { head_version: 2, last_version: 3, stored: true })
-    assert.deepStrictEqual(D.headColumns([0, 0, false]), { head_version: 0, last_version: 0, stored: false })
+    assert.deepStrictEqual(D.headColumns(["2", "3", "t", "f"]), {
+      head_version: 2,
+      last_version: 3,
+      stored: true,
+      foreign_tenant: false
+    })
+    assert.deepStrictEqual(D.headColumns([0, 0, false, true]), {
+      head_version: 0,
+      last_version: 0,
+      stored: false,
+      foreign_tenant: true
+    })
     assert.deepStrictEqual(
-      D.explainColumns(["5", "6", "2", "t", "1", "1", "3", "7", "8", "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41"]),
+      D.explainColumns([
+        "5",
+        "6",
+        "2",
+        "t",
+        "1",
+        "1",
+        "3",
+        "7",
+        "8",
+        "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41",
+        "f",
+        null
+      ]),
       {
         head_version: 5,
         last_version: 6,
@@ -316,10 +413,12 @@ describe("result columns", () => {
         replay_version: 3,
         first_position: 7n,
         last_position: 8n,
-        duplicate_event_id: "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41"
+        duplicate_event_id: "0b5c0c8e-1f7e-4a3b-9a59-1c2f6f1a8d41",
+        foreign_tenant: false,
+        foreign_event_id: null
       }
     )
-    assert.throws(() => D.headColumns(["two", "0", "t"]), /head_version/)
-    assert.throws(() => D.headColumns(["2", "0", "maybe"]), /stored/)
+    assert.throws(() => D.headColumns(["two", "0", "t", "f"]), /head_version/)
+    assert.throws(() => D.headColumns(["2", "0", "maybe", "f"]), /stored/)
   })
 })

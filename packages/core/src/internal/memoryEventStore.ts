@@ -5,7 +5,7 @@ import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
-import { concurrencyError, DuplicateEventError } from "../Errors.js"
+import { concurrencyError, DuplicateEventError, TenantMismatchError } from "../Errors.js"
 import type { AppendResult, Backend, PreparedAppend, ReadAllOptions, StoredEvent } from "../EventStore.js"
 import * as ExpectedVersion from "../ExpectedVersion.js"
 import * as Subscription from "../Subscription.js"
@@ -19,6 +19,8 @@ interface State {
   readonly byId: Map<string, StoredEvent>
   /** Completed (and replaced) by every append: subscribers wait on it. */
   appended: Deferred.Deferred<void>
+  /** Each stored event's payload as the JSON text it was appended as. */
+  readonly payloadJson: WeakMap<StoredEvent, string>
 }
 
 const key = (aggregateType: string, aggregateId: string) => `${aggregateType}\u0000${aggregateId}`
@@ -28,15 +30,45 @@ const key = (aggregateType: string, aggregateId: string) => `${aggregateType}\u0
  * they are atomic with respect to each other, as PostgreSQL's are.
  */
 export const make = (): Backend => {
-  const state: State = { log: [], streams: new Map(), byId: new Map(), appended: Deferred.unsafeMake(FiberId.none) }
-  /** Each stored event's payload as the JSON text it was appended as. */
-  const payloadJson = new WeakMap<StoredEvent, string>()
+  const state: State = {
+    log: [],
+    streams: new Map(),
+    byId: new Map(),
+    appended: Deferred.unsafeMake(FiberId.none),
+    payloadJson: new WeakMap()
+  }
+  return bound(state, undefined)
+}
+
+/** The backend over `state`, seeing every tenant (`tenant` undefined) or one. */
+const bound = (state: State, tenant: string | undefined): Backend => {
+  /** Whether an event is visible in this scope. */
+  const visible = (event: StoredEvent) => tenant === undefined || event.tenantId === tenant
+  const payloadJson = state.payloadJson
 
   const append: Backend["append"] = (input: PreparedAppend) =>
     Effect.suspend((): ReturnType<Backend["append"]> => {
       const streamKey = key(input.stream.aggregateType, input.stream.aggregateId)
       const events = state.streams.get(streamKey) ?? []
       const actual = events.length
+
+      // A stream's tenant is fixed by its first append: it never holds two tenants' events.
+      if (
+        (events[0] !== undefined && events[0].tenantId !== input.tenantId) ||
+        (tenant !== undefined && input.tenantId !== tenant)
+      ) {
+        return Effect.fail(
+          new TenantMismatchError({
+            aggregateId: input.stream.aggregateId,
+            aggregateType: input.stream.aggregateType,
+            tenantId: input.tenantId,
+            reason:
+              events[0] !== undefined && events[0].tenantId !== input.tenantId
+                ? "StreamOfAnotherTenant"
+                : "OutsideScope"
+          })
+        )
+      }
 
       const replay = idempotentReplay(state, input)
       if (replay !== undefined) return replay
@@ -94,7 +126,7 @@ export const make = (): Backend => {
     Stream.suspend(() => {
       const events = state.streams.get(key(stream.aggregateType, stream.aggregateId)) ?? []
       const to = options.toVersion ?? Number.MAX_SAFE_INTEGER
-      const selected = events.filter((e) => e.version >= options.fromVersion && e.version <= to)
+      const selected = events.filter((e) => e.version >= options.fromVersion && e.version <= to && visible(e))
       if (options.direction === "backward") selected.reverse()
       return Stream.fromIterable(selected.map(owned)).pipe(Stream.rechunk(PAGE))
     })
@@ -104,7 +136,7 @@ export const make = (): Backend => {
 
   const readAll: Backend["readAll"] = (options) =>
     Stream.suspend(() => {
-      const matches = matcher(options)
+      const matches = matcher(options, visible)
       const forward = options.direction === "forward"
       const limit = options.limit ?? Number.POSITIVE_INFINITY
       const start = forward ? (options.after ?? 0n) : (options.before ?? BigInt(state.log.length + 1))
@@ -146,7 +178,7 @@ export const make = (): Backend => {
     })
 
   const subscribe: Backend["subscribe"] = (options) => {
-    const matches = matcher(options)
+    const matches = matcher(options, visible)
     return Subscription.follow(
       {
         horizon: Stream.unfoldEffect(-1n, (seen) =>
@@ -167,7 +199,15 @@ export const make = (): Backend => {
     )
   }
 
-  return { name: "memory", append, readStream, readStreamEvents, readAll, subscribe }
+  return {
+    name: "memory",
+    append,
+    readStream,
+    readStreamEvents,
+    readAll,
+    subscribe,
+    forTenant: (tenantId) => bound(state, tenantId)
+  }
 }
 
 /**
@@ -206,10 +246,11 @@ const idempotentReplay = (state: State, input: PreparedAppend) => {
   )
 }
 
-const matcher = (options: ReadAllOptions) => {
+const matcher = (options: ReadAllOptions, visible: (event: StoredEvent) => boolean) => {
   const aggregateTypes = options.aggregateTypes && new Set(options.aggregateTypes)
   const eventTypes = options.eventTypes && new Set(options.eventTypes)
   return (event: StoredEvent) =>
+    visible(event) &&
     (options.tenantId === undefined || event.tenantId === options.tenantId) &&
     (aggregateTypes === undefined || aggregateTypes.has(event.aggregateType)) &&
     (eventTypes === undefined || eventTypes.has(event.eventType)) &&

@@ -227,6 +227,7 @@ export const make = Effect.gen(function* () {
 
   const withOutbox = (backend: Backend): Backend => ({
     ...backend,
+    forTenant: (tenantId) => withOutbox(backend.forTenant(tenantId)),
     append: (input) =>
       appendLock.withPermits(1)(
         backend.append(input).pipe(

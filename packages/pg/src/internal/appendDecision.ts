@@ -19,6 +19,12 @@
  *    with the original result); or stored elsewhere (`Duplicate`); or none is stored and
  *    the head is behind the stream's events (`RepairHead`), or the expectation failed
  *    (`Conflict`) or holds now (`Retry`).
+ *
+ * Before any of that, a stream of another tenant ends the append (`ForeignTenant`): a
+ * stream never holds two tenants' events. The append statement moves only a head of its
+ * own tenant, so such an append comes here as "did not go in"; under row-level security
+ * an `any` append meets the other tenant's head and fails the policy (`CheckTenant`:
+ * explain, then {@link afterTenantCheck}).
  */
 import type { AppendResult } from "@eventfold/core/EventStore"
 import * as ExpectedVersion from "@eventfold/core/ExpectedVersion"
@@ -36,7 +42,12 @@ export interface Input {
 export const appendedColumns = EventRows.columns({ version: "int4", first_position: "int8", last_position: "int8" })
 
 /** The head lookup's result columns. */
-export const headColumns = EventRows.columns({ head_version: "int4", last_version: "int4", stored: "bool" })
+export const headColumns = EventRows.columns({
+  head_version: "int4",
+  last_version: "int4",
+  stored: "bool",
+  foreign_tenant: "bool"
+})
 
 /** The explanation's result columns. */
 export const explainColumns = EventRows.columns({
@@ -49,7 +60,9 @@ export const explainColumns = EventRows.columns({
   replay_version: "int4",
   first_position: "int8",
   last_position: "int8",
-  duplicate_event_id: "text"
+  duplicate_event_id: "text",
+  foreign_tenant: "bool",
+  foreign_event_id: "text"
 })
 
 export type AppendedRow = ReturnType<typeof appendedColumns>
@@ -65,6 +78,8 @@ export type Outcome =
   | { readonly _tag: "Rows"; readonly rows: ReadonlyArray<AppendedRow> }
   /** A unique violation (SQLSTATE 23505) of `constraint`; `cause` is the database's error. */
   | { readonly _tag: "UniqueViolation"; readonly constraint: string | undefined; readonly cause: unknown }
+  /** A row-level security policy refused a row (SQLSTATE 42501); `cause` is the database's error. */
+  | { readonly _tag: "PolicyViolation"; readonly cause: unknown }
 
 /**
  * The next step of an append.
@@ -76,6 +91,10 @@ export type Decision = Data.TaggedEnum<{
   LookUpHead: {}
   /** Run the explanation, then {@link afterExplain}. */
   Explain: {}
+  /** A policy refused the append: run the explanation, then {@link afterTenantCheck}. */
+  CheckTenant: { readonly cause: unknown }
+  /** The stream belongs to another tenant than the append's. */
+  ForeignTenant: {}
   /** The stream's events reach `lastVersion`, past its head: raise the head, then append again. */
   RepairHead: { readonly lastVersion: number }
   /** The expectation holds at `actualVersion` after all: append again. */
@@ -94,6 +113,7 @@ export const Decision = Data.taggedEnum<Decision>()
 
 /** Step 1: the append statement's outcome. */
 export const afterAppend = (input: Input, outcome: Outcome): Decision => {
+  if (outcome._tag === "PolicyViolation") return Decision.CheckTenant({ cause: outcome.cause })
   if (outcome._tag === "UniqueViolation") {
     return outcome.constraint === VERSION_CONSTRAINT || outcome.constraint === EVENT_ID_CONSTRAINT
       ? Decision.Explain()
@@ -117,9 +137,10 @@ export const afterAppend = (input: Input, outcome: Outcome): Decision => {
 /** Step 2 (a single event that did not go in): the head lookup's row. */
 export const afterHead = (input: Input, row: HeadRow): Decision => {
   const { head_version: head, last_version: last } = row
-  if (head === null || last === null || row.stored === null) {
+  if (head === null || last === null || row.stored === null || row.foreign_tenant === null) {
     return Decision.Unexpected({ message: `a head lookup returned ${JSON.stringify(row)}` })
   }
+  if (row.foreign_tenant) return Decision.ForeignTenant()
   if (row.stored) return Decision.Explain()
   return afterStream(input, head, last)
 }
@@ -135,10 +156,16 @@ const afterStream = (input: Input, head: number, last: number): Decision => {
 /** Step 3: the explanation's row. */
 export const afterExplain = (input: Input, row: ExplainRow): Decision => {
   const { found, head_version: head, last_version: last } = row
-  if (head === null || last === null || found === null) {
+  if (head === null || last === null || found === null || row.foreign_tenant === null) {
     return Decision.Unexpected({ message: `an explanation returned ${JSON.stringify(row, bigints)}` })
   }
-  if (found === 0) return afterStream(input, head, last)
+  if (row.foreign_tenant) return Decision.ForeignTenant()
+  if (found === 0) {
+    // Ids another tenant stored are taken, though row-level security hides them.
+    return row.foreign_event_id === null
+      ? afterStream(input, head, last)
+      : Decision.Duplicate({ eventId: row.foreign_event_id })
+  }
   // A replay: every id is stored, in this stream, at consecutive versions in the batch's
   // order, from a version the expectation accepts.
   const base = row.base_min
@@ -158,6 +185,14 @@ export const afterExplain = (input: Input, row: ExplainRow): Decision => {
   }
   return Decision.Duplicate({ eventId: row.duplicate_event_id ?? "" })
 }
+
+/**
+ * After a policy refused the append: the explanation's row. Another tenant's stream is
+ * the append's own mistake; anything else (the session's tenant setting differs from
+ * the append's tenant, or is missing) is the database's refusal.
+ */
+export const afterTenantCheck = (row: ExplainRow, cause: unknown): Decision =>
+  row.foreign_tenant === true ? Decision.ForeignTenant() : Decision.Refused({ cause })
 
 /** JSON.stringify's replacer for rows holding bigints. */
 const bigints = (_key: string, value: unknown) => (typeof value === "bigint" ? String(value) : value)

@@ -17,6 +17,15 @@
  *   and the unique constraint on (aggregate_id, aggregate_type, version) is never the
  *   arbiter of a race, only a last line of defence.
  *
+ * **Tenants.** A stream's tenant is fixed by its first append: the head keeps it, and an
+ * append moves only a head of its own tenant (`tenant_id IS NOT DISTINCT FROM`, so no
+ * tenant is a tenant too). An append to another tenant's stream moves nothing and inserts
+ * nothing, as superuser too; the lookups below then say why (`foreign_tenant`). Under
+ * row-level security (migration 12) another tenant's head is invisible, so the lookups
+ * ask `eventfold_stream_tenant_differs`, a SECURITY DEFINER function, when they see no
+ * head; an `any` append meets that head through its primary key and fails the policy
+ * (SQLSTATE 42501), which the decisions explain the same way.
+ *
  * The head also outlives its events: a stream whose old events were archived or
  * deleted keeps its version, so a version is never handed out twice (the lifecycle
  * of streams, archiving and deletion, builds on this row; so does uniqueness of
@@ -101,19 +110,22 @@ export const appendStatement = (base: Base, shape: Shape, outbox: boolean): Stat
   const actor = bind("actorId", "varchar")
   const count = shape === "single" ? "1" : bind("count", "int")
   const stream = `aggregate_id = ${id} AND aggregate_type = ${type}`
+  const ownTenant = `tenant_id IS NOT DISTINCT FROM ${tenant}`
   const head =
     base === "exact"
       ? `UPDATE event_streams SET version = version + ${count}, updated_at = now()
-   WHERE ${stream} AND version = ${bind("expected", "int")}
+   WHERE ${stream} AND version = ${bind("expected", "int")} AND ${ownTenant}
   RETURNING version`
       : base === "streamExists"
         ? `UPDATE event_streams SET version = version + ${count}, updated_at = now()
-   WHERE ${stream}
+   WHERE ${stream} AND ${ownTenant}
   RETURNING version`
         : `INSERT INTO event_streams AS s (aggregate_id, aggregate_type, tenant_id, version)
   VALUES (${id}, ${type}, ${tenant}, ${count})
   ON CONFLICT (aggregate_id, aggregate_type) DO ${
-    base === "any" ? "UPDATE SET version = s.version + EXCLUDED.version, updated_at = now()" : "NOTHING"
+    base === "any"
+      ? "UPDATE SET version = s.version + EXCLUDED.version, updated_at = now()\n   WHERE s.tenant_id IS NOT DISTINCT FROM EXCLUDED.tenant_id"
+      : "NOTHING"
   }
   RETURNING s.version`
   const insert =
@@ -169,6 +181,16 @@ SELECT max(inserted.version) AS version,
 const headVersion = (id: string, type: string) =>
   `coalesce((SELECT s.version FROM event_streams s WHERE s.aggregate_id = ${id} AND s.aggregate_type = ${type}), 0)`
 
+/**
+ * Whether the stream's head belongs to another tenant than the append's: read from the
+ * head when it is visible, else asked of the SECURITY DEFINER function that sees past
+ * row-level security (only then: the function call is the expensive part).
+ */
+const foreignTenant = (id: string, type: string, tenant: string) =>
+  `coalesce((SELECT s.tenant_id IS DISTINCT FROM ${tenant} FROM event_streams s
+                    WHERE s.aggregate_id = ${id} AND s.aggregate_type = ${type}),
+                 eventfold_stream_tenant_differs(${id}, ${type}, ${tenant}))`
+
 /** The last version of the stream's stored events, 0 when it has none: one backward probe of the version index. */
 const lastVersion = (id: string, type: string) =>
   `coalesce((SELECT v.version FROM events v WHERE v.aggregate_id = ${id} AND v.aggregate_type = ${type}
@@ -179,7 +201,8 @@ const lastVersion = (id: string, type: string) =>
  * it has none), the last version of its stored events (`last_version`; above the head
  * only when events were written around the store), and whether the event's id is
  * stored already (`stored`; then {@link explainStatement} tells a replay from a
- * duplicate). Three index probes, planned once.
+ * duplicate), and whether the stream belongs to another tenant (`foreign_tenant`).
+ * Index probes, planned once.
  */
 export const headStatement: Statement = (() => {
   const { bind, params } = binder()
@@ -190,7 +213,8 @@ export const headStatement: Statement = (() => {
     params,
     text: `SELECT ${headVersion(id, type)} AS head_version,
        ${lastVersion(id, type)} AS last_version,
-       EXISTS (SELECT 1 FROM events x WHERE x.event_id = ${bind("eventId", "uuid")}) AS stored`
+       EXISTS (SELECT 1 FROM events x WHERE x.event_id = ${bind("eventId", "uuid")}) AS stored,
+       ${foreignTenant(id, type, bind("tenantId", "uuid"))} AS foreign_tenant`
   }
 })()
 
@@ -202,12 +226,17 @@ export const headStatement: Statement = (() => {
  * duplicate: `found`, `same_stream` (all in this stream), `base_min`/`base_max` (each
  * stored version minus its place in the batch: equal when the ids are stored at
  * consecutive versions in the batch's order), `replay_version`, `first_position`,
- * `last_position`, `duplicate_event_id` (the first of the batch found).
+ * `last_position`, `duplicate_event_id` (the first of the batch found); whether the
+ * stream belongs to another tenant (`foreign_tenant`), and, when some ids were not
+ * found, the first of them stored by another tenant (`foreign_event_id`: under
+ * row-level security the ids of other tenants are invisible, yet taken).
  */
 export const explainStatement: Statement = (() => {
   const { bind, params } = binder()
   const id = bind("aggregateId", "uuid")
   const type = bind("aggregateType", "varchar")
+  const tenant = bind("tenantId", "uuid")
+  const ids = bind("eventIds", "uuid[]")
   return {
     name: "eventfold_append_explain",
     params,
@@ -223,8 +252,11 @@ export const explainStatement: Statement = (() => {
        max(e.version) AS replay_version,
        min(e.global_position) AS first_position,
        max(e.global_position) AS last_position,
-       (array_agg(e.event_id::text ORDER BY ids.n) FILTER (WHERE e.event_id IS NOT NULL))[1] AS duplicate_event_id
-  FROM unnest(${bind("eventIds", "uuid[]")}) WITH ORDINALITY AS ids(event_id, n)
+       (array_agg(e.event_id::text ORDER BY ids.n) FILTER (WHERE e.event_id IS NOT NULL))[1] AS duplicate_event_id,
+       ${foreignTenant(id, type, tenant)} AS foreign_tenant,
+       CASE WHEN count(e.event_id) < count(*)
+            THEN eventfold_event_of_another_tenant(${ids}, ${tenant})::text END AS foreign_event_id
+  FROM unnest(${ids}) WITH ORDINALITY AS ids(event_id, n)
   LEFT JOIN LATERAL (SELECT x.event_id, x.aggregate_id, x.aggregate_type, x.version, x.global_position
                        FROM events x WHERE x.event_id = ids.event_id LIMIT 1) AS e ON true`
   }

@@ -14,6 +14,11 @@
  * it. Which statements a connection has prepared is this module's own record (one
  * per client, forgotten with the client), never pg's.
  *
+ * A run may send a `setup` statement first (the tenant setting of a tenant scope): both
+ * go in one pipeline before a single Sync, so that they run in one implicit transaction
+ * (a setting made with `set_config(..., true)` lasts exactly as long as the statement
+ * after it) at the cost of one round trip. Only the statement's rows are kept.
+ *
  * Only `pgDriver.ts` uses this module.
  */
 import type * as Pg from "pg"
@@ -77,13 +82,22 @@ const preparedOn = (client: Pg.ClientBase): Map<string, Prepared> => {
 const toText = (value: unknown): string | null =>
   value === null || value === undefined ? null : typeof value === "string" ? value : String(value)
 
+/** A statement sent before the one whose rows a run returns, in the same implicit transaction. */
+export interface Setup {
+  readonly statement: Statement
+  readonly values: ReadonlyArray<unknown>
+}
+
 class LeanQuery<A> {
   // pg reads `name` and `text` (and records the statement in its own bookkeeping, which we never read).
   readonly name: string
   readonly text: string
   private readonly rows: Array<A> = []
   private failure: Error | undefined
-  private parsing = false
+  /** Named statements this run parses. */
+  private readonly parsing: Array<string> = []
+  /** Statements not completed yet before the one whose rows count (the setup's). */
+  private skipping: number
   private done = false
 
   constructor(
@@ -91,30 +105,37 @@ class LeanQuery<A> {
     private readonly prepared: Map<string, Prepared>,
     private readonly values: ReadonlyArray<unknown>,
     private readonly parseRow: (row: Row) => A,
-    private readonly callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void
+    private readonly callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void,
+    private readonly setup: Setup | undefined
   ) {
     this.name = statement.name
     this.text = statement.text
+    this.skipping = setup === undefined ? 0 : 1
+  }
+
+  private send(connection: Connection, statement: Statement, values: ReadonlyArray<unknown>): void {
+    if (statement.name === "") {
+      // Unnamed: parsed, and planned, on every run.
+      connection.parse({ text: statement.text, name: "" })
+    } else {
+      const state = this.prepared.get(statement.name)
+      if (state !== "parsed") {
+        // Closing a statement that does not exist is not an error: after an uncertain
+        // run the statement is made again from scratch.
+        if (state === "uncertain") connection.close({ type: "S", name: statement.name })
+        connection.parse({ text: statement.text, name: statement.name })
+        this.parsing.push(statement.name)
+      }
+    }
+    connection.bind({ portal: "", statement: statement.name, values, binary: false, valueMapper: toText })
+    connection.execute({ portal: "" })
   }
 
   submit(connection: Connection): null {
     connection.stream.cork?.()
     try {
-      if (this.name === "") {
-        // Unnamed: parsed, and planned, on every run.
-        connection.parse({ text: this.text, name: "" })
-      } else {
-        const state = this.prepared.get(this.name)
-        if (state !== "parsed") {
-          // Closing a statement that does not exist is not an error: after an uncertain
-          // run the statement is made again from scratch.
-          if (state === "uncertain") connection.close({ type: "S", name: this.name })
-          connection.parse({ text: this.text, name: this.name })
-          this.parsing = true
-        }
-      }
-      connection.bind({ portal: "", statement: this.name, values: this.values, binary: false, valueMapper: toText })
-      connection.execute({ portal: "" })
+      if (this.setup !== undefined) this.send(connection, this.setup.statement, this.setup.values)
+      this.send(connection, this, this.values)
       connection.sync()
     } finally {
       connection.stream.uncork?.()
@@ -123,7 +144,7 @@ class LeanQuery<A> {
   }
 
   handleDataRow(message: { readonly fields: Row }): void {
-    if (this.failure !== undefined) return
+    if (this.failure !== undefined || this.skipping > 0) return
     try {
       this.rows.push(this.parseRow(message.fields))
     } catch (error) {
@@ -146,7 +167,9 @@ class LeanQuery<A> {
   }
 
   handleRowDescription(): void {}
-  handleCommandComplete(): void {}
+  handleCommandComplete(): void {
+    if (this.skipping > 0) this.skipping--
+  }
   handleEmptyQuery(): void {}
   handlePortalSuspended(): void {}
   handleCopyData(): void {}
@@ -154,10 +177,10 @@ class LeanQuery<A> {
   private finish(error: Error | undefined): void {
     if (this.done) return
     this.done = true
-    if (this.parsing) {
-      // A run that got as far as its rows had its statement parsed; after a server error
-      // we cannot tell whether the Parse or a later step failed.
-      this.prepared.set(this.name, error === undefined || error instanceof RowError ? "parsed" : "uncertain")
+    for (const name of this.parsing) {
+      // A run that got as far as its rows had its statements parsed; after a server error
+      // we cannot tell whether a Parse or a later step failed.
+      this.prepared.set(name, error === undefined || error instanceof RowError ? "parsed" : "uncertain")
     }
     this.callback(error, this.rows)
   }
@@ -172,8 +195,11 @@ export const run = <A>(
   statement: Statement,
   values: ReadonlyArray<unknown>,
   parseRow: (row: Row) => A,
-  callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void
+  callback: (error: Error | undefined, rows: ReadonlyArray<A>) => void,
+  setup?: Setup
 ): void => {
   // pg accepts any object with `submit` (its typings only know its own submittables).
-  client.query(new LeanQuery(statement, preparedOn(client), values, parseRow, callback) as unknown as Pg.QueryConfig)
+  client.query(
+    new LeanQuery(statement, preparedOn(client), values, parseRow, callback, setup) as unknown as Pg.QueryConfig
+  )
 }

@@ -289,5 +289,73 @@ DROP INDEX IF EXISTS idx_outbox_aggregate_unpublished;
 CREATE INDEX IF NOT EXISTS idx_outbox_aggregate_unpublished ON event_outbox (aggregate_id, aggregate_type, version)
   WHERE status IN ('pending', 'failed');
 `
+  },
+  {
+    id: 12,
+    name: "tenant_isolation",
+    // Row-level security keyed by the transaction's \`eventfold.tenant_id\` setting, which
+    // the store sets in a tenant scope (\`EventStore.forTenant\`; internal/pgDriver.ts). A
+    // role the policies bind (neither superuser nor BYPASSRLS, nor the tables' owner unless
+    // the owner FORCEs row-level security) sees and writes only the rows of the tenant
+    // set, and with none set no rows at all: rows without a tenant are never visible to
+    // it. The tables that had no tenant_id get a nullable one (dead letters take their
+    // event's, stored in event_data, for the rows written before). The subquery makes the
+    // setting one InitPlan per statement, not a call per row.
+    // eventfold_stream_tenant_differs and eventfold_event_of_another_tenant let an append
+    // explain why it did not go in (another tenant's stream, an id another tenant stored)
+    // past the policies: SECURITY DEFINER, they run as their owner (the migrating role,
+    // which the policies do not bind) and answer with a boolean, or an id the caller sent.
+    sql: `
+ALTER TABLE projection_checkpoints ADD COLUMN IF NOT EXISTS tenant_id UUID;
+ALTER TABLE dead_letter_queue ADD COLUMN IF NOT EXISTS tenant_id UUID;
+ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS tenant_id UUID;
+-- A dead letter is its event's tenant's (PgDeadLetterQueue writes it from now on).
+UPDATE dead_letter_queue SET tenant_id = (event_data->>'tenant_id')::uuid
+ WHERE tenant_id IS NULL AND event_data->>'tenant_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON events;
+CREATE POLICY eventfold_tenant_isolation ON events
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE event_streams ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON event_streams;
+CREATE POLICY eventfold_tenant_isolation ON event_streams
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE event_outbox ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON event_outbox;
+CREATE POLICY eventfold_tenant_isolation ON event_outbox
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE projection_checkpoints ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON projection_checkpoints;
+CREATE POLICY eventfold_tenant_isolation ON projection_checkpoints
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE dead_letter_queue ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON dead_letter_queue;
+CREATE POLICY eventfold_tenant_isolation ON dead_letter_queue
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+ALTER TABLE snapshots ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON snapshots;
+CREATE POLICY eventfold_tenant_isolation ON snapshots
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+CREATE OR REPLACE FUNCTION eventfold_stream_tenant_differs(p_aggregate_id UUID, p_aggregate_type VARCHAR, p_tenant_id UUID)
+RETURNS BOOLEAN LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+  SELECT coalesce((SELECT s.tenant_id IS DISTINCT FROM p_tenant_id FROM event_streams s
+                    WHERE s.aggregate_id = p_aggregate_id AND s.aggregate_type = p_aggregate_type), false)
+$fn$;
+CREATE OR REPLACE FUNCTION eventfold_event_of_another_tenant(p_event_ids UUID[], p_tenant_id UUID)
+RETURNS UUID LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+  SELECT x.event_id
+    FROM unnest(p_event_ids) WITH ORDINALITY AS i(event_id, n)
+    JOIN LATERAL (SELECT e.event_id, e.tenant_id FROM events e WHERE e.event_id = i.event_id LIMIT 1) AS x ON true
+   WHERE x.tenant_id IS DISTINCT FROM p_tenant_id
+   ORDER BY i.n
+   LIMIT 1
+$fn$;
+`
   }
 ]

@@ -19,7 +19,8 @@ import {
   type ConcurrencyError,
   concurrencyError,
   DuplicateEventError,
-  type EventStoreError
+  type EventStoreError,
+  TenantMismatchError
 } from "@eventfold/core/Errors"
 import * as EventStore from "@eventfold/core/EventStore"
 import * as Data from "effect/Data"
@@ -33,7 +34,7 @@ import { retryFailures } from "./retry.js"
 /** The append should run again: the stream is at `actualVersion`, which the expectation accepts. */
 class AppendAgain extends Data.TaggedError("AppendAgain")<{ readonly actualVersion: number }> {}
 
-type Failure = ConcurrencyError | DuplicateEventError | EventStoreError
+type Failure = ConcurrencyError | DuplicateEventError | TenantMismatchError | EventStoreError
 
 const storeError = EventStore.storeError("append")
 
@@ -69,6 +70,28 @@ const eventsDocument = (events: EventStore.PreparedAppend["events"]) => {
   return `${document}]`
 }
 
+/** The append statements, with and without the outbox: made once (an append is made per tenant scope). */
+const statementsFor = (() => {
+  const made = new Map<boolean, Statements>()
+  return (outbox: boolean): Statements => {
+    let statements = made.get(outbox)
+    if (statements === undefined) {
+      const shapes = (base: AppendSql.Base) => ({
+        single: AppendSql.appendStatement(base, "single", outbox),
+        batch: AppendSql.appendStatement(base, "batch", outbox)
+      })
+      statements = {
+        exact: shapes("exact"),
+        noStream: shapes("noStream"),
+        any: shapes("any"),
+        streamExists: shapes("streamExists")
+      }
+      made.set(outbox, statements)
+    }
+    return statements
+  }
+})()
+
 /**
  * The backend's `append` over an executor.
  */
@@ -76,16 +99,7 @@ export const make = (
   executor: Driver.Executor,
   options: { readonly outbox: boolean; readonly retry: Schedule.Schedule<unknown, unknown> }
 ): EventStore.Backend["append"] => {
-  const shapes = (base: AppendSql.Base) => ({
-    single: AppendSql.appendStatement(base, "single", options.outbox),
-    batch: AppendSql.appendStatement(base, "batch", options.outbox)
-  })
-  const statements: Statements = {
-    exact: shapes("exact"),
-    noStream: shapes("noStream"),
-    any: shapes("any"),
-    streamExists: shapes("streamExists")
-  }
+  const statements = statementsFor(options.outbox)
 
   /** One attempt: the statement, then the decisions, to a result or a failure. */
   const attempt = (
@@ -120,6 +134,20 @@ export const make = (
           : Effect.succeed(rows[0])
       )
 
+    const explain = Effect.suspend(() =>
+      run(
+        AppendSql.explainStatement,
+        // A uuid[] literal (the ids are checked lower-case UUIDs).
+        {
+          aggregateId,
+          aggregateType,
+          tenantId: input.tenantId,
+          eventIds: `{${input.events.map((e) => e.eventId).join(",")}}`
+        },
+        Decision.explainColumns
+      )
+    )
+
     /** Runs what a decision asks for, until one ends the append (a switch: this runs on every append). */
     const step = (
       decision: Decision.Decision
@@ -131,20 +159,21 @@ export const make = (
           return Effect.flatMap(
             run(
               AppendSql.headStatement,
-              { aggregateId, aggregateType, eventId: single?.eventId ?? "" },
+              { aggregateId, aggregateType, tenantId: input.tenantId, eventId: single?.eventId ?? "" },
               Decision.headColumns
             ),
             (row) => step(Decision.afterHead(decisionInput, row))
           )
         case "Explain":
-          return Effect.flatMap(
-            run(
-              AppendSql.explainStatement,
-              // A uuid[] literal (the ids are checked lower-case UUIDs).
-              { aggregateId, aggregateType, eventIds: `{${input.events.map((e) => e.eventId).join(",")}}` },
-              Decision.explainColumns
-            ),
-            (row) => step(Decision.afterExplain(decisionInput, row))
+          return Effect.flatMap(explain, (row) => step(Decision.afterExplain(decisionInput, row)))
+        case "CheckTenant":
+          return Effect.flatMap(explain, (row) => step(Decision.afterTenantCheck(row, decision.cause)))
+        case "ForeignTenant":
+          return Effect.fail(
+            new TenantMismatchError(
+              { aggregateId, aggregateType, tenantId: input.tenantId, reason: "StreamOfAnotherTenant" },
+              true
+            )
           )
         case "RepairHead":
           return executor
@@ -191,7 +220,9 @@ export const make = (
                 cause: error
               })
             )
-          : Effect.fail(error)
+          : error.reason === "Statement" && error.code === "42501"
+            ? step(Decision.afterAppend(decisionInput, { _tag: "PolicyViolation", cause: error }))
+            : Effect.fail(error)
     })
   }
 

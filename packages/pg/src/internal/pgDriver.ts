@@ -18,6 +18,13 @@
  *   `sql.withTransaction`.
  * - **Sessions** ({@link reserve}) and **LISTEN** ({@link listen}) hold a connection
  *   for longer (a projection's lock, notifications) and fail as soon as it is lost.
+ * - **Tenant scopes** ({@link Executor.forTenant}): every statement runs in a transaction
+ *   whose `eventfold.tenant_id` setting names the tenant (`set_config(..., true)`, which
+ *   ends with the transaction), so that row-level security binds it. Outside a
+ *   transaction the `prepared` executor sends the setting and the statement in one
+ *   pipeline before one Sync (one implicit transaction, one round trip); the `sql`
+ *   executor opens a transaction of its own. Inside one, the setting is made before each
+ *   statement, and stays for the rest of the caller's transaction.
  * - **Failures** are one typed error, {@link DriverError}, whose `reason` says what
  *   went wrong (no connection, connection lost, timeout, conflict, the statement), so
  *   that each service maps it to its own error and retries what is worth retrying.
@@ -197,6 +204,45 @@ export interface Executor {
   readonly inTransaction: Effect.Effect<boolean>
   /** The application's `SqlClient`, without its name transforms (our statements name their columns exactly). */
   readonly sql: SqlClient.SqlClient
+  /** The tenant whose setting every statement runs with (a lower-case UUID), or null. */
+  readonly tenantId: string | null
+  /** This executor with every statement in the scope of `tenantId` (see the module's overview). */
+  readonly forTenant: (tenantId: string) => Executor
+}
+
+/** The setting row-level security policies read (migration 12). */
+export const TENANT_SETTING = "eventfold.tenant_id"
+
+/** Sets the tenant for the rest of the current transaction. */
+export const setTenantStatement: Statement = {
+  name: "eventfold_set_tenant",
+  text: `SELECT set_config('${TENANT_SETTING}', $1::text, true)`
+}
+
+/**
+ * `base` in the scope of `tenantId`: in a transaction, the setting, then the statement;
+ * outside one, `outside` (which must make both one transaction).
+ */
+const scoped = (
+  base: Executor,
+  tenantId: string,
+  outside: <A>(
+    statement: Statement,
+    values: ReadonlyArray<unknown>,
+    parseRow: (row: Row) => A
+  ) => Effect.Effect<ReadonlyArray<A>, DriverError>
+): Executor => {
+  const setTenant = base.run(setTenantStatement, [tenantId], () => undefined)
+  return {
+    ...base,
+    tenantId,
+    run: (statement, values, parseRow) =>
+      Effect.contextWithEffect((context) =>
+        hasTransaction(context)
+          ? Effect.zipRight(setTenant, base.run(statement, values, parseRow))
+          : outside(statement, values, parseRow)
+      )
+  }
 }
 
 const execute = (connection: Connection, text: string) =>
@@ -282,7 +328,7 @@ const hasTransaction = (context: Context.Context<never>): boolean =>
  */
 export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
   const sql = client.withoutTransforms()
-  return {
+  const base: Executor = {
     run: (statement, values, parseRow) =>
       sql.unsafe(statement.text, values).values.pipe(
         Effect.mapError((error) => classify(error)),
@@ -295,8 +341,20 @@ export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
       ),
     transaction: makeTransaction(sql),
     inTransaction: Effect.contextWith(hasTransaction),
-    sql
+    sql,
+    tenantId: null,
+    forTenant: (tenantId) =>
+      // @effect/sql sends one statement per round trip: a transaction of our own holds the setting.
+      scoped(base, tenantId, (statement, values, parseRow) =>
+        base.transaction(
+          Effect.zipRight(
+            base.run(setTenantStatement, [tenantId], () => undefined),
+            base.run(statement, values, parseRow)
+          )
+        )
+      )
   }
+  return base
 }
 
 /**
@@ -307,13 +365,20 @@ export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
 export const preparedExecutor = (client: SqlClient.SqlClient, connections: Connections): Executor => {
   const base = sqlExecutor(client)
   const pool = poolOf(connections)
-  return {
+  const executor: Executor = {
     ...base,
     run: (statement, values, parseRow) =>
       Effect.contextWithEffect((context) =>
         hasTransaction(context) ? base.run(statement, values, parseRow) : runPrepared(pool, statement, values, parseRow)
+      ),
+    forTenant: (tenantId) => {
+      const setup: LeanQuery.Setup = { statement: setTenantStatement, values: [tenantId] }
+      return scoped(executor, tenantId, (statement, values, parseRow) =>
+        runPrepared(pool, statement, values, parseRow, setup)
       )
+    }
   }
+  return executor
 }
 
 /** What a client's own `'error'` listener saw: the error that broke it, if any. */
@@ -375,7 +440,8 @@ const runPrepared = <A>(
   pool: Pg.Pool,
   statement: Statement,
   values: ReadonlyArray<unknown>,
-  parseRow: (row: Row) => A
+  parseRow: (row: Row) => A,
+  setup?: LeanQuery.Setup
 ): Effect.Effect<ReadonlyArray<A>, DriverError> =>
   Effect.async<ReadonlyArray<A>, DriverError>((resume) => {
     const waiting = pool.idleCount > 0 ? undefined : { interrupted: false }
@@ -389,10 +455,17 @@ const runPrepared = <A>(
         release(seen.broken)
         return
       }
-      LeanQuery.run(client, statement, values, parseRow, (error, rows) => {
-        release(seen.broken === undefined && usableAfter(error) ? undefined : (seen.broken ?? error))
-        resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
-      })
+      LeanQuery.run(
+        client,
+        statement,
+        values,
+        parseRow,
+        (error, rows) => {
+          release(seen.broken === undefined && usableAfter(error) ? undefined : (seen.broken ?? error))
+          resume(error === undefined ? Effect.succeed(rows) : Effect.fail(classify(error)))
+        },
+        setup
+      )
     })
     // No canceler returned, no interruption handler: Effect wraps the wait only for a caller that may wait.
     return waiting === undefined

@@ -22,8 +22,17 @@ export interface Options {
   readonly retry: Schedule.Schedule<unknown, unknown>
 }
 
+/**
+ * The reads over `executor`. In a tenant scope (`executor.tenantId`), every read also
+ * filters by the tenant in SQL, so that the scope holds on a connection that row-level
+ * security does not bind (a superuser, a table owner).
+ */
 export const make = (executor: Driver.Executor, options: Options) => {
   const { foldPageSize, pageSize } = options
+  const tenantId = executor.tenantId
+  /** Filters of the log in a tenant scope: the scope's tenant (core refuses a filter naming another). */
+  const scoped = <O extends { readonly tenantId?: string | undefined }>(filters: O): O =>
+    tenantId === null ? filters : { ...filters, tenantId }
 
   /** One page, decoded by `parseRow`; failures as the store's, after the retries. */
   const read = <A>(
@@ -49,7 +58,13 @@ export const make = (executor: Driver.Executor, options: Options) => {
     const to = readOptions.toVersion ?? 2147483647
     return Stream.paginateChunkEffect(forward ? readOptions.fromVersion : to, (cursor) =>
       Effect.suspend(() => {
-        const [query, order] = ReadSql.streamPage(stream, forward, cursor, forward ? to : readOptions.fromVersion)
+        const [query, order] = ReadSql.streamPage(
+          stream,
+          forward,
+          cursor,
+          forward ? to : readOptions.fromVersion,
+          tenantId
+        )
         return page(query, order, pageSize)
       }).pipe(
         Effect.mapError(EventStore.storeError("readStream")),
@@ -69,8 +84,10 @@ export const make = (executor: Driver.Executor, options: Options) => {
   const readStreamEvents: EventStore.Backend["readStreamEvents"] = (stream, fromVersion) =>
     Stream.paginateChunkEffect(fromVersion, (cursor) =>
       read(
-        ReadSql.READ_STREAM_EVENTS,
-        [stream.aggregateId, stream.aggregateType, cursor, foldPageSize],
+        tenantId === null ? ReadSql.READ_STREAM_EVENTS : ReadSql.READ_STREAM_EVENTS_TENANT,
+        tenantId === null
+          ? [stream.aggregateId, stream.aggregateType, cursor, foldPageSize]
+          : [stream.aggregateId, stream.aggregateType, cursor, foldPageSize, tenantId],
         EventRows.decodeStreamRow
       ).pipe(
         Effect.mapError(EventStore.storeError("readStreamEvents")),
@@ -91,7 +108,7 @@ export const make = (executor: Driver.Executor, options: Options) => {
     return Stream.paginateChunkEffect({ cursor: start, taken: 0 }, ({ cursor, taken }) => {
       const size = Math.min(pageSize, limit - taken)
       if (size <= 0) return Effect.succeed([Chunk.empty<EventStore.StoredEvent>(), Option.none()] as const)
-      const [query, order] = ReadSql.logPage(readOptions, cursor)
+      const [query, order] = ReadSql.logPage(scoped(readOptions), cursor)
       return page(query, order, size).pipe(
         Effect.mapError(EventStore.storeError("readAll")),
         Effect.map((events) => {
@@ -114,7 +131,7 @@ export const make = (executor: Driver.Executor, options: Options) => {
     retry: Schedule.Schedule<unknown, unknown>
   ) =>
     Effect.suspend(() => {
-      const [query, order] = ReadSql.subscriptionPage(filters, range.after, range.upTo)
+      const [query, order] = ReadSql.subscriptionPage(scoped(filters), range.after, range.upTo)
       return read(query.statement(order, range.limit), query.values, EventRows.decodeRow, retry)
     })
 

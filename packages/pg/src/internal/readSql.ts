@@ -84,12 +84,25 @@ export const READ_STREAM_EVENTS: LeanQuery.Statement = {
           ORDER BY version LIMIT $4::int`
 }
 
-/** A page of one stream from `cursor` towards `bound` (inclusive both), and its order. */
+/** {@link READ_STREAM_EVENTS} in a tenant scope: only the tenant's rows, whoever reads. */
+export const READ_STREAM_EVENTS_TENANT: LeanQuery.Statement = {
+  name: "eventfold_read_stream_events_tenant",
+  text: `SELECT version, event_type, payload::text FROM events
+          WHERE aggregate_id = $1::uuid AND aggregate_type = $2::varchar AND tenant_id = $5::uuid
+            AND version >= $3::int
+          ORDER BY version LIMIT $4::int`
+}
+
+/**
+ * A page of one stream from `cursor` towards `bound` (inclusive both), and its order;
+ * with `tenantId`, only that tenant's rows (a stream is one tenant's: all or nothing).
+ */
 export const streamPage = (
   stream: EventStore.StreamId,
   forward: boolean,
   cursor: number,
-  bound: number
+  bound: number,
+  tenantId: string | null = null
 ): readonly [EventQuery, string] => {
   const query = new EventQuery()
   query
@@ -97,6 +110,7 @@ export const streamPage = (
     .where(`aggregate_type = ${query.param(stream.aggregateType, "varchar")}`)
     .where(`version ${forward ? ">=" : "<="} ${query.param(cursor, "int")}`)
     .where(`version ${forward ? "<=" : ">="} ${query.param(bound, "int")}`)
+  if (tenantId !== null) query.where(`tenant_id = ${query.param(tenantId, "uuid")}`)
   return [query, forward ? "version ASC" : "version DESC"]
 }
 

@@ -153,8 +153,9 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
         it.effect("a payload over maxPayloadLength is kept as the start of its JSON, with a note", () =>
           withQueue((queue) =>
             Effect.gen(function* () {
-              // Ends each chunk with an emoji (a surrogate pair) so that a cut may fall inside one.
-              const text = "x".repeat(4_095).concat("😀").repeat(300)
+              // The payload's JSON starts with {"text":" (9 characters): the first emoji's high
+              // surrogate is at index 4095, where a cut of payloadPreviewLength characters would split it.
+              const text = "x".repeat(4_086).concat("😀").repeat(300)
               const event = { ...stored(31n), payload: { text } }
               const letter = yield* queue.add(`p-${uuid()}`, event, { message: "boom", attempts: 1 })
               identifies(letter, event)
@@ -163,6 +164,7 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               assert.include(data.payload_truncated, `${JSON.stringify({ text }).length} characters`)
               assert.isTrue(JSON.stringify({ text }).startsWith(data.payload_preview))
               assert.isAtLeast(data.payload_preview.length, DeadLetterQueue.payloadPreviewLength - 1)
+              assert.notMatch(data.payload_preview, /[\ud800-\udbff]$/, "the preview ends inside a surrogate pair")
               assert.deepStrictEqual(Option.getOrThrow(yield* queue.get(letter.id)), letter)
             })
           )

@@ -469,6 +469,11 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
     Effect.map(Effect.flatMap(scopeFilter(scope, options ?? {}), validate.subscribeOptions), (normalized) =>
       backend.subscribe(normalized).pipe(
         Stream.map((message): Subscription.Message => {
+          if (message._tag === "Stalled" && scope !== null) {
+            // The horizon is the whole log's: a tenant scope learns that it is held back, and
+            // for how long, but not what other tenants' sessions are running.
+            return { _tag: "Stalled", stall: { ...message.stall, holders: message.stall.holders.map(anonymous) } }
+          }
           if (message._tag !== "Event") return message
           const stored = message.event
           const result = registry.decodeOwned(stored.eventType, stored.payload, stored)
@@ -541,6 +546,13 @@ const appendInScope = (
     reason: "OutsideScope"
   })
 }
+
+/** A session holding readers back, as a tenant scope may see it. */
+const anonymous = (holder: Subscription.Holder): Subscription.Holder => ({
+  ...holder,
+  query: null,
+  applicationName: null
+})
 
 /** Errors of envelope-less reads are named after re-reading the event's row. */
 const unnamed = { eventId: "", globalPosition: 0n }

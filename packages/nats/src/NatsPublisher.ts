@@ -44,10 +44,10 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
-import * as Runtime from "effect/Runtime"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 
 /**
@@ -64,7 +64,10 @@ export interface Options {
   readonly subjectPrefix?: string
   /** The JetStream stream the messages must land in. Default "EVENTFOLD". */
   readonly stream?: string
-  /** Create the stream when it does not exist. Default true; with false a missing stream fails the layer. */
+  /**
+   * Create the stream when it does not exist. Default true; with false a missing stream
+   * is a setup failure, retried by `reconnect` and shown in `status` until it exists.
+   */
   readonly createStream?: boolean
   /** Duplicate window of a stream created here: how long JetStream remembers message ids. Default 2 minutes. */
   readonly duplicateWindow?: Duration.DurationInput
@@ -104,8 +107,11 @@ export const Headers = {
 } as const
 
 /**
- * The publisher could not be set up: the server is unreachable, the stream is
- * missing or does not capture the subjects, the options are invalid.
+ * The publisher could not be set up. The layer fails with it only for options no
+ * server could make right (a subject prefix that is not one, credentials that
+ * disagree); a server that cannot be reached, or a stream that is missing or does not
+ * capture the subjects, is retried in the background, and its message is the
+ * `lastError` that `status` shows.
  *
  * @since 0.1.0
  * @category errors
@@ -340,8 +346,6 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
     const { servers: plainServers, ...credentials } = target.right
 
     const scope = yield* Effect.scope
-    const runtime = yield* Effect.runtime<never>()
-    const run = (effect: Effect.Effect<void>) => Runtime.runFork(runtime)(effect)
     const now = Effect.map(Clock.currentTimeMillis, (ms) => new Date(ms))
     const status = yield* SubscriptionRef.make<Publisher.Status>(
       Publisher.Status.Connecting({ since: yield* now, attempts: 0, lastError: null })
@@ -414,14 +418,16 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
         )
       }
       // Connection changes are worth a line in the log and show in `status`; they are not
-      // errors of any publish. The iterator ends when the connection closes (an Effect
-      // stream over it could not be interrupted before that, and would keep the scope open).
-      void (async () => {
-        for await (const change of nc.status()) {
+      // errors of any publish. One fiber takes them in order, for as long as this connection
+      // lives (its scope). An "error" (a permission refused, say) leaves the connection up:
+      // it is logged, and the state stays as it is.
+      yield* Stream.fromAsyncIterable(nc.status(), (cause) => cause).pipe(
+        Stream.runForEach((change) => {
           const data = "data" in change ? String(change.data) : ""
-          if (change.type === "disconnect" || change.type === "error" || change.type === "staleConnection") {
-            run(
-              Effect.zipRight(
+          switch (change.type) {
+            case "disconnect":
+            case "staleConnection":
+              return Effect.zipRight(
                 Effect.logWarning(`NatsPublisher: connection ${change.type}`, data),
                 Effect.flatMap(now, (since) =>
                   SubscriptionRef.update(status, (current) =>
@@ -431,22 +437,22 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
                   )
                 )
               )
-            )
-          } else if (change.type === "reconnect") {
-            run(
-              Effect.zipRight(
+            case "reconnect":
+              return Effect.zipRight(
                 Effect.logInfo("NatsPublisher: reconnected", data),
                 Effect.flatMap(now, (since) =>
-                  SubscriptionRef.set(
-                    status,
-                    Publisher.Status.Ready({ since, maxPayload: nc.info?.max_payload ?? null })
-                  )
+                  SubscriptionRef.set(status, Publisher.Status.Ready({ since, maxPayload: nc.info?.max_payload ?? null }))
                 )
               )
-            )
+            case "error":
+              return Effect.logWarning("NatsPublisher: the server reported an error", data)
+            default:
+              return Effect.void
           }
-        }
-      })().catch((error: unknown) => run(Effect.logWarning("NatsPublisher: connection status unavailable", error)))
+        }),
+        Effect.catchAll((error) => Effect.logWarning("NatsPublisher: connection status unavailable", error)),
+        Effect.forkScoped
+      )
       return { js: Jet.jetstream(nc), maxPayload: nc.info?.max_payload ?? null } satisfies Link
     })
 

@@ -129,6 +129,26 @@ const makeBackend = (executor: Driver.Executor, options: Options) =>
   })
 
 /**
+ * A role that row-level security binds (not a superuser, not `BYPASSRLS`, not the
+ * tables' owner) sees and writes no events outside a tenant scope: said once, when the
+ * store is made, rather than found out from reads that come back empty.
+ */
+const warnIfBound = (sql: SqlClient.SqlClient) =>
+  sql.withoutTransforms()<{ readonly bound: boolean; readonly role: string }>`
+    SELECT row_security_active('events') AS bound, current_user AS role`.pipe(
+    Effect.flatMap(([row]) =>
+      row?.bound === true
+        ? Effect.logWarning(
+            `PgEventStore: row-level security binds the role ${row.role}: outside a tenant scope (EventStore.forTenant) it sees and writes no events. Run components that need every tenant (the outbox relay, projections, monitoring) on the tables' owner or a BYPASSRLS role.`
+          )
+        : Effect.void
+    ),
+    Effect.catchAllCause((cause) =>
+      Effect.logDebug("PgEventStore: could not tell whether row-level security binds this role", cause)
+    )
+  )
+
+/**
  * The PostgreSQL `EventStore` over the `SqlClient` in context: every statement through
  * @effect/sql. Its subscription watcher lives as long as the scope.
  *
@@ -137,7 +157,10 @@ const makeBackend = (executor: Driver.Executor, options: Options) =>
  */
 export const make = (options: Options): Effect.Effect<EventStore.Service, never, SqlClient.SqlClient | Scope.Scope> =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    Effect.map(makeBackend(Driver.sqlExecutor(sql), options), (backend) => EventStore.make(backend, options.registry))
+    Effect.zipRight(
+      warnIfBound(sql),
+      Effect.map(makeBackend(Driver.sqlExecutor(sql), options), (backend) => EventStore.make(backend, options.registry))
+    )
   )
 
 /**
@@ -154,6 +177,7 @@ export const makePrepared = (
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     const pool = yield* PgPool
+    yield* warnIfBound(sql)
     const backend = yield* makeBackend(Driver.preparedExecutor(sql, pool.connections), options)
     return EventStore.make(backend, options.registry)
   })

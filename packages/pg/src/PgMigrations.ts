@@ -110,6 +110,7 @@ GRANT SELECT, INSERT, UPDATE ON event_streams, snapshots TO ${r};
 GRANT USAGE, SELECT ON SEQUENCE events_global_position_seq, snapshots_id_seq TO ${r};
 GRANT SELECT, INSERT, UPDATE, DELETE ON eventfold_listeners TO ${r};
 GRANT SELECT ON eventfold_log_writers TO ${r};
+GRANT EXECUTE ON FUNCTION eventfold_stream_tenant_differs(UUID, VARCHAR), eventfold_event_of_another_tenant(UUID[]) TO ${r};
 `
 }
 

@@ -165,5 +165,14 @@ describe("PgPool: no secret is ever printed", () => {
       error.message,
       "cannot get a connection: could not reach postgres://app:***@db.example:5432/events"
     )
+    // Nor does its cause, however it is printed.
+    for (const text of [
+      String(error.cause),
+      Util.inspect(error, { depth: 10 }),
+      Cause.pretty(Cause.fail(error)),
+      JSON.stringify(error)
+    ]) {
+      assert.notInclude(text, secret)
+    }
   })
 })

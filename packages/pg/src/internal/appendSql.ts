@@ -23,7 +23,7 @@
  * nothing, as superuser too; the lookups below then say why (`foreign_tenant`). Under
  * row-level security (migration 12) another tenant's head is invisible, so the lookups
  * ask `eventfold_stream_tenant_differs`, a SECURITY DEFINER function, when they see no
- * head; an `any` append meets that head through its primary key and fails the policy
+ * head and row-level security binds the caller; an `any` append meets that head through its primary key and fails the policy
  * (SQLSTATE 42501), which the decisions explain the same way.
  *
  * The head also outlives its events: a stream whose old events were archived or
@@ -183,13 +183,15 @@ const headVersion = (id: string, type: string) =>
 
 /**
  * Whether the stream's head belongs to another tenant than the append's: read from the
- * head when it is visible, else asked of the SECURITY DEFINER function that sees past
- * row-level security (only then: the function call is the expensive part).
+ * head when it is visible, else, for a role that row-level security binds (only then:
+ * the call is the expensive part, and only such roles may make it), asked of the
+ * SECURITY DEFINER function that sees past it and compares with the tenant set.
  */
 const foreignTenant = (id: string, type: string, tenant: string) =>
   `coalesce((SELECT s.tenant_id IS DISTINCT FROM ${tenant} FROM event_streams s
                     WHERE s.aggregate_id = ${id} AND s.aggregate_type = ${type}),
-                 eventfold_stream_tenant_differs(${id}, ${type}, ${tenant}))`
+                 CASE WHEN row_security_active('event_streams')
+                      THEN eventfold_stream_tenant_differs(${id}, ${type}) ELSE false END)`
 
 /** The last version of the stream's stored events, 0 when it has none: one backward probe of the version index. */
 const lastVersion = (id: string, type: string) =>
@@ -254,8 +256,8 @@ export const explainStatement: Statement = (() => {
        max(e.global_position) AS last_position,
        (array_agg(e.event_id::text ORDER BY ids.n) FILTER (WHERE e.event_id IS NOT NULL))[1] AS duplicate_event_id,
        ${foreignTenant(id, type, tenant)} AS foreign_tenant,
-       CASE WHEN count(e.event_id) < count(*)
-            THEN eventfold_event_of_another_tenant(${ids}, ${tenant})::text END AS foreign_event_id
+       CASE WHEN count(e.event_id) < count(*) AND row_security_active('events')
+            THEN eventfold_event_of_another_tenant(${ids})::text END AS foreign_event_id
   FROM unnest(${ids}) WITH ORDINALITY AS ids(event_id, n)
   LEFT JOIN LATERAL (SELECT x.event_id, x.aggregate_id, x.aggregate_type, x.version, x.global_position
                        FROM events x WHERE x.event_id = ids.event_id LIMIT 1) AS e ON true`

@@ -127,15 +127,20 @@ export const classify = (cause: unknown, acquiring = false): DriverError => {
   // pg's own messages name no credentials (its URL parser hides the URL it rejects); a
   // message that quotes a URL from elsewhere is redacted all the same, here at the driver.
   const message = redactCredentials(failure.message)
-  return message === failure.message
-    ? failure
-    : new DriverError({
-        reason: failure.reason,
-        message,
-        code: failure.code,
-        constraint: failure.constraint,
-        cause: failure.cause
-      })
+  if (message === failure.message) return failure
+  // The original error holds the same text, and printing a cause chain (Cause.pretty,
+  // util.inspect, a logger) would show it: it is replaced by a redacted copy.
+  const original = failure.cause
+  const redacted = new Error(message)
+  redacted.name = original instanceof Error ? original.name : "Error"
+  if (original instanceof Error && typeof original.stack === "string") redacted.stack = redactCredentials(original.stack)
+  return new DriverError({
+    reason: failure.reason,
+    message,
+    code: failure.code,
+    constraint: failure.constraint,
+    cause: redacted
+  })
 }
 
 const classifyUnredacted = (cause: unknown, acquiring: boolean): DriverError => {

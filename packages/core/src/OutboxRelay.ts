@@ -405,7 +405,12 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Outbo
         )
     )
 
-    const cycle = runOnce.pipe(
+    // While the broker is not ready, claim nothing: wait until it is (it says when). Inside
+    // the retried unit, so that a batch that found the broker gone waits for it too.
+    const whenReady = Effect.flatMap(publisher.status, (status) =>
+      status._tag === "Ready" ? Effect.void : awaitReady(publisher)
+    )
+    const cycle = Effect.zipRight(whenReady, runOnce).pipe(
       // A defect (a bug in a publisher, say) must not end the relay silently either.
       Effect.sandbox,
       Effect.tapError((cause) =>
@@ -424,18 +429,9 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Outbo
       // A backoff that ends leaves the rest to the next poll.
       Effect.orElseSucceed(() => emptyReport)
     )
-    // While claims find work, go on at once; after an empty one, wait for a signal. While
-    // the broker is not ready, claim nothing: wait until it is (it says when).
-    const whenReady = Effect.flatMap(publisher.status, (status) =>
-      status._tag === "Ready" ? Effect.void : awaitReady(publisher)
-    )
+    // While claims find work, go on at once; after an empty one, wait for a signal.
     const loop = (signal: Queue.Queue<void>) =>
-      Effect.forever(
-        whenReady.pipe(
-          Effect.zipRight(cycle),
-          Effect.flatMap((report) => (report.claimed === 0 ? Queue.take(signal) : Effect.void))
-        )
-      )
+      Effect.forever(Effect.flatMap(cycle, (report) => (report.claimed === 0 ? Queue.take(signal) : Effect.void)))
     const poll = wake.pipe(Effect.repeat(Schedule.spaced(pollInterval)))
     const listen = outbox.wakeups.pipe(
       Stream.runForEach(() => wake),

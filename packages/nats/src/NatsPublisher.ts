@@ -44,10 +44,10 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
+import * as Runtime from "effect/Runtime"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
-import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 
 /**
@@ -418,41 +418,43 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
         )
       }
       // Connection changes are worth a line in the log and show in `status`; they are not
-      // errors of any publish. One fiber takes them in order, for as long as this connection
-      // lives (its scope). An "error" (a permission refused, say) leaves the connection up:
-      // it is logged, and the state stays as it is.
-      yield* Stream.fromAsyncIterable(nc.status(), (cause) => cause).pipe(
-        Stream.runForEach((change) => {
-          const data = "data" in change ? String(change.data) : ""
-          switch (change.type) {
-            case "disconnect":
-            case "staleConnection":
-              return Effect.zipRight(
-                Effect.logWarning(`NatsPublisher: connection ${change.type}`, data),
-                Effect.flatMap(now, (since) =>
-                  SubscriptionRef.update(status, (current) =>
-                    current._tag === "Connecting"
-                      ? current
-                      : Publisher.Status.Reconnecting({ since, lastError: `${change.type} ${data}`.trim() })
-                  )
+      // errors of any publish. They are applied one at a time, in order. The loop ends when
+      // the connection closes: an Effect stream over the iterator would call its return()
+      // when interrupted, which waits for that close, and would keep the scope from closing.
+      // An "error" (a permission refused, say) leaves the connection up: it is logged, and
+      // the state stays as it is.
+      const onChange = (change: Nats.Status): Effect.Effect<void> => {
+        const data = "data" in change ? String(change.data) : ""
+        switch (change.type) {
+          case "disconnect":
+          case "staleConnection":
+            return Effect.zipRight(
+              Effect.logWarning(`NatsPublisher: connection ${change.type}`, data),
+              Effect.flatMap(now, (since) =>
+                SubscriptionRef.update(status, (current) =>
+                  current._tag === "Connecting"
+                    ? current
+                    : Publisher.Status.Reconnecting({ since, lastError: `${change.type} ${data}`.trim() })
                 )
               )
-            case "reconnect":
-              return Effect.zipRight(
-                Effect.logInfo("NatsPublisher: reconnected", data),
-                Effect.flatMap(now, (since) =>
-                  SubscriptionRef.set(status, Publisher.Status.Ready({ since, maxPayload: nc.info?.max_payload ?? null }))
-                )
+            )
+          case "reconnect":
+            return Effect.zipRight(
+              Effect.logInfo("NatsPublisher: reconnected", data),
+              Effect.flatMap(now, (since) =>
+                SubscriptionRef.set(status, Publisher.Status.Ready({ since, maxPayload: nc.info?.max_payload ?? null }))
               )
-            case "error":
-              return Effect.logWarning("NatsPublisher: the server reported an error", data)
-            default:
-              return Effect.void
-          }
-        }),
-        Effect.catchAll((error) => Effect.logWarning("NatsPublisher: connection status unavailable", error)),
-        Effect.forkScoped
-      )
+            )
+          case "error":
+            return Effect.logWarning("NatsPublisher: the server reported an error", data)
+          default:
+            return Effect.void
+        }
+      }
+      const apply = Runtime.runPromise(yield* Effect.runtime<never>())
+      void (async () => {
+        for await (const change of nc.status()) await apply(onChange(change))
+      })().catch((error: unknown) => apply(Effect.logWarning("NatsPublisher: connection status unavailable", error)))
       return { js: Jet.jetstream(nc), maxPayload: nc.info?.max_payload ?? null } satisfies Link
     })
 

@@ -245,20 +245,36 @@ DROP POLICY IF EXISTS eventfold_tenant_isolation ON snapshots;
 CREATE POLICY eventfold_tenant_isolation ON snapshots
   USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
   WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
-CREATE OR REPLACE FUNCTION eventfold_stream_tenant_differs(p_aggregate_id UUID, p_aggregate_type VARCHAR, p_tenant_id UUID)
-RETURNS BOOLEAN LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
-  SELECT coalesce((SELECT s.tenant_id IS DISTINCT FROM p_tenant_id FROM event_streams s
+-- Both functions compare with the caller's tenant setting, never a tenant the caller
+-- names: they say whether a stream is another tenant's than the caller's, or which of
+-- the ids the caller sent another tenant stored (ids are unique across tenants, so an
+-- insert would tell as much). Only the roles given EXECUTE (PgMigrations.tenantRoleGrants)
+-- may call them, and their search_path is this schema, then pg_temp, last.
+DROP FUNCTION IF EXISTS eventfold_stream_tenant_differs(UUID, VARCHAR, UUID);
+DROP FUNCTION IF EXISTS eventfold_event_of_another_tenant(UUID[], UUID);
+DO $do$
+BEGIN
+  EXECUTE format($sql$
+CREATE OR REPLACE FUNCTION eventfold_stream_tenant_differs(p_aggregate_id UUID, p_aggregate_type VARCHAR)
+RETURNS BOOLEAN LANGUAGE sql STABLE SECURITY DEFINER SET search_path = %1$I, pg_temp AS $fn$
+  SELECT coalesce((SELECT s.tenant_id IS DISTINCT FROM nullif(current_setting('eventfold.tenant_id', true), '')::uuid
+                     FROM event_streams s
                     WHERE s.aggregate_id = p_aggregate_id AND s.aggregate_type = p_aggregate_type), false)
 $fn$;
-CREATE OR REPLACE FUNCTION eventfold_event_of_another_tenant(p_event_ids UUID[], p_tenant_id UUID)
-RETURNS UUID LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $fn$
+CREATE OR REPLACE FUNCTION eventfold_event_of_another_tenant(p_event_ids UUID[])
+RETURNS UUID LANGUAGE sql STABLE SECURITY DEFINER SET search_path = %1$I, pg_temp AS $fn$
   SELECT x.event_id
     FROM unnest(p_event_ids) WITH ORDINALITY AS i(event_id, n)
     JOIN LATERAL (SELECT e.event_id, e.tenant_id FROM events e WHERE e.event_id = i.event_id LIMIT 1) AS x ON true
-   WHERE x.tenant_id IS DISTINCT FROM p_tenant_id
+   WHERE x.tenant_id IS DISTINCT FROM nullif(current_setting('eventfold.tenant_id', true), '')::uuid
    ORDER BY i.n
    LIMIT 1
 $fn$;
+$sql$, current_schema());
+END
+$do$;
+REVOKE EXECUTE ON FUNCTION eventfold_stream_tenant_differs(UUID, VARCHAR) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION eventfold_event_of_another_tenant(UUID[]) FROM PUBLIC;
 
 -- The Migrator's record, so PgMigrations.run knows these are applied.
 CREATE TABLE IF NOT EXISTS eventfold_migrations (

@@ -133,7 +133,8 @@ export const classify = (cause: unknown, acquiring = false): DriverError => {
   const original = failure.cause
   const redacted = new Error(message)
   redacted.name = original instanceof Error ? original.name : "Error"
-  if (original instanceof Error && typeof original.stack === "string") redacted.stack = redactCredentials(original.stack)
+  if (original instanceof Error && typeof original.stack === "string")
+    redacted.stack = redactCredentials(original.stack)
   return new DriverError({
     reason: failure.reason,
     message,

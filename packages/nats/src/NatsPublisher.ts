@@ -56,7 +56,7 @@ import * as SubscriptionRef from "effect/SubscriptionRef"
  */
 export interface Options {
   /** Server URLs, e.g. "nats://127.0.0.1:4222". Default that one. */
-  readonly servers?: string | ReadonlyArray<string>
+  readonly servers?: string | ReadonlyArray<string> | Redacted.Redacted<string>
   readonly token?: Redacted.Redacted<string>
   readonly user?: string
   readonly password?: Redacted.Redacted<string>
@@ -337,7 +337,14 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
     if (!validPrefix(prefix)) {
       return yield* new JetStreamSetupError({ message: `invalid subject prefix "${prefix}"` })
     }
-    const serverList = typeof servers === "string" ? servers.split(",").map((s) => s.trim()) : [...servers]
+    // A URL may carry credentials: from the environment it comes Redacted, and is read here only.
+    const serverList = Redacted.isRedacted(servers)
+      ? Redacted.value(servers)
+          .split(",")
+          .map((s) => s.trim())
+      : typeof servers === "string"
+        ? servers.split(",").map((s) => s.trim())
+        : [...servers]
     const where = describeServers(serverList)
     const target = connection(serverList, options)
     if (Either.isLeft(target)) {
@@ -570,7 +577,7 @@ export const layer = (options: Options = {}): Layer.Layer<Publisher.Publisher, J
 export const config = (defaults: Options = {}): Config.Config<Options> =>
   Settings.overDefaults(
     {
-      servers: Config.string("NATS_URL"),
+      servers: Config.redacted("NATS_URL"),
       subjectPrefix: Config.string("NATS_SUBJECT_PREFIX"),
       stream: Config.string("NATS_STREAM"),
       token: Config.redacted("NATS_TOKEN"),

@@ -72,8 +72,11 @@ describe("NatsPublisher", () => {
           )
         )
       )
+      // NATS_URL may carry a password: it stays Redacted until the connection is made.
+      assert.isTrue(Redacted.isRedacted(options.servers))
+      assert.strictEqual(Redacted.value(options.servers as Redacted.Redacted<string>), "nats://a:4222,nats://b:4222")
+      assert.notInclude(String(options.servers), "nats://")
       assert.deepInclude(options, {
-        servers: "nats://a:4222,nats://b:4222",
         subjectPrefix: "acme",
         stream: "ORDERS",
         ackTimeout: "2 seconds"

@@ -28,6 +28,7 @@ import {
   Broker,
   BrokerLive,
   database,
+  message,
   natsUrl,
   OrderNoted,
   OrderPlaced,
@@ -558,20 +559,7 @@ const suite = () =>
         yield* NatsServer.start({ port, user: "relay", password: "S3cret/x" })
         const good = yield* NatsPublisher.make({ servers: `nats://relay:S3cret%2Fx@127.0.0.1:${port}` })
         yield* Publisher.awaitReady(good)
-        const [outcome] = yield* good.publish([
-          {
-            eventId: crypto.randomUUID(),
-            eventType: "OrderPlaced",
-            aggregateId: crypto.randomUUID(),
-            aggregateType: "Order",
-            version: 1,
-            globalPosition: 1n,
-            tenantId: null,
-            actorId: null,
-            timestamp: new Date(),
-            payloadJson: "{}"
-          }
-        ])
+        const [outcome] = yield* good.publish([message()])
         assert.strictEqual(outcome?._tag, "Published")
         const wrong = yield* NatsPublisher.make({
           servers: `nats://relay:hunter2@127.0.0.1:${port}`,
@@ -649,20 +637,7 @@ const suite = () =>
         assert.include(yield* lastError(missing), "does not exist")
         const failed = yield* Effect.flip(
           missing
-            .publish([
-              {
-                eventId: crypto.randomUUID(),
-                eventType: "OrderPlaced",
-                aggregateId: crypto.randomUUID(),
-                aggregateType: "Order",
-                version: 1,
-                globalPosition: 1n,
-                tenantId: null,
-                actorId: null,
-                timestamp: new Date(),
-                payloadJson: "{}"
-              }
-            ])
+            .publish([message()])
             .pipe(
               Effect.flatMap(([outcome]) =>
                 outcome?._tag === "Failed" ? Effect.fail(outcome.error) : Effect.succeed(outcome)

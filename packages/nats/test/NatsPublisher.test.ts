@@ -1,5 +1,4 @@
 import { assert, describe, it } from "@effect/vitest"
-import type { Publisher } from "@eventfold/core"
 import { NatsPublisher } from "@eventfold/nats"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
@@ -9,26 +8,13 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
+import { message } from "./support.js"
 
 // Names as the store takes them: 1 to 255 characters, no NUL, no lone surrogate.
 const names = FastCheck.string({ unit: "grapheme", minLength: 1, maxLength: 60 }).filter(
   // biome-ignore lint/suspicious/noControlCharactersInRegex: NUL is what the store refuses
   (name) => name.length <= 255 && !/\u0000|\p{Surrogate}/u.test(name)
 )
-
-const message = (overrides: Partial<Publisher.Message> = {}): Publisher.Message => ({
-  eventId: crypto.randomUUID(),
-  eventType: "OrderPlaced",
-  aggregateId: crypto.randomUUID(),
-  aggregateType: "Order",
-  version: 1,
-  globalPosition: 1n,
-  tenantId: null,
-  actorId: null,
-  timestamp: new Date(),
-  payloadJson: "{}",
-  ...overrides
-})
 
 describe("NatsPublisher", () => {
   it("subjects are the prefix, the aggregate type and the event type, each one token", () => {

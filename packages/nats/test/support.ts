@@ -4,7 +4,7 @@
  * event store with the outbox enabled.
  */
 import * as Net from "node:net"
-import { Event, EventRegistry, type EventStore, type Outbox } from "@eventfold/core"
+import { Event, EventRegistry, type EventStore, type Outbox, type Publisher } from "@eventfold/core"
 import { NatsPublisher } from "@eventfold/nats"
 import { PgEventStore, PgMigrations, PgOutbox, PgPool } from "@eventfold/pg"
 import * as Jet from "@nats-io/jetstream"
@@ -151,3 +151,18 @@ export const versionsByAggregate = (messages: ReadonlyArray<Stored>): Map<string
   }
   return result
 }
+
+/** A message to publish directly, with fresh ids. */
+export const message = (overrides: Partial<Publisher.Message> = {}): Publisher.Message => ({
+  eventId: crypto.randomUUID(),
+  eventType: "OrderPlaced",
+  aggregateId: crypto.randomUUID(),
+  aggregateType: "Order",
+  version: 1,
+  globalPosition: 1n,
+  tenantId: null,
+  actorId: null,
+  timestamp: new Date(),
+  payloadJson: "{}",
+  ...overrides
+})

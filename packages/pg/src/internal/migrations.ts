@@ -15,6 +15,28 @@ export interface Migration {
 }
 
 /** The table where @effect/sql's Migrator records applied migrations. */
+/** The tables whose rows row-level security keeps to their tenant (migration 12). */
+export const tenantTables = [
+  "events",
+  "event_streams",
+  "event_outbox",
+  "projection_checkpoints",
+  "dead_letter_queue",
+  "snapshots"
+] as const
+
+/** One policy per tenant table: a row is visible and writable when its tenant is the one set. */
+const tenantPolicies = tenantTables
+  .map(
+    (table) => `ALTER TABLE ${table} ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS eventfold_tenant_isolation ON ${table};
+CREATE POLICY eventfold_tenant_isolation ON ${table}
+  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
+  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
+`
+  )
+  .join("")
+
 export const migrationsTable = "eventfold_migrations"
 
 export const migrations: ReadonlyArray<Migration> = [
@@ -313,37 +335,7 @@ ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS tenant_id UUID;
 -- A dead letter is its event's tenant's (PgDeadLetterQueue writes it from now on).
 UPDATE dead_letter_queue SET tenant_id = (event_data->>'tenant_id')::uuid
  WHERE tenant_id IS NULL AND event_data->>'tenant_id' ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
-ALTER TABLE events ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS eventfold_tenant_isolation ON events;
-CREATE POLICY eventfold_tenant_isolation ON events
-  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
-  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
-ALTER TABLE event_streams ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS eventfold_tenant_isolation ON event_streams;
-CREATE POLICY eventfold_tenant_isolation ON event_streams
-  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
-  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
-ALTER TABLE event_outbox ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS eventfold_tenant_isolation ON event_outbox;
-CREATE POLICY eventfold_tenant_isolation ON event_outbox
-  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
-  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
-ALTER TABLE projection_checkpoints ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS eventfold_tenant_isolation ON projection_checkpoints;
-CREATE POLICY eventfold_tenant_isolation ON projection_checkpoints
-  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
-  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
-ALTER TABLE dead_letter_queue ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS eventfold_tenant_isolation ON dead_letter_queue;
-CREATE POLICY eventfold_tenant_isolation ON dead_letter_queue
-  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
-  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
-ALTER TABLE snapshots ENABLE ROW LEVEL SECURITY;
-DROP POLICY IF EXISTS eventfold_tenant_isolation ON snapshots;
-CREATE POLICY eventfold_tenant_isolation ON snapshots
-  USING (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid))
-  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));
--- Both functions compare with the caller's tenant setting, never a tenant the caller
+${tenantPolicies}-- Both functions compare with the caller's tenant setting, never a tenant the caller
 -- names: they say whether a stream is another tenant's than the caller's, or which of
 -- the ids the caller sent another tenant stored (ids are unique across tenants, so an
 -- insert would tell as much). Only the roles given EXECUTE (PgMigrations.tenantRoleGrants)

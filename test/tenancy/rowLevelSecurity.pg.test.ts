@@ -74,9 +74,13 @@ const write = (text: string) =>
 const setup = Effect.gen(function* () {
   const server = TestDatabase.serverUrl()
   const role = `eventfold_rls_${randomBytes(6).toString("hex")}`
+  // A password of its own: the embedded server (a fresh machine's) authenticates by password.
+  const password = randomBytes(12).toString("hex")
   // Made before the database, so dropped after it (the database holds the role's grants).
   yield* Effect.acquireRelease(
-    TestDatabase.withClient(server, (c) => c.query(`CREATE ROLE ${role} LOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT`)),
+    TestDatabase.withClient(server, (c) =>
+      c.query(`CREATE ROLE ${role} LOGIN PASSWORD '${password}' NOSUPERUSER NOBYPASSRLS NOINHERIT`)
+    ),
     () =>
       TestDatabase.withClient(server, (c) => c.query(`DROP ROLE IF EXISTS ${role}`)).pipe(
         Effect.catchAll((error) => Effect.logWarning(`could not drop role ${role}`, error))
@@ -104,7 +108,7 @@ const setup = Effect.gen(function* () {
   })
   const roleUrl = new URL(url)
   roleUrl.username = role
-  roleUrl.password = ""
+  roleUrl.password = password
   /** What the superuser sees: every row of every table, by tenant. */
   const census = TestDatabase.withClient(url, async (c) => {
     const counts: Record<string, string> = {}

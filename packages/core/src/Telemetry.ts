@@ -18,6 +18,11 @@ import * as Tracer from "effect/Tracer"
 export const Attributes = {
   dbSystem: "db.system.name",
   dbOperation: "db.operation.name",
+  dbCollection: "db.collection.name",
+  dbQuerySummary: "db.query.summary",
+  dbQueryText: "db.query.text",
+  /** The name of a prepared statement (PostgreSQL's). */
+  dbStatementName: "eventfold.db.statement_name",
   aggregateId: "eventfold.aggregate.id",
   aggregateType: "eventfold.aggregate.type",
   expectedVersion: "eventfold.expected_version",

@@ -10,6 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
 import { recordingSpans } from "../../../test/support/spans.js"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
 
@@ -39,6 +40,39 @@ describe("PgTelemetry", () => {
       const names = new Set(spans.map((s) => s.name))
       for (const name of [Telemetry.Spans.migrate, Telemetry.Spans.outboxClaim, Telemetry.Spans.outboxSettle]) {
         assert.isTrue(names.has(name), `missing span ${name}`)
+      }
+    })
+  )
+
+  it.scopedLive("the prepared path makes a client span per statement, with its text and never its values", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.fresh
+      const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 2 }))
+      yield* PgMigrations.run.pipe(Effect.provide(context))
+      const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Note" }
+      const secret = "a payload value that no span may carry"
+      const [, spans] = yield* recordingSpans(
+        Effect.gen(function* () {
+          const store = yield* PgEventStore.makePrepared({ registry })
+          yield* store.append(stream, [{ event: Noted.make({ text: secret }) }], {
+            expectedVersion: ExpectedVersion.noStream
+          })
+          yield* Stream.runDrain(store.readStream(stream))
+        }).pipe(Effect.provide(context))
+      )
+      const append = spans.find((s) => s.name === "INSERT events")
+      assert.isDefined(append, `no INSERT events span among ${spans.map((s) => s.name).join(", ")}`)
+      assert.strictEqual(append!.attributes.get(Telemetry.Attributes.dbSystem), "postgresql")
+      assert.strictEqual(append!.attributes.get(Telemetry.Attributes.dbOperation), "INSERT")
+      assert.strictEqual(append!.attributes.get(Telemetry.Attributes.dbCollection), "events")
+      const read = spans.find((s) => s.name === "SELECT events")
+      assert.isDefined(read, "no SELECT events span for the stream read")
+      for (const span of [append!, read!]) {
+        const text = String(span.attributes.get(Telemetry.Attributes.dbQueryText))
+        assert.match(text, /\$1/)
+        for (const value of [secret, stream.aggregateId]) {
+          assert.notInclude(JSON.stringify([...span.attributes.values()].map(String)), value)
+        }
       }
     })
   )

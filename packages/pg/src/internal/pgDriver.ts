@@ -37,6 +37,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import { describeCause } from "@eventfold/core/Errors"
 import { redactCredentials } from "@eventfold/core/Settings"
+import { Attributes, withHotSpan } from "@eventfold/core/Telemetry"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
@@ -375,16 +376,77 @@ export const preparedExecutor = (client: SqlClient.SqlClient, connections: Conne
     ...base,
     run: (statement, values, parseRow) =>
       Effect.contextWithEffect((context) =>
-        hasTransaction(context) ? base.run(statement, values, parseRow) : runPrepared(pool, statement, values, parseRow)
+        hasTransaction(context)
+          ? base.run(statement, values, parseRow)
+          : traced(statement, () => runPrepared(pool, statement, values, parseRow))
       ),
     forTenant: (tenantId) => {
       const setup: LeanQuery.Setup = { statement: setTenantStatement, values: [tenantId] }
       return scoped(executor, tenantId, (statement, values, parseRow) =>
-        runPrepared(pool, statement, values, parseRow, setup)
+        traced(statement, () => runPrepared(pool, statement, values, parseRow, setup))
       )
     }
   }
   return executor
+}
+
+// ---------------------------------------------------------------------------
+// Statement spans of the lean path
+// ---------------------------------------------------------------------------
+
+/** What a statement does, as OpenTelemetry's database conventions name it. */
+interface Summary {
+  readonly operation: string
+  readonly collection: string | undefined
+  /** `db.query.summary`, also the span's name: "INSERT events". */
+  readonly text: string
+}
+
+const summaries = new WeakMap<Statement, Summary>()
+
+/**
+ * The statement's main operation and table, read off its text: its first write (an
+ * append's is its INSERT into events, though it moves the stream's head first), else
+ * what its SELECT reads, the log first when it reads it.
+ */
+const summarize = (statement: Statement): Summary => {
+  const known = summaries.get(statement)
+  if (known !== undefined) return known
+  const text = statement.text
+  const write =
+    /\bINSERT\s+INTO\s+(events)\b/i.exec(text) ??
+    /\bINSERT\s+INTO\s+([A-Za-z_][\w.]*)/i.exec(text) ??
+    /\bUPDATE\s+([A-Za-z_][\w.]*)\s+SET\b/i.exec(text) ??
+    /\bDELETE\s+FROM\s+([A-Za-z_][\w.]*)/i.exec(text)
+  // A table, not `extract(epoch FROM timestamp)`: a FROM whose name a parenthesis does not close.
+  const read = /\bFROM\s+(events)\b(?!\s*\))/i.exec(text) ?? /\bFROM\s+([A-Za-z_][\w.]*)\b(?!\s*\))/i.exec(text)
+  const operation = (write?.[0] ?? /^\s*(\w+)/.exec(text)?.[1] ?? "QUERY").split(/\s/)[0]!.toUpperCase()
+  const collection = write?.[1] ?? read?.[1]
+  const summary = { operation, collection, text: collection === undefined ? operation : `${operation} ${collection}` }
+  summaries.set(statement, summary)
+  return summary
+}
+
+/**
+ * The client span of a statement on the lean path, as @effect/sql makes one per
+ * statement on its own: named after its summary, with the statement's text (its
+ * parameters are placeholders: no value is ever in it). Made only under a tracer an
+ * application installed, as the append's own span is.
+ */
+const traced = <A>(statement: Statement, run: () => Effect.Effect<A, DriverError>): Effect.Effect<A, DriverError> => {
+  const summary = summarize(statement)
+  return withHotSpan(run, summary.text, () => ({
+    kind: "client",
+    captureStackTrace: false,
+    attributes: {
+      [Attributes.dbSystem]: "postgresql",
+      [Attributes.dbOperation]: summary.operation,
+      ...(summary.collection === undefined ? {} : { [Attributes.dbCollection]: summary.collection }),
+      [Attributes.dbQuerySummary]: summary.text,
+      [Attributes.dbQueryText]: statement.text,
+      ...(statement.name === "" ? {} : { [Attributes.dbStatementName]: statement.name })
+    }
+  }))
 }
 
 /** What a client's own `'error'` listener saw: the error that broke it, if any. */

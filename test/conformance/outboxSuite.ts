@@ -439,6 +439,19 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
           assert.deepInclude(yield* outbox.stats, { failed: 1, held: 1, parked: 0 })
           assert.deepStrictEqual(yield* outbox.claim({ owner: "r2", limit: 10, lease }), [])
 
+          // Input the columns could not store is refused alike on every backend, and parks nothing.
+          for (const bad of [
+            { eventIds: ["not-a-uuid"], by: "ops", reason: "r" },
+            { eventIds: [p2!.message.eventId], by: "", reason: "r" },
+            { eventIds: [p2!.message.eventId], by: "x".repeat(256), reason: "r" },
+            { eventIds: [p2!.message.eventId], by: "ops", reason: "nul \u0000 inside" }
+          ]) {
+            const error = yield* Effect.flip(outbox.park(bad))
+            assert.strictEqual(error._tag, "OutboxError")
+          }
+          assert.strictEqual((yield* Effect.flip(outbox.retryFailed({ eventIds: ["nope"] })))._tag, "OutboxError")
+          assert.deepInclude(yield* outbox.stats, { failed: 1, parked: 0 })
+
           // Only failed entries are parked: a pending or published one is left as it is.
           const ids = [p1!.message.eventId, p3!.message.eventId]
           assert.strictEqual(yield* outbox.park({ eventIds: ids, by: "ops", reason: "no" }), 0)

@@ -38,6 +38,7 @@ import type * as Stream from "effect/Stream"
 import type { EventRegistry } from "./EventRegistry.js"
 import * as EventStore from "./EventStore.js"
 import * as MemoryOutbox from "./internal/memoryOutbox.js"
+import * as Validate from "./internal/validate.js"
 import type { Message } from "./Publisher.js"
 
 /**
@@ -193,6 +194,27 @@ export const outboxError =
       message: `Outbox.${method} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
       cause
     })
+
+/**
+ * Why the input of an operator's call cannot be taken (event ids that are not UUIDs,
+ * a `by` or `reason` the columns could not store), or undefined: every backend checks
+ * it first, so that memory and PostgreSQL refuse the same calls alike.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const inputError = (
+  method: string,
+  input: { readonly eventIds?: ReadonlyArray<string> | undefined; readonly by?: string; readonly reason?: string }
+): OutboxError | undefined => {
+  const invalid =
+    input.eventIds?.map((id) => Validate.uuidError("eventIds", id)).find((e) => e !== undefined) ??
+    (input.by === undefined ? undefined : Validate.textError("by", input.by)) ??
+    (input.reason === undefined || input.reason === ""
+      ? undefined
+      : Validate.textError("reason", input.reason.slice(0, 255)))
+  return invalid === undefined ? undefined : new OutboxError({ method, message: `Outbox.${method}: ${invalid.reason}` })
+}
 
 /**
  * @since 0.1.0

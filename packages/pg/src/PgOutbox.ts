@@ -300,6 +300,7 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
 
     // A parked entry is put back only when named.
     const retryFailed = (options?: { readonly eventIds?: ReadonlyArray<string> }) =>
+      Outbox.inputError("retryFailed", { eventIds: options?.eventIds }) ??
       sql`UPDATE event_outbox
              SET status = 'pending', retry_count = 0, next_attempt_at = NULL, claimed_by = NULL, lease_until = NULL,
                  parked_at = NULL, parked_by = NULL, parked_reason = NULL
@@ -315,7 +316,8 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
       )
 
     const park = (options: Outbox.ParkOptions) =>
-      options.eventIds.length === 0
+      Outbox.inputError("park", options) ??
+      (options.eventIds.length === 0
         ? Effect.succeed(0)
         : sql`UPDATE event_outbox
                  SET status = 'parked', parked_at = now(), parked_by = ${options.by}, parked_reason = ${options.reason},
@@ -325,7 +327,7 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
             Effect.map((rows) => rows.length),
             Effect.tap((count) => (count > 0 ? notify : Effect.void)),
             fail("park")
-          )
+          ))
 
     // In chunks, so that a large purge neither holds many row locks nor runs as one long statement.
     const deletePublished = (olderThan: Duration.DurationInput) => {

@@ -6,6 +6,8 @@ import * as PubSub from "effect/PubSub"
 import * as Stream from "effect/Stream"
 import type { Backend } from "../EventStore.js"
 import type { ClaimOptions, Entry, ListOptions, ParkOptions, Row, Service, Settlement, Stats } from "../Outbox.js"
+// A value import of the module that imports this one: used only when called, never at load.
+import { inputError } from "../Outbox.js"
 
 interface MutableRow {
   id: string
@@ -155,36 +157,52 @@ export const make = Effect.gen(function* () {
   })
 
   const retryFailed = (options?: { readonly eventIds?: ReadonlyArray<string> }) =>
-    Effect.sync(() => {
-      const only = options?.eventIds === undefined ? undefined : new Set(options.eventIds.map((id) => id.toLowerCase()))
-      let count = 0
-      for (const row of rows) {
-        // A parked entry is put back only when named.
-        if (row.status !== "failed" && !(row.status === "parked" && only !== undefined)) continue
-        if (only !== undefined && !only.has(row.message.eventId)) continue
-        row.status = "pending"
-        row.retryCount = 0
-        row.nextAttemptAt = null
-        row.parked = null
-        count++
-      }
-      return count
-    }).pipe(Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void)))
+    Effect.suspend(() => {
+      const invalid = inputError("retryFailed", { eventIds: options?.eventIds })
+      return invalid === undefined ? Effect.void : Effect.fail(invalid)
+    }).pipe(
+      Effect.zipRight(
+        Effect.sync(() => {
+          const only =
+            options?.eventIds === undefined ? undefined : new Set(options.eventIds.map((id) => id.toLowerCase()))
+          let count = 0
+          for (const row of rows) {
+            // A parked entry is put back only when named.
+            if (row.status !== "failed" && !(row.status === "parked" && only !== undefined)) continue
+            if (only !== undefined && !only.has(row.message.eventId)) continue
+            row.status = "pending"
+            row.retryCount = 0
+            row.nextAttemptAt = null
+            row.parked = null
+            count++
+          }
+          return count
+        })
+      ),
+      Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void))
+    )
 
   const park = (options: ParkOptions) =>
-    Effect.flatMap(Clock.currentTimeMillis, (now) =>
-      Effect.sync(() => {
-        const only = new Set(options.eventIds.map((id) => id.toLowerCase()))
-        let count = 0
-        for (const row of rows) {
-          if (row.status !== "failed" || !only.has(row.message.eventId)) continue
-          row.status = "parked"
-          row.parked = { at: now, by: options.by, reason: options.reason }
-          count++
-        }
-        return count
-      })
-    ).pipe(Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void)))
+    Effect.suspend(() => {
+      const invalid = inputError("park", options)
+      return invalid === undefined ? Clock.currentTimeMillis : Effect.fail(invalid)
+    })
+      .pipe(
+        Effect.flatMap((now) =>
+          Effect.sync(() => {
+            const only = new Set(options.eventIds.map((id) => id.toLowerCase()))
+            let count = 0
+            for (const row of rows) {
+              if (row.status !== "failed" || !only.has(row.message.eventId)) continue
+              row.status = "parked"
+              row.parked = { at: now, by: options.by, reason: options.reason }
+              count++
+            }
+            return count
+          })
+        )
+      )
+      .pipe(Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void)))
 
   const deletePublished = (olderThan: Duration.DurationInput) =>
     Effect.map(Clock.currentTimeMillis, (now) => {

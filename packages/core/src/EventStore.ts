@@ -27,7 +27,7 @@ import * as JsonShape from "./internal/jsonShape.js"
 import * as MemoryEventStore from "./internal/memoryEventStore.js"
 import * as validate from "./internal/validate.js"
 import type * as Subscription from "./Subscription.js"
-import { Attributes, Spans, withHotSpan } from "./Telemetry.js"
+import { Attributes, measureAppend, Spans, withHotSpan } from "./Telemetry.js"
 
 /**
  * A stream: the events of one aggregate.
@@ -332,11 +332,13 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
   // synchronous validation and encoding.
   const append = (stream: StreamId, events: ReadonlyArray<EventToAppend>, options: AppendOptions) =>
     withHotSpan(
-      (now): Effect.Effect<AppendResult, AppendError> => {
+      (now, measured): Effect.Effect<AppendResult, AppendError> => {
         const scoped = scope === null ? options : appendInScope(scope, stream, options)
         if (scoped instanceof TenantMismatchError) return Effect.fail(scoped)
         const prepared = prepareAppend(registry, stream, events, scoped, now)
-        return Either.isLeft(prepared) ? Effect.fail(prepared.left) : backend.append(prepared.right)
+        if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
+        const appended = backend.append(prepared.right)
+        return measured ? measureAppend(appended, backend.name, events.length) : appended
       },
       Spans.append,
       () => ({

@@ -16,6 +16,7 @@ import {
 } from "@eventfold/core"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -133,5 +134,34 @@ describe("Telemetry", () => {
           }
         }
       })
+  )
+
+  it.effect("append metrics: events, duration and conflicts by backend, recorded only once turned on", () =>
+    Effect.gen(function* () {
+      const registry = EventRegistry.make(Secret)
+      const store = EventStore.make(EventStore.makeMemoryBackend(), registry)
+      const memory = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
+        Metric.value(metric.pipe(Metric.tagged(Telemetry.Attributes.backend, "memory")))
+      const events = memory(Telemetry.appendMetrics.events)
+      const conflicts = memory(Telemetry.appendMetrics.conflicts)
+      const stream = { aggregateId: crypto.randomUUID(), aggregateType: "Vault" }
+      const two = [{ event: Secret.make({ value: "a" }) }, { event: Secret.make({ value: "b" }) }]
+
+      // Off by default: a program nobody measures records nothing.
+      const before = (yield* events).count
+      yield* store.append(stream, two, { expectedVersion: ExpectedVersion.noStream })
+      assert.strictEqual((yield* events).count, before)
+
+      // On: the events of each landed append, and each conflict.
+      const conflictsBefore = (yield* conflicts).count
+      yield* Effect.gen(function* () {
+        yield* store.append(stream, two, { expectedVersion: ExpectedVersion.exact(2) })
+        yield* Effect.flip(store.append(stream, two, { expectedVersion: ExpectedVersion.exact(2) }))
+      }).pipe(Effect.provide(Telemetry.layerMetrics))
+      assert.strictEqual((yield* events).count, before + 2)
+      assert.strictEqual((yield* conflicts).count, conflictsBefore + 1)
+      const durations = yield* memory(Telemetry.appendMetrics.duration)
+      assert.isAtLeast(durations.count, 2)
+    })
   )
 })

@@ -89,7 +89,8 @@ export const Spans = {
  * Metric names. Appends (recorded while {@link metricsEnabled} is on): `appendEvents`
  * the events appended, `appendDuration` each append's time in milliseconds (a
  * histogram), `appendConflicts` the appends refused with a `ConcurrencyError`; each
- * tagged with the backend. Subscriptions (PostgreSQL): `horizonChecks` and
+ * tagged with the backend. Projections (likewise): `projectionEvents` handled and
+ * `deadLetters`, tagged with the projection's name. Subscriptions (PostgreSQL): `horizonChecks` and
  * `horizonCheckDuration` are what the no-skip guarantee costs, `heldBack` how long
  * positions have been waiting for open transactions (milliseconds), `notifications`
  * the NOTIFY wake-ups received.
@@ -193,6 +194,51 @@ const appendDuration = Metric.histogram(
   MetricBoundaries.fromIterable([0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]),
   "Time of an append, in milliseconds"
 )
+
+const projectionEvents = Metric.counter(Metrics.projectionEvents, {
+  description: "Events a projection handled",
+  incremental: true
+})
+const projectionDeadLetters = Metric.counter(Metrics.deadLetters, {
+  description: "Events a projection dead-lettered",
+  incremental: true
+})
+
+/**
+ * The projection metrics, for reading them (`Metric.value`), tagged with the projection's name.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const projectionMetrics = {
+  get events() {
+    return projectionEvents
+  },
+  get deadLetters() {
+    return projectionDeadLetters
+  }
+}
+
+/**
+ * Records what a projection's batch did, while {@link metricsEnabled} is on.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const measureProjectionBatch = (
+  projection: string,
+  handled: number,
+  deadLettered: number
+): Effect.Effect<void> =>
+  Effect.flatMap(FiberRef.get(metricsEnabled), (enabled) =>
+    enabled
+      ? Effect.tagMetrics(
+          Effect.zipRight(Metric.update(projectionEvents, handled), Metric.update(projectionDeadLetters, deadLettered)),
+          Attributes.projection,
+          projection
+        )
+      : Effect.void
+  )
 
 /**
  * Records an append's metrics ({@link Metrics}); called only while

@@ -164,4 +164,18 @@ describe("Telemetry", () => {
       assert.isAtLeast(durations.count, 2)
     })
   )
+
+  it.scopedLive("projection metrics: events handled and dead letters by projection, once turned on", () =>
+    Effect.gen(function* () {
+      const byProjection = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>) =>
+        Metric.value(metric.pipe(Metric.tagged(Telemetry.Attributes.projection, "vault-telemetry")))
+      const handled = byProjection(Telemetry.projectionMetrics.events)
+      const dead = byProjection(Telemetry.projectionMetrics.deadLetters)
+      const before = { handled: (yield* handled).count, dead: (yield* dead).count }
+      yield* everyOperation.pipe(Effect.provide(Layer.merge(MemoryLayers, Telemetry.layerMetrics)))
+      // The rebuild handles the two good events and dead-letters the two poisoned ones.
+      assert.strictEqual((yield* handled).count - before.handled, 2)
+      assert.strictEqual((yield* dead).count - before.dead, 2)
+    })
+  )
 })

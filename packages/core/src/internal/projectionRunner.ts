@@ -32,7 +32,7 @@ import {
   type Status
 } from "../Projection.js"
 import type * as Subscription from "../Subscription.js"
-import { Attributes, Spans } from "../Telemetry.js"
+import { Attributes, measureProjectionBatch, Spans } from "../Telemetry.js"
 
 export type RunError =
   | ProjectionStoppedError
@@ -273,6 +273,7 @@ const runWith = <R>(
             return
           }
           const result = yield* handleBatch(messages)
+          yield* measureProjectionBatch(name, result.handled, result.dead)
           if (result.next > saved) {
             saved = result.next
             savedAt = now

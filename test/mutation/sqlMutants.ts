@@ -131,7 +131,7 @@ const mutants: ReadonlyArray<Mutant> = [
     file: "packages/pg/src/internal/migrations.ts",
     // The policies come from one template: the mutant spares every table but events.
     from: "  WITH CHECK (tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid));\n`",
-    to: "  WITH CHECK (${table === \"events\" ? \"true\" : \"tenant_id = (SELECT nullif(current_setting('eventfold.tenant_id', true), '')::uuid)\"});\n`",
+    to: '  WITH CHECK (${table === "events" ? "true" : "tenant_id = (SELECT nullif(current_setting(\'eventfold.tenant_id\', true), \'\')::uuid)"});\n`',
     tests: ["test/tenancy/rowLevelSecurity.pg.test.ts"]
   },
   {

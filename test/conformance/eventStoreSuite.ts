@@ -258,6 +258,8 @@ const notData = (value: unknown, inArray: boolean): string | undefined => {
       const prototype = Object.getPrototypeOf(value)
       if (prototype !== Object.prototype && prototype !== null) return "not a plain object"
       for (const [key, v] of Object.entries(value)) {
+        // A property set to undefined is dropped, its name with it.
+        if (v === undefined) continue
         if (UNSTORABLE.test(key)) return "unstorable key"
         const problem = notData(v, false)
         if (problem !== undefined) return problem

@@ -170,39 +170,17 @@ export const layerMetrics: Layer.Layer<never> = Layer.locallyScoped(metricsEnabl
  * @category metrics
  */
 export const appendMetrics = {
-  get events() {
-    return appendEvents
-  },
-  get conflicts() {
-    return appendConflicts
-  },
-  get duration() {
-    return appendDuration
-  }
+  events: Metric.counter(Metrics.appendEvents, { description: "Events appended", incremental: true }),
+  conflicts: Metric.counter(Metrics.appendConflicts, {
+    description: "Appends refused because the stream was not at the expected version",
+    incremental: true
+  }),
+  duration: Metric.histogram(
+    Metrics.appendDuration,
+    MetricBoundaries.fromIterable([0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]),
+    "Time of an append, in milliseconds"
+  )
 }
-
-const appendEvents = Metric.counter(Metrics.appendEvents, {
-  description: "Events appended",
-  incremental: true
-})
-const appendConflicts = Metric.counter(Metrics.appendConflicts, {
-  description: "Appends refused because the stream was not at the expected version",
-  incremental: true
-})
-const appendDuration = Metric.histogram(
-  Metrics.appendDuration,
-  MetricBoundaries.fromIterable([0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]),
-  "Time of an append, in milliseconds"
-)
-
-const projectionEvents = Metric.counter(Metrics.projectionEvents, {
-  description: "Events a projection handled",
-  incremental: true
-})
-const projectionDeadLetters = Metric.counter(Metrics.deadLetters, {
-  description: "Events a projection dead-lettered",
-  incremental: true
-})
 
 /**
  * The projection metrics, for reading them (`Metric.value`), tagged with the projection's name.
@@ -211,12 +189,11 @@ const projectionDeadLetters = Metric.counter(Metrics.deadLetters, {
  * @category metrics
  */
 export const projectionMetrics = {
-  get events() {
-    return projectionEvents
-  },
-  get deadLetters() {
-    return projectionDeadLetters
-  }
+  events: Metric.counter(Metrics.projectionEvents, { description: "Events a projection handled", incremental: true }),
+  deadLetters: Metric.counter(Metrics.deadLetters, {
+    description: "Events a projection dead-lettered",
+    incremental: true
+  })
 }
 
 /**
@@ -233,7 +210,10 @@ export const measureProjectionBatch = (
   Effect.flatMap(FiberRef.get(metricsEnabled), (enabled) =>
     enabled
       ? Effect.tagMetrics(
-          Effect.zipRight(Metric.update(projectionEvents, handled), Metric.update(projectionDeadLetters, deadLettered)),
+          Effect.zipRight(
+            Metric.update(projectionMetrics.events, handled),
+            Metric.update(projectionMetrics.deadLetters, deadLettered)
+          ),
           Attributes.projection,
           projection
         )
@@ -257,10 +237,10 @@ export const measureAppend = <A, E extends { readonly _tag: string }, R>(
     const start = clock.unsafeCurrentTimeNanos()
     return Effect.onExit(self, (exit) => {
       const ms = Number(clock.unsafeCurrentTimeNanos() - start) / 1e6
-      const updates: Array<Effect.Effect<void>> = [Metric.update(appendDuration, ms)]
-      if (Exit.isSuccess(exit)) updates.push(Metric.update(appendEvents, eventCount))
+      const updates: Array<Effect.Effect<void>> = [Metric.update(appendMetrics.duration, ms)]
+      if (Exit.isSuccess(exit)) updates.push(Metric.update(appendMetrics.events, eventCount))
       else if (Exit.isFailure(exit) && exit.cause._tag === "Fail" && exit.cause.error._tag === "ConcurrencyError") {
-        updates.push(Metric.update(appendConflicts, 1))
+        updates.push(Metric.update(appendMetrics.conflicts, 1))
       }
       return Effect.tagMetrics(Effect.all(updates, { discard: true }), Attributes.backend, backend)
     })

@@ -186,23 +186,20 @@ export const make = Effect.gen(function* () {
     Effect.suspend(() => {
       const invalid = inputError("park", options)
       return invalid === undefined ? Clock.currentTimeMillis : Effect.fail(invalid)
-    })
-      .pipe(
-        Effect.flatMap((now) =>
-          Effect.sync(() => {
-            const only = new Set(options.eventIds.map((id) => id.toLowerCase()))
-            let count = 0
-            for (const row of rows) {
-              if (row.status !== "failed" || !only.has(row.message.eventId)) continue
-              row.status = "parked"
-              row.parked = { at: now, by: options.by, reason: options.reason }
-              count++
-            }
-            return count
-          })
-        )
-      )
-      .pipe(Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void)))
+    }).pipe(
+      Effect.map((now) => {
+        const only = new Set(options.eventIds.map((id) => id.toLowerCase()))
+        let count = 0
+        for (const row of rows) {
+          if (row.status !== "failed" || !only.has(row.message.eventId)) continue
+          row.status = "parked"
+          row.parked = { at: now, by: options.by, reason: options.reason }
+          count++
+        }
+        return count
+      }),
+      Effect.tap((count) => (count > 0 ? PubSub.publish(signal, undefined) : Effect.void))
+    )
 
   const deletePublished = (olderThan: Duration.DurationInput) =>
     Effect.map(Clock.currentTimeMillis, (now) => {

@@ -45,7 +45,7 @@ const READ_STREAM = {
 export const READ_LOG = {
   name: "bench_read_log",
   text: `SELECT global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id,
-                timestamp, created_at, payload FROM events
+                timestamp, created_at, payload, metadata FROM events
           WHERE global_position > $1 ORDER BY global_position LIMIT $2`
 }
 

@@ -6,7 +6,7 @@
  */
 
 import { assert, describe, layer } from "@effect/vitest"
-import { DeadLetterQueue, type EventStore } from "@eventfold/core"
+import { DeadLetterQueue, EventMetadata, type EventStore } from "@eventfold/core"
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -27,6 +27,7 @@ const stored = (position: bigint): EventStore.StoredEvent => ({
   timestamp: new Date("2024-01-02T03:04:05.000Z"),
   globalPosition: position,
   createdAt: new Date("2024-01-02T03:04:05.000Z"),
+  metadata: EventMetadata.empty,
   payload: { text: "hello" }
 })
 

@@ -9,6 +9,7 @@ import {
   AggregateRepository,
   type Errors,
   Event,
+  EventMetadata,
   EventRegistry,
   EventStore,
   ExpectedVersion
@@ -24,7 +25,9 @@ import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import { orSkip } from "../support/skip.js"
+import { recordingSpans } from "../support/spans.js"
 
 /** What a backend gives the suite: stores over one shared storage, and its transactions if it has any. */
 export class Harness extends Context.Tag("test/conformance/Harness")<
@@ -1476,6 +1479,122 @@ export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
             events.map((e) => [e.tenantId, e.event]),
             [[tenantA, { _tag: "NoteWritten", text: "A's secret" }]]
           )
+        })
+      )
+    })
+
+    describe("metadata", () => {
+      const metadataOf = (events: ReadonlyArray<EventStore.RecordedEvent>) => events.map((e) => e.metadata)
+
+      it.effect("correlation and causation come from the fiber's context, the append's options override them", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          // A type of its own: other tests' events never come up in its reads of the log.
+          const metaType = `Meta${uuid().slice(0, 8)}`
+          const [plain, command, overridden, cleared] = [stream(), stream(metaType), stream(), stream()]
+          yield* store.append(plain, [note("a")], { expectedVersion: ExpectedVersion.noStream })
+          yield* store
+            .append(command, notes(2), { expectedVersion: ExpectedVersion.noStream })
+            .pipe(EventMetadata.withCommand({ commandId: "cmd-1" }), EventMetadata.withCorrelationId("req-9"))
+          yield* store
+            .append(overridden, [note("b")], {
+              expectedVersion: ExpectedVersion.noStream,
+              correlationId: "corr-own",
+              causationId: "cause-own"
+            })
+            .pipe(EventMetadata.withCommand({ commandId: "cmd-2", correlationId: "req-2" }))
+          yield* store
+            .append(cleared, [note("c")], { expectedVersion: ExpectedVersion.noStream, correlationId: null })
+            .pipe(EventMetadata.withCommand({ commandId: "cmd-3" }))
+
+          assert.deepStrictEqual(metadataOf(yield* collect(store.readStream(plain))), [EventMetadata.empty])
+          const expected = { correlationId: "req-9", causationId: "cmd-1", traceparent: null }
+          assert.deepStrictEqual(metadataOf(yield* collect(store.readStream(command))), [expected, expected])
+          assert.deepStrictEqual(metadataOf(yield* collect(store.readStream(overridden))), [
+            { correlationId: "corr-own", causationId: "cause-own", traceparent: null }
+          ])
+          assert.deepStrictEqual(metadataOf(yield* collect(store.readStream(cleared))), [
+            { correlationId: null, causationId: "cmd-3", traceparent: null }
+          ])
+          // The global log and subscriptions carry the same.
+          const byStream = yield* collect(store.readAll({ aggregateTypes: [metaType] }))
+          assert.deepStrictEqual(metadataOf(byStream), [expected, expected])
+          const [first] = yield* collect(store.subscribe({ aggregateTypes: [metaType] }).pipe(Stream.take(1)))
+          assert.deepStrictEqual(first!.metadata, expected)
+          // A reaction to an event is caused by it, in its correlation (its own id when it has none).
+          assert.deepStrictEqual(EventMetadata.causalityOf(first!), {
+            correlationId: "req-9",
+            causationId: first!.eventId
+          })
+          const [lone] = yield* collect(store.readStream(plain))
+          assert.deepStrictEqual(EventMetadata.causalityOf(lone!), {
+            correlationId: lone!.eventId,
+            causationId: lone!.eventId
+          })
+        })
+      )
+
+      it.effect("an append records the trace context of its span, or of a propagated parent", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const [traced, propagated, untraced] = [stream(), stream(), stream()]
+          const [, spans] = yield* recordingSpans(
+            store.append(traced, notes(2), { expectedVersion: ExpectedVersion.noStream })
+          )
+          const append = spans.find((span) => span.name === "EventStore.append")!
+          const [one, two] = yield* collect(store.readStream(traced))
+          assert.strictEqual(one!.metadata.traceparent, `00-${append.traceId}-${append.spanId}-01`)
+          assert.strictEqual(two!.metadata.traceparent, one!.metadata.traceparent)
+          assert.deepStrictEqual(EventMetadata.spanLink(one!)?.span, {
+            _tag: "ExternalSpan",
+            traceId: append.traceId,
+            spanId: append.spanId,
+            sampled: true,
+            context: Context.empty()
+          })
+
+          // No tracer installed: a trace an upstream service propagated is recorded, a local span is not.
+          const upstream = Tracer.externalSpan({
+            traceId: "4bf92f3577b34da6a3ce929d0e0e4736",
+            spanId: "00f067aa0ba902b7",
+            sampled: false
+          })
+          yield* store
+            .append(propagated, [note("p")], { expectedVersion: ExpectedVersion.noStream })
+            .pipe(Effect.withParentSpan(upstream))
+          yield* store
+            .append(untraced, [note("u")], { expectedVersion: ExpectedVersion.noStream })
+            .pipe(Effect.withSpan("a local span nobody exports"))
+          const [p] = yield* collect(store.readStream(propagated))
+          assert.strictEqual(p!.metadata.traceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+          const [u] = yield* collect(store.readStream(untraced))
+          assert.deepStrictEqual(u!.metadata, EventMetadata.empty)
+        })
+      )
+
+      it.effect("metadata that cannot be stored is an InvalidEventError and nothing is written", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const s = stream()
+          for (const bad of [
+            { correlationId: "" },
+            { correlationId: "x".repeat(256) },
+            { causationId: "nul\u0000" },
+            { causationId: "\ud800" },
+            { correlationId: 42 as unknown as string }
+          ]) {
+            const error = yield* Effect.flip(
+              store.append(s, [note("x")], { expectedVersion: ExpectedVersion.noStream, ...bad })
+            )
+            assert.strictEqual(error._tag, "InvalidEventError", JSON.stringify(bad))
+          }
+          const fromContext = yield* Effect.flip(
+            store
+              .append(s, [note("x")], { expectedVersion: ExpectedVersion.noStream })
+              .pipe(EventMetadata.withCorrelationId("y".repeat(300)))
+          )
+          assert.strictEqual(fromContext._tag, "InvalidEventError")
+          assert.deepStrictEqual(yield* collect(store.readStream(s)), [])
         })
       )
     })

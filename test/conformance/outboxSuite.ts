@@ -5,7 +5,7 @@
  */
 
 import { assert, describe, layer } from "@effect/vitest"
-import { type Errors, type EventStore, ExpectedVersion, type Outbox } from "@eventfold/core"
+import { type Errors, EventMetadata, type EventStore, ExpectedVersion, type Outbox } from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -55,11 +55,13 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
           const tenantId = uuid()
           const eventId = uuid()
           const timestamp = new Date("2024-05-06T07:08:09.123Z")
-          const result = yield* store({ outbox: true }).append(
-            s,
-            [{ event: ItemAdded.make({ sku: "A-1", quantity: 2, price: 9.99 }), eventId, timestamp }, note("wrap")],
-            { expectedVersion: ExpectedVersion.noStream, tenantId, actorId: "user-7" }
-          )
+          const result = yield* store({ outbox: true })
+            .append(
+              s,
+              [{ event: ItemAdded.make({ sku: "A-1", quantity: 2, price: 9.99 }), eventId, timestamp }, note("wrap")],
+              { expectedVersion: ExpectedVersion.noStream, tenantId, actorId: "user-7" }
+            )
+            .pipe(EventMetadata.withCommand({ commandId: "cmd-7", correlationId: "req-7" }))
           const rows = yield* outbox.list()
           assert.strictEqual(rows.length, 2)
           const [first, second] = rows
@@ -74,6 +76,16 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
             actorId: "user-7"
           })
           assert.strictEqual(first!.message.timestamp.toISOString(), timestamp.toISOString())
+          // The relay sends the append's metadata as message headers.
+          const metadata = { correlationId: "req-7", causationId: "cmd-7", traceparent: null }
+          assert.deepStrictEqual(first!.message.metadata, metadata)
+          assert.deepStrictEqual(second!.message.metadata, metadata)
+          // And what it claims carries it too.
+          const claimed = yield* outbox.claim({ owner: "m", limit: 10, lease })
+          assert.deepStrictEqual(
+            claimed.map((entry) => entry.message.metadata),
+            [metadata, metadata]
+          )
           assert.deepStrictEqual(JSON.parse(first!.message.payloadJson), { sku: "A-1", quantity: 2, price: 9.99 })
           assert.deepInclude(first!, { status: "pending", retryCount: 0, lastError: null, publishedAt: null })
           assert.deepInclude(second!.message, {

@@ -6,8 +6,16 @@
  */
 
 import { assert, describe, layer } from "@effect/vitest"
-import { CheckpointStore, DeadLetterQueue, type EventStore, ExpectedVersion, Projection } from "@eventfold/core"
+import {
+  CheckpointStore,
+  DeadLetterQueue,
+  EventMetadata,
+  type EventStore,
+  ExpectedVersion,
+  Projection
+} from "@eventfold/core"
 import * as Arr from "effect/Array"
+import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
@@ -15,7 +23,9 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import { Backend, type BackendService, eventually } from "../support/projectionHarness.js"
+import { recordingSpans } from "../support/spans.js"
 import { ItemAdded, NoteWritten, registry } from "./subscriptionSuite.js"
 
 const uuid = () => crypto.randomUUID()
@@ -123,6 +133,63 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
             yield* Projection.start(projection, fast)
             const checkpoints = yield* CheckpointStore.CheckpointStore
             yield* eventually(checkpoints.get(name), (c) => Option.exists(c, (c) => c.position >= last.lastPosition))
+          })
+        )
+      )
+    })
+
+    describe("causality and traces", () => {
+      it.effect("what a handler appends is caused by the event it handles; the batch's span links to the append", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Pm${uuid().slice(0, 8)}`
+            const name = `pm-${uuid()}`
+            const reactions = { aggregateId: uuid(), aggregateType: `${aggregateType}Reaction` }
+            // A process manager: each item added is answered by a note in another stream.
+            const projection = Projection.make({
+              name,
+              aggregateTypes: [aggregateType],
+              handlers: [
+                Projection.on(ItemAdded, (event) =>
+                  Effect.asVoid(
+                    store.append(reactions, [note(`saw ${event.event.sku}`)], {
+                      expectedVersion: ExpectedVersion.any
+                    })
+                  )
+                )
+              ]
+            })
+            const s = { aggregateId: uuid(), aggregateType }
+            const [appended, spans] = yield* recordingSpans(
+              Effect.gen(function* () {
+                yield* Projection.start(projection, fast)
+                yield* store
+                  .append(s, [item("a")], { expectedVersion: ExpectedVersion.noStream })
+                  .pipe(EventMetadata.withCommand({ commandId: "cmd-pm", correlationId: "req-pm" }))
+                yield* store.append(s, [item("b")], { expectedVersion: ExpectedVersion.exact(1) })
+                return yield* eventually(
+                  Effect.map(Stream.runCollect(store.readStream(reactions)), Chunk.toReadonlyArray),
+                  (r) => r.length === 2
+                )
+              })
+            )
+            const [a, b] = yield* Effect.map(Stream.runCollect(store.readStream(s)), Chunk.toReadonlyArray)
+            const [forA, forB] = appended
+            // The reaction to a is caused by a, in the command's correlation; b had none, so it starts its own.
+            assert.deepInclude(forA!.metadata, { correlationId: "req-pm", causationId: a!.eventId })
+            assert.deepInclude(forB!.metadata, { correlationId: b!.eventId, causationId: b!.eventId })
+            // The batch that handled a continues a's trace by a link to the append's span.
+            const appendSpan = spans.find(
+              (span) =>
+                span.name === "EventStore.append" && `00-${span.traceId}-${span.spanId}-01` === a!.metadata.traceparent
+            )
+            assert.isDefined(appendSpan)
+            const linked = spans.filter(
+              (span) =>
+                span.name === "Projection.handleBatch" && span.links.some((l) => l.span.spanId === appendSpan!.spanId)
+            )
+            assert.isAtLeast(linked.length, 1)
+            assert.strictEqual(linked[0]!.links[0]!.span.traceId, appendSpan!.traceId)
           })
         )
       )

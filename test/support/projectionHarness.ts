@@ -15,6 +15,7 @@ import {
   ExpectedVersion,
   Projection
 } from "@eventfold/core"
+import * as EventMetadata from "@eventfold/core/EventMetadata"
 import { type PgEventStore, PgMigrations, PgProjection } from "@eventfold/pg"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -95,6 +96,7 @@ export const memory: Layer.Layer<Backend> = Layer.sync(Backend, (): BackendServi
           expectedVersion: ExpectedVersion.exact(event.version - 1),
           tenantId: null,
           actorId: null,
+          metadata: EventMetadata.empty,
           events: [
             {
               eventId: crypto.randomUUID(),

@@ -10,6 +10,11 @@ import * as Tracer from "effect/Tracer"
 export interface RecordedSpan {
   readonly name: string
   readonly attributes: ReadonlyMap<string, unknown>
+  readonly traceId: string
+  readonly spanId: string
+  /** The parent's span id, if it has one. */
+  readonly parentSpanId: string | undefined
+  readonly links: ReadonlyArray<Tracer.SpanLink>
 }
 
 /** Runs `effect` under a tracer that records every span started in it (forked fibers included). */
@@ -23,7 +28,14 @@ export const recordingSpans = <A, E, R>(
       span: (name, ...rest) => {
         const span = inner.span(name, ...rest)
         const attributes = new Map<string, unknown>(span.attributes)
-        spans.push({ name, attributes })
+        spans.push({
+          name,
+          attributes,
+          traceId: span.traceId,
+          spanId: span.spanId,
+          parentSpanId: span.parent._tag === "Some" ? span.parent.value.spanId : undefined,
+          links: span.links
+        })
         const attribute = span.attribute.bind(span)
         span.attribute = (key, value) => {
           attributes.set(key, value)

@@ -11,6 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
+import type * as Tracer from "effect/Tracer"
 import type {
   AppendError,
   ConcurrencyError,
@@ -21,6 +22,7 @@ import type {
 } from "./Errors.js"
 import { describeCause, EventStoreError, InvalidEventError, TenantMismatchError } from "./Errors.js"
 import type * as Event from "./Event.js"
+import * as EventMetadata from "./EventMetadata.js"
 import type { EventRegistry } from "./EventRegistry.js"
 import type { ExpectedVersion } from "./ExpectedVersion.js"
 import * as JsonShape from "./internal/jsonShape.js"
@@ -66,6 +68,13 @@ export interface AppendOptions {
   readonly tenantId?: string | null
   /** Who caused the events (a user id, a service name). */
   readonly actorId?: string | null
+  /**
+   * The request the events belong to; default: the fiber's (see `EventMetadata`).
+   * At most 255 characters.
+   */
+  readonly correlationId?: string | null
+  /** The command or event that caused them; default: the fiber's (see `EventMetadata`). */
+  readonly causationId?: string | null
 }
 
 /**
@@ -100,6 +109,8 @@ export interface RecordedEvent<E extends Event.Any = Event.Any> {
   readonly globalPosition: bigint
   /** When the store wrote it. */
   readonly createdAt: Date
+  /** The trace context, correlation and causation of the append that stored it. */
+  readonly metadata: EventMetadata.EventMetadata
   readonly event: E
 }
 
@@ -192,6 +203,8 @@ export interface PreparedAppend {
   readonly expectedVersion: ExpectedVersion
   readonly tenantId: string | null
   readonly actorId: string | null
+  /** The same for every event of the append. */
+  readonly metadata: EventMetadata.EventMetadata
   readonly events: ReadonlyArray<PreparedEvent>
 }
 
@@ -332,10 +345,11 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
   // synchronous validation and encoding.
   const append = (stream: StreamId, events: ReadonlyArray<EventToAppend>, options: AppendOptions) =>
     withHotSpan(
-      (now, measured): Effect.Effect<AppendResult, AppendError> => {
+      (now, measured, span, fiber): Effect.Effect<AppendResult, AppendError> => {
         const scoped = scope === null ? options : appendInScope(scope, stream, options)
         if (scoped instanceof TenantMismatchError) return Effect.fail(scoped)
-        const prepared = prepareAppend(registry, stream, events, scoped, now)
+        const causality = fiber.getFiberRef(EventMetadata.currentCausality)
+        const prepared = prepareAppend(registry, stream, events, scoped, now, causality, span)
         if (Either.isLeft(prepared)) return Effect.fail(prepared.left)
         const appended = backend.append(prepared.right)
         return measured ? measureAppend(appended, backend.name, events.length) : appended
@@ -571,6 +585,7 @@ const recorded = (stored: StoredEvent, event: Event.Any): RecordedEvent => ({
   timestamp: stored.timestamp,
   globalPosition: stored.globalPosition,
   createdAt: stored.createdAt,
+  metadata: stored.metadata,
   event
 })
 
@@ -579,7 +594,9 @@ const prepareAppend = (
   stream: StreamId,
   events: ReadonlyArray<EventToAppend>,
   options: AppendOptions,
-  now: number
+  now: number,
+  causality: EventMetadata.Causality,
+  span: Tracer.AnySpan | undefined
 ): Either.Either<PreparedAppend, InvalidEventError | UnknownEventTypeError> => {
   const invalid = validate.streamError(stream)
   if (invalid !== undefined) return Either.left(invalid)
@@ -598,6 +615,8 @@ const prepareAppend = (
     (tenantId === null ? undefined : validate.uuidError("tenantId", tenantId)) ??
     (actorId === null ? undefined : validate.textError("actorId", actorId))
   if (invalidOption !== undefined) return Either.left(invalidOption)
+  const metadata = appendMetadata(options, causality, span)
+  if (Either.isLeft(metadata)) return Either.left(metadata.left)
   const defaultTimestamp = new Date(now)
   const seen = new Set<string>()
   const prepared = new Array<PreparedEvent>(events.length)
@@ -626,8 +645,27 @@ const prepareAppend = (
     expectedVersion: options.expectedVersion,
     tenantId: tenantId?.toLowerCase() ?? null,
     actorId,
+    metadata: metadata.right,
     events: prepared
   })
+}
+
+/** The metadata of an append: its options' ids, else the fiber's, and the trace context of its span. */
+const appendMetadata = (
+  options: AppendOptions,
+  causality: EventMetadata.Causality,
+  span: Tracer.AnySpan | undefined
+): Either.Either<EventMetadata.EventMetadata, InvalidEventError> => {
+  const correlationId = options.correlationId === undefined ? causality.correlationId : options.correlationId
+  const causationId = options.causationId === undefined ? causality.causationId : options.causationId
+  const traceparent = span === undefined ? null : EventMetadata.traceparent(span)
+  if (correlationId === null && causationId === null && traceparent === null) return Either.right(EventMetadata.empty)
+  const invalid =
+    (correlationId === null ? undefined : validate.textError("correlationId", correlationId)) ??
+    (causationId === null ? undefined : validate.textError("causationId", causationId))
+  return invalid === undefined
+    ? Either.right(Object.freeze({ correlationId, causationId, traceparent }))
+    : Either.left(invalid)
 }
 
 /**

@@ -22,6 +22,7 @@ import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
+import * as EventMetadata from "./EventMetadata.js"
 import { Attributes, Spans } from "./Telemetry.js"
 
 /**
@@ -43,6 +44,8 @@ export interface Message {
   readonly actorId: string | null
   /** When the event occurred in the domain. */
   readonly timestamp: Date
+  /** The trace context, correlation and causation of the append (sent as headers: `traceparent`, ...). */
+  readonly metadata: EventMetadata.EventMetadata
   /** The event's payload as stored, as JSON text. */
   readonly payloadJson: string
 }
@@ -210,6 +213,8 @@ export const make = (options: MakeOptions): Service => {
     }).pipe(
       Effect.withSpan(Spans.publish, {
         kind: "producer",
+        // The publish carries on the traces of the appends that stored its messages.
+        links: EventMetadata.spanLinks(messages),
         attributes: {
           [Attributes.messagingSystem]: options.system,
           [Attributes.messageCount]: messages.length,

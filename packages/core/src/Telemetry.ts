@@ -10,6 +10,7 @@ import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as Layer from "effect/Layer"
@@ -117,14 +118,22 @@ const defaultTracer = Effect.runSync(Effect.tracer)
  * `Effect.withSpan` for the hottest calls (an append): the same span under any
  * tracer an application installs (OpenTelemetry, a test's), and none under the
  * default tracer, whose spans no one exports or reads. `self` also learns whether
- * metrics are on ({@link metricsEnabled}). Measured on an append: the
- * span cost about a third of its client CPU. `options` is built only when traced.
+ * metrics are on ({@link metricsEnabled}) and the span of the call: its own when it
+ * is traced, else a span an upstream service propagated (an `ExternalSpan` parent),
+ * or undefined; and its fiber, to read what else of the fiber's context it needs.
+ * Measured on an append: the span cost about a third of its client CPU.
+ * `options` is built only when traced.
  *
  * @since 0.1.0
  * @category tracing
  */
 export const withHotSpan = <A, E, R>(
-  self: (now: number, measured: boolean) => Effect.Effect<A, E, R>,
+  self: (
+    now: number,
+    measured: boolean,
+    span: Tracer.AnySpan | undefined,
+    fiber: Fiber.RuntimeFiber<unknown, unknown>
+  ) => Effect.Effect<A, E, R>,
   name: string,
   options: () => Tracer.SpanOptions
 ): Effect.Effect<A, E, R> =>
@@ -134,13 +143,17 @@ export const withHotSpan = <A, E, R>(
     const services = fiber.getFiberRef(DefaultServices.currentServices)
     const clock = Context.get(services, Clock.Clock)
     const measured = fiber.getFiberRef(metricsEnabled)
-    return Context.get(services, Tracer.Tracer) === defaultTracer
-      ? self(clock.unsafeCurrentTimeMillis(), measured)
-      : Effect.withSpan(
-          Effect.suspend(() => self(clock.unsafeCurrentTimeMillis(), measured)),
-          name,
-          options()
-        )
+    if (Context.get(services, Tracer.Tracer) === defaultTracer) {
+      const parent = Context.getOption(fiber.getFiberRef(FiberRef.currentContext), Tracer.ParentSpan)
+      const external = parent._tag === "Some" && parent.value._tag === "ExternalSpan" ? parent.value : undefined
+      return self(clock.unsafeCurrentTimeMillis(), measured, external, fiber)
+    }
+    return Effect.useSpan(name, options(), (span) =>
+      Effect.withParentSpan(
+        Effect.suspend(() => self(clock.unsafeCurrentTimeMillis(), measured, span, fiber)),
+        span
+      )
+    )
   })
 
 /**

@@ -25,6 +25,10 @@ export * as Event from "./Event.js"
 /**
  * @since 0.1.0
  */
+export * as EventMetadata from "./EventMetadata.js"
+/**
+ * @since 0.1.0
+ */
 export * as EventRegistry from "./EventRegistry.js"
 /**
  * @since 0.1.0

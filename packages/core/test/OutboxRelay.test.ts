@@ -1,5 +1,14 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Event, EventRegistry, EventStore, ExpectedVersion, Outbox, OutboxRelay, Publisher } from "@eventfold/core"
+import {
+  Event,
+  EventMetadata,
+  EventRegistry,
+  EventStore,
+  ExpectedVersion,
+  Outbox,
+  OutboxRelay,
+  Publisher
+} from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
@@ -14,6 +23,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
 import * as TestClock from "effect/TestClock"
+import { recordingSpans } from "../../../test/support/spans.js"
 
 const OrderPlaced = Event.make("OrderPlaced", { total: Schema.Number })
 const registry = EventRegistry.make(OrderPlaced)
@@ -235,6 +245,40 @@ describe("OutboxRelay (memory)", () => {
       assert.isTrue(Option.isNone(stats.oldestPendingAge))
       yield* TestClock.adjust(Duration.days(8))
       assert.strictEqual(yield* relay.deletePublished("7 days"), 12)
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(Publisher.layerMemory(), Outbox.layerMemory({ registry }))))
+  )
+
+  it.effect("messages carry their append's metadata; the publish span links to the appends", () =>
+    Effect.gen(function* () {
+      const store = yield* EventStore.EventStore
+      const relay = yield* OutboxRelay.make({ start: false, batchSize: 10 })
+      const [a, b] = [order(), order()]
+      const [, spans] = yield* recordingSpans(
+        Effect.gen(function* () {
+          yield* store
+            .append(a, placed(2), { expectedVersion: ExpectedVersion.noStream })
+            .pipe(EventMetadata.withCommand({ commandId: "cmd-a" }))
+          yield* store.append(b, placed(1), { expectedVersion: ExpectedVersion.noStream })
+          yield* relay.runOnce
+        })
+      )
+      const appends = spans.filter((span) => span.name === "EventStore.append")
+      const messages = yield* Effect.flatMap(Publisher.Memory, (m) => m.messages)
+      const forA = messages.filter((m) => m.aggregateId === a.aggregateId)
+      assert.deepStrictEqual(
+        forA.map((m) => m.metadata),
+        [0, 1].map(() => ({
+          correlationId: "cmd-a",
+          causationId: "cmd-a",
+          traceparent: `00-${appends[0]!.traceId}-${appends[0]!.spanId}-01`
+        }))
+      )
+      const publish = spans.find((span) => span.name === "Publisher.publish")!
+      // One link per append (the two events of a share theirs), in the order of the messages.
+      assert.sameMembers(
+        publish.links.map((link) => link.span.spanId),
+        appends.map((span) => span.spanId)
+      )
     }).pipe(Effect.scoped, Effect.provide(Layer.merge(Publisher.layerMemory(), Outbox.layerMemory({ registry }))))
   )
 

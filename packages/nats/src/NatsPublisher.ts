@@ -103,6 +103,10 @@ export const Headers = {
   tenantId: "Eventfold-Tenant-Id",
   actorId: "Eventfold-Actor-Id",
   timestamp: "Eventfold-Timestamp",
+  /** The W3C trace context of the append that stored the event. */
+  traceparent: "traceparent",
+  correlationId: "Eventfold-Correlation-Id",
+  causationId: "Eventfold-Causation-Id",
   contentType: "Content-Type"
 } as const
 
@@ -544,6 +548,10 @@ export const make = (options: Options = {}): Effect.Effect<Publisher.Service, Je
               h.set(Headers.timestamp, message.timestamp.toISOString())
               if (message.tenantId !== null) h.set(Headers.tenantId, message.tenantId)
               if (message.actorId !== null) h.set(Headers.actorId, headerText(message.actorId))
+              const metadata = message.metadata
+              if (metadata.traceparent !== null) h.set(Headers.traceparent, metadata.traceparent)
+              if (metadata.correlationId !== null) h.set(Headers.correlationId, headerText(metadata.correlationId))
+              if (metadata.causationId !== null) h.set(Headers.causationId, headerText(metadata.causationId))
               h.set(Headers.contentType, "application/json")
               return ready.value.js.publish(destination, encoder.encode(message.payloadJson), {
                 msgID: message.eventId,

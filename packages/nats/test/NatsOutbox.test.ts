@@ -9,7 +9,7 @@
 
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, describe, it, layer } from "@effect/vitest"
-import { type EventStore, ExpectedVersion, Outbox, OutboxRelay, Publisher } from "@eventfold/core"
+import { EventMetadata, type EventStore, ExpectedVersion, Outbox, OutboxRelay, Publisher } from "@eventfold/core"
 import { NatsPublisher } from "@eventfold/nats"
 import * as Arr from "effect/Array"
 import * as Deferred from "effect/Deferred"
@@ -23,6 +23,7 @@ import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import * as NatsServer from "../../../test/support/NatsServer.js"
 import {
   Broker,
@@ -175,7 +176,14 @@ const suite = () =>
             tenantId,
             actorId: "clerk-1"
           })
-          .pipe(Effect.orDie)
+          .pipe(
+            // A request whose trace an upstream service propagated, handling a command.
+            Effect.withParentSpan(
+              Tracer.externalSpan({ traceId: "4bf92f3577b34da6a3ce929d0e0e4736", spanId: "00f067aa0ba902b7" })
+            ),
+            EventMetadata.withCommand({ commandId: "cmd 1\r\n☾", correlationId: "req-1" }),
+            Effect.orDie
+          )
         const expected = yield* appendOrders(store, 20, 25)
         expected.set(
           first,
@@ -201,8 +209,12 @@ const suite = () =>
           [NatsPublisher.Headers.version]: "1",
           [NatsPublisher.Headers.tenantId]: tenantId,
           [NatsPublisher.Headers.actorId]: "clerk-1",
-          [NatsPublisher.Headers.contentType]: "application/json"
+          [NatsPublisher.Headers.contentType]: "application/json",
+          // A consumer continues the append's trace and knows the event's cause.
+          traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+          [NatsPublisher.Headers.correlationId]: "req-1"
         })
+        assert.strictEqual(decodeURIComponent(hello.headers[NatsPublisher.Headers.causationId]!), "cmd 1\r\n☾")
         const [row] = yield* outbox.list({ aggregateId: first })
         assert.strictEqual(hello.headers[NatsPublisher.Headers.globalPosition], String(row!.message.globalPosition))
       })

@@ -4,7 +4,7 @@
  * event store with the outbox enabled.
  */
 import * as Net from "node:net"
-import { Event, EventRegistry, type EventStore, type Outbox, type Publisher } from "@eventfold/core"
+import { Event, EventMetadata, EventRegistry, type EventStore, type Outbox, type Publisher } from "@eventfold/core"
 import { NatsPublisher } from "@eventfold/nats"
 import { PgEventStore, PgMigrations, PgOutbox, PgPool } from "@eventfold/pg"
 import * as Jet from "@nats-io/jetstream"
@@ -163,6 +163,7 @@ export const message = (overrides: Partial<Publisher.Message> = {}): Publisher.M
   tenantId: null,
   actorId: null,
   timestamp: new Date(),
+  metadata: EventMetadata.empty,
   payloadJson: "{}",
   ...overrides
 })

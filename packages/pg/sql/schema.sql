@@ -276,6 +276,11 @@ $do$;
 REVOKE EXECUTE ON FUNCTION eventfold_stream_tenant_differs(UUID, VARCHAR) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION eventfold_event_of_another_tenant(UUID[]) FROM PUBLIC;
 
+
+-- 13_event_metadata
+ALTER TABLE events ADD COLUMN IF NOT EXISTS metadata JSONB;
+ALTER TABLE event_outbox ADD COLUMN IF NOT EXISTS metadata JSONB;
+
 -- The Migrator's record, so PgMigrations.run knows these are applied.
 CREATE TABLE IF NOT EXISTS eventfold_migrations (
   migration_id integer primary key,
@@ -294,6 +299,7 @@ INSERT INTO eventfold_migrations (migration_id, name) VALUES
   (9, 'append_statement'),
   (10, 'stream_heads'),
   (11, 'outbox_parking'),
-  (12, 'tenant_isolation')
+  (12, 'tenant_isolation'),
+  (13, 'event_metadata')
 ON CONFLICT (migration_id) DO NOTHING;
 COMMIT;

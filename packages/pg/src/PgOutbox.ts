@@ -28,6 +28,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as EventMetadata from "@eventfold/core/EventMetadata"
 import * as Outbox from "@eventfold/core/Outbox"
 import { Spans } from "@eventfold/core/Telemetry"
 import * as Duration from "effect/Duration"
@@ -76,7 +77,9 @@ const EntryRow = Schema.Struct({
   tenant_id: Schema.NullOr(Schema.String),
   actor_id: Schema.NullOr(Schema.String),
   occurred_at: Schema.DateFromSelf,
-  payload_json: Schema.String
+  payload_json: Schema.String,
+  /** jsonb as text: valid JSON, whatever wrote it. */
+  metadata: Schema.NullOr(Schema.String)
 })
 
 const FullRow = Schema.Struct({
@@ -121,6 +124,7 @@ const toEntry = (row: typeof EntryRow.Type): Outbox.Entry => ({
     tenantId: row.tenant_id,
     actorId: row.actor_id,
     timestamp: row.occurred_at,
+    metadata: row.metadata === null ? EventMetadata.empty : EventMetadata.fromDocument(JSON.parse(row.metadata)),
     payloadJson: row.payload_json
   }
 })
@@ -130,7 +134,8 @@ const toEntry = (row: typeof EntryRow.Type): Outbox.Entry => ({
 const entryColumns = (t: string) =>
   `${t}.id, ${t}.retry_count, ${t}.event_id, ${t}.event_type, ${t}.aggregate_id, ${t}.aggregate_type,
    coalesce(${t}.version, 0) AS version, coalesce(${t}.global_position, 0) AS global_position, ${t}.tenant_id,
-   ${t}.actor_id, coalesce(${t}.occurred_at, ${t}.created_at) AS occurred_at, ${t}.event_data::text AS payload_json`
+   ${t}.actor_id, coalesce(${t}.occurred_at, ${t}.created_at) AS occurred_at, ${t}.event_data::text AS payload_json,
+   ${t}.metadata::text AS metadata`
 
 const byPosition = (a: Outbox.Entry, b: Outbox.Entry) =>
   a.message.globalPosition < b.message.globalPosition

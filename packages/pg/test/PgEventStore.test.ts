@@ -42,6 +42,7 @@ describe("append statements", () => {
         aggregateType: ["varchar", "'Order'"],
         tenantId: ["uuid", "NULL"],
         actorId: ["varchar", "NULL"],
+        metadata: ["jsonb", "NULL"],
         expected: ["int", "3"],
         count: ["int", "2"],
         eventId: ["uuid", "gen_random_uuid()"],

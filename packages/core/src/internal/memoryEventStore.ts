@@ -97,6 +97,7 @@ const bound = (state: State, tenant: string | undefined): Backend => {
           timestamp: event.timestamp,
           globalPosition: firstPosition + BigInt(i),
           createdAt,
+          metadata: input.metadata,
           // Parsed from the JSON text, as jsonb would: the stored payload is a copy.
           payload: JSON.parse(event.payloadJson)
         }

@@ -265,6 +265,7 @@ export const make = Effect.gen(function* () {
                     tenantId: input.tenantId,
                     actorId: input.actorId,
                     timestamp: event.timestamp,
+                    metadata: input.metadata,
                     payloadJson: event.payloadJson
                   },
                   status: "pending",

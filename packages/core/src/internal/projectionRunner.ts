@@ -17,6 +17,7 @@ import {
   type Failure
 } from "../DeadLetterQueue.js"
 import { describeCause, type EventStoreError, type InvalidEventError, type ReadError } from "../Errors.js"
+import * as EventMetadata from "../EventMetadata.js"
 import { EventStore, type Service as EventStoreService, type RecordedEvent, type StoredEvent } from "../EventStore.js"
 import {
   defaultRetry,
@@ -110,15 +111,23 @@ const attempt = <R>(
 ): Effect.Effect<Either.Either<void, Failure>, never, R> =>
   Effect.gen(function* () {
     let attempts = 0
+    // What the handler appends is caused by the event, in its correlation.
     const once = runtime.transaction(
       Effect.suspend(() => {
         attempts++
         return handle(event)
-      }).pipe(Effect.catchAllDefect((defect) => Effect.fail(new HandlerDefect(defect))))
+      }).pipe(
+        Effect.catchAllDefect((defect) => Effect.fail(new HandlerDefect(defect))),
+        EventMetadata.causedBy(event)
+      )
     )
     const result = yield* Effect.either(Effect.retry(once, retry))
     return Either.mapLeft(result, (error) => describeFailure(error, attempts))
   })
+
+function* recordedOf(messages: ReadonlyArray<Message>): Generator<RecordedEvent> {
+  for (const message of messages) if (message._tag === "Event") yield message.event
+}
 
 const runWith = <R>(
   projection: Projection<R>,
@@ -238,7 +247,9 @@ const runWith = <R>(
         }).pipe(
           runtime.transaction,
           Effect.withSpan(Spans.projectionBatch, {
-            attributes: { [Attributes.projection]: name, [Attributes.eventCount]: messages.length }
+            attributes: { [Attributes.projection]: name, [Attributes.eventCount]: messages.length },
+            // The batch continues the traces of the appends that stored its events.
+            links: EventMetadata.spanLinks(recordedOf(messages))
           })
         )
 

@@ -54,6 +54,8 @@ export interface Parameters {
   readonly aggregateType: string
   readonly tenantId: string | null
   readonly actorId: string | null
+  /** The append's metadata document (JSON text), or null when it has none. */
+  readonly metadata: string | null
   /** The expected version (base "exact"). */
   readonly expected: number
   /** How many events the append has. */
@@ -93,7 +95,8 @@ const binder = () => {
 export const values = (statement: Statement, parameters: Partial<Parameters>): ReadonlyArray<unknown> =>
   statement.params.map((name) => parameters[name])
 
-const COLUMNS = "event_id, aggregate_id, aggregate_type, event_type, tenant_id, actor_id, version, timestamp, payload"
+const COLUMNS =
+  "event_id, aggregate_id, aggregate_type, event_type, tenant_id, actor_id, version, timestamp, payload, metadata"
 
 /**
  * The append. Result columns: `version` (the stream's version after it, null when
@@ -108,6 +111,7 @@ export const appendStatement = (base: Base, shape: Shape, outbox: boolean): Stat
   const type = bind("aggregateType", "varchar")
   const tenant = bind("tenantId", "uuid")
   const actor = bind("actorId", "varchar")
+  const metadata = bind("metadata", "jsonb")
   const count = shape === "single" ? "1" : bind("count", "int")
   const stream = `aggregate_id = ${id} AND aggregate_type = ${type}`
   const ownTenant = `tenant_id IS NOT DISTINCT FROM ${tenant}`
@@ -132,11 +136,11 @@ export const appendStatement = (base: Base, shape: Shape, outbox: boolean): Stat
     shape === "single"
       ? `INSERT INTO events (${COLUMNS})
   SELECT ${bind("eventId", "uuid")}, ${id}, ${type}, ${bind("eventType", "varchar")}, ${tenant}, ${actor}, head.version,
-         ${bind("timestamp", "timestamptz")}, ${bind("payload", "jsonb")}
+         ${bind("timestamp", "timestamptz")}, ${bind("payload", "jsonb")}, ${metadata}
     FROM head`
       : `INSERT INTO events (${COLUMNS})
   SELECT (i.d->>'event_id')::uuid, ${id}, ${type}, i.d->>'event_type', ${tenant}, ${actor},
-         head.version - ${count} + i.n::int, (i.d->>'timestamp')::timestamptz, i.d->'payload'
+         head.version - ${count} + i.n::int, (i.d->>'timestamp')::timestamptz, i.d->'payload', ${metadata}
     FROM head, jsonb_array_elements(${bind("events", "jsonb")}) WITH ORDINALITY AS i(d, n)
    ORDER BY i.n`
   const name = `eventfold_append_${base}_${shape}${outbox ? "_outbox" : ""}`
@@ -157,9 +161,9 @@ RETURNING version, global_position AS first_position, global_position AS last_po
   const outboxed = outbox
     ? `, outboxed AS (
   INSERT INTO event_outbox (event_id, event_type, aggregate_id, aggregate_type, tenant_id, actor_id, event_data,
-                            global_position, version, occurred_at)
+                            global_position, version, occurred_at, metadata)
   SELECT inserted.event_id, inserted.event_type, ${id}, ${type}, ${tenant}, ${actor}, inserted.payload,
-         inserted.global_position, inserted.version, inserted.timestamp
+         inserted.global_position, inserted.version, inserted.timestamp, ${metadata}
     FROM inserted
 )`
     : ""

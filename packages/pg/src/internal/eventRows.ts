@@ -1,3 +1,4 @@
+import * as EventMetadata from "@eventfold/core/EventMetadata"
 import type * as EventStore from "@eventfold/core/EventStore"
 import * as Schema from "effect/Schema"
 
@@ -12,11 +13,13 @@ export const Int8 = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
  * reads them. The two timestamps come as epoch milliseconds: building a Date from a
  * number costs a fraction of parsing pg's timestamptz text (the largest share of
  * client time per event read), and a Date holds milliseconds either way. The payload
- * comes as text, parsed by {@link decodeRow} on either path (see leanQuery.ts).
+ * comes as text, parsed by {@link decodeRow} on either path (see leanQuery.ts); so
+ * does the metadata, NULL for most events.
  */
 export const COLUMNS =
   "global_position, event_id, event_type, aggregate_id, aggregate_type, version, tenant_id, actor_id, " +
-  "(extract(epoch FROM timestamp) * 1000)::float8, (extract(epoch FROM created_at) * 1000)::float8, payload::text"
+  "(extract(epoch FROM timestamp) * 1000)::float8, (extract(epoch FROM created_at) * 1000)::float8, payload::text, " +
+  "metadata::text"
 
 /** A row that does not have the shape of an `events` row. */
 export class MalformedRowError extends Schema.TaggedError<MalformedRowError>()("MalformedRowError", {
@@ -68,6 +71,8 @@ export const decodeRow = (row: ReadonlyArray<unknown>): EventStore.StoredEvent =
     actorId: nullableText(row[7], "actor_id"),
     timestamp: date(row[8], "timestamp"),
     createdAt: date(row[9], "created_at"),
+    metadata:
+      row[11] === null ? EventMetadata.empty : EventMetadata.fromDocument(JSON.parse(text(row[11], "metadata"))),
     payload: JSON.parse(text(row[10], "payload"))
   }
 }

@@ -366,5 +366,19 @@ $do$;
 REVOKE EXECUTE ON FUNCTION eventfold_stream_tenant_differs(UUID, VARCHAR) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION eventfold_event_of_another_tenant(UUID[]) FROM PUBLIC;
 `
+  },
+  {
+    id: 13,
+    name: "event_metadata",
+    // What travels with an event besides its payload (see @eventfold/core/EventMetadata):
+    // the W3C trace context of the append, and the correlation and causation ids, as one
+    // JSON document with snake-case keys (correlation_id, causation_id, traceparent).
+    // NULL when an event has none, so an untraced append stores nothing more. The outbox
+    // entry carries its event's, for the relay's message headers. Adding a nullable
+    // column without a default rewrites nothing: instant on a table of any size.
+    sql: `
+ALTER TABLE events ADD COLUMN IF NOT EXISTS metadata JSONB;
+ALTER TABLE event_outbox ADD COLUMN IF NOT EXISTS metadata JSONB;
+`
   }
 ]

@@ -22,6 +22,7 @@ import {
   type EventStoreError,
   TenantMismatchError
 } from "@eventfold/core/Errors"
+import * as EventMetadata from "@eventfold/core/EventMetadata"
 import * as EventStore from "@eventfold/core/EventStore"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
@@ -115,6 +116,7 @@ export const make = (
       aggregateType,
       tenantId: input.tenantId,
       actorId: input.actorId,
+      metadata: input.metadata === EventMetadata.empty ? null : EventMetadata.toJson(input.metadata),
       expected: input.expectedVersion._tag === "Exact" ? input.expectedVersion.version : 0,
       count: input.events.length,
       ...(single === undefined

@@ -13,7 +13,7 @@
 
 import * as Path from "node:path"
 import { NodeRuntime } from "@effect/platform-node"
-import { EventStore, ExpectedVersion, OutboxRelay } from "@eventfold/core"
+import { EventMetadata, EventStore, ExpectedVersion, OutboxRelay } from "@eventfold/core"
 import { NatsPublisher } from "@eventfold/nats"
 import { PgEventStore, PgMigrations, PgOutbox, PgPool } from "@eventfold/pg"
 import * as Jet from "@nats-io/jetstream"
@@ -71,7 +71,7 @@ const consume = (count: number) =>
           received++
           const h = (name: string) => m.headers?.get(name) ?? ""
           console.log(
-            `   #${String(m.seq).padStart(4)} ${m.subject.padEnd(40)} order ${h(NatsPublisher.Headers.aggregateId).slice(0, 8)} v${h(NatsPublisher.Headers.version)}  ${m.string()}`
+            `   #${String(m.seq).padStart(4)} ${m.subject.padEnd(40)} order ${h(NatsPublisher.Headers.aggregateId).slice(0, 8)} v${h(NatsPublisher.Headers.version)}  ${h(NatsPublisher.Headers.correlationId).padEnd(8)} ${m.string()}`
           )
           if (received === count) break
         }
@@ -81,7 +81,10 @@ const consume = (count: number) =>
     })
   })
 
-/** Places an order, adds two items and ships it: four events in three appends. */
+/**
+ * Places an order, adds two items and ships it: four events in three appends, as one
+ * request (their correlation id, sent as a message header, is the request's).
+ */
 const placeOrder = (i: number) =>
   Effect.gen(function* () {
     const store = yield* EventStore.EventStore
@@ -100,7 +103,7 @@ const placeOrder = (i: number) =>
     yield* store.append(order, [{ event: OrderShipped.make({ tracking_number: `TRACK-${i}` }) }], {
       expectedVersion: ExpectedVersion.exact(3)
     })
-  })
+  }).pipe(EventMetadata.withCorrelationId(`req-${i}`))
 
 const program = Effect.gen(function* () {
   const orders = 3

@@ -9,6 +9,7 @@ import * as Tracer from "effect/Tracer"
 /** A span the program started: its name and its attributes, as set at start and later. */
 export interface RecordedSpan {
   readonly name: string
+  readonly kind: Tracer.SpanKind
   readonly attributes: ReadonlyMap<string, unknown>
 }
 
@@ -23,7 +24,7 @@ export const recordingSpans = <A, E, R>(
       span: (name, ...rest) => {
         const span = inner.span(name, ...rest)
         const attributes = new Map<string, unknown>(span.attributes)
-        spans.push({ name, attributes })
+        spans.push({ name, kind: span.kind, attributes })
         const attribute = span.attribute.bind(span)
         span.attribute = (key, value) => {
           attributes.set(key, value)

@@ -533,6 +533,7 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
             const messaging = {
               [Telemetry.Attributes.messagingSystem]: "test",
               [Telemetry.Attributes.messagingOperationName]: "publish",
+              [Telemetry.Attributes.messagingOperationType]: "send",
               [Telemetry.Attributes.messagingDestination]: destination
             }
             const tagged = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>, extra: Record<string, string> = {}) =>

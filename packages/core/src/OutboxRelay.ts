@@ -237,6 +237,7 @@ const makeMeasures = (outbox: OutboxService, publisher: PublisherService, pollIn
   const labels = [
     MetricLabel.make(Attributes.messagingSystem, publisher.system),
     MetricLabel.make(Attributes.messagingOperationName, "publish"),
+    MetricLabel.make(Attributes.messagingOperationType, "send"),
     ...(publisher.destination === undefined
       ? []
       : [MetricLabel.make(Attributes.messagingDestination, publisher.destination)])

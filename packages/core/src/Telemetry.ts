@@ -254,7 +254,8 @@ export const subscriptionMetrics = {
 
 /**
  * The outbox relay's metrics. `sent`, `duration` and `failed` are tagged with
- * `messaging.system`, `messaging.operation.name` ("publish") and, when the publisher
+ * `messaging.system`, `messaging.operation.name` ("publish"), `messaging.operation.type`
+ * ("send") and, when the publisher
  * names one, `messaging.destination.name`. `sent` counts the messages the broker was
  * asked to take: without `error.type` those it acknowledged (published), with it (the
  * `PublishError` reason) those it refused or did not answer.

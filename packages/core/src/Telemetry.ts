@@ -255,10 +255,10 @@ export const subscriptionMetrics = {
 /**
  * The outbox relay's metrics. `sent`, `duration` and `failed` are tagged with
  * `messaging.system`, `messaging.operation.name` ("publish"), `messaging.operation.type`
- * ("send") and, when the publisher
- * names one, `messaging.destination.name`. `sent` counts the messages the broker was
- * asked to take: without `error.type` those it acknowledged (published), with it (the
- * `PublishError` reason) those it refused or did not answer.
+ * ("send") and, when the publisher names one, `messaging.destination.name`. `sent`
+ * counts the messages the broker was asked to take: without `error.type` those it
+ * acknowledged (published), with it (the `PublishError` reason) those it refused or did
+ * not answer.
  *
  * @since 0.1.0
  * @category metrics

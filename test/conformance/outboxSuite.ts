@@ -5,18 +5,32 @@
  */
 
 import { assert, describe, layer } from "@effect/vitest"
-import { type Errors, EventMetadata, type EventStore, ExpectedVersion, type Outbox } from "@eventfold/core"
+import {
+  type Errors,
+  EventMetadata,
+  type EventStore,
+  ExpectedVersion,
+  Outbox,
+  OutboxRelay,
+  Publisher,
+  Telemetry
+} from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { eventually } from "../support/eventually.js"
+import { recorded } from "../support/metrics.js"
 import { orSkip } from "../support/skip.js"
 import { ItemAdded, NoteWritten } from "./eventStoreSuite.js"
 
@@ -503,6 +517,90 @@ export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>
             [2]
           )
         })
+      )
+    })
+
+    describe("relay metrics", () => {
+      it.scoped(
+        "the relay counts what it sent, what was refused and what gave up, times its publishes, and samples the backlog, while metrics are on",
+        () =>
+          Effect.gen(function* () {
+            const { outbox, store } = yield* fresh
+            const writer = store({ outbox: true })
+            const good = cart()
+            const bad = cart()
+            // A destination of this test's own: the series below are this test's alone.
+            const destination = `orders-${uuid()}`
+            const publisher = Publisher.make({
+              system: "test",
+              destination,
+              publishOne: (message) =>
+                message.aggregateId === bad.aggregateId
+                  ? Effect.fail(new Publisher.PublishError({ reason: "Rejected", message: "too large" }))
+                  : Effect.succeed({ duplicate: false })
+            })
+            const relay = yield* OutboxRelay.make({ start: false, retryBudget: 1 }).pipe(
+              Effect.provideService(Outbox.Outbox, outbox),
+              Effect.provideService(Publisher.Publisher, publisher)
+            )
+            const messaging = {
+              [Telemetry.Attributes.messagingSystem]: "test",
+              [Telemetry.Attributes.messagingOperationName]: "publish",
+              [Telemetry.Attributes.messagingOperationType]: "send",
+              [Telemetry.Attributes.messagingDestination]: destination
+            }
+            const tagged = <Type, In, Out>(metric: Metric.Metric<Type, In, Out>, extra: Record<string, string> = {}) =>
+              Metric.value(
+                Metric.taggedWithLabels(
+                  metric,
+                  Object.entries({ ...messaging, ...extra }).map(([key, value]) => MetricLabel.make(key, value))
+                )
+              )
+            const gauges = Effect.all([
+              Metric.value(Telemetry.outboxMetrics.pending),
+              Metric.value(Telemetry.outboxMetrics.oldestPendingAge)
+            ])
+            // Values no sample can have: a gauge that keeps them was not sampled.
+            const unsampled = Effect.all([
+              Metric.set(Telemetry.outboxMetrics.pending, -1),
+              Metric.set(Telemetry.outboxMetrics.oldestPendingAge, -1)
+            ])
+
+            // Off: the relay publishes and records nothing.
+            yield* unsampled
+            yield* writer.append(cart(), notes(1), { expectedVersion: ExpectedVersion.noStream })
+            assert.strictEqual((yield* relay.drain).published, 1)
+            for (const name of [Telemetry.Metrics.messagesSent, Telemetry.Metrics.publishDuration]) {
+              assert.isFalse(yield* recorded(name, messaging), `${name} recorded with metrics off`)
+            }
+            assert.deepStrictEqual(
+              (yield* gauges).map((g) => g.value),
+              [-1, -1]
+            )
+
+            // On: three acknowledged; the bad aggregate's first refused (its budget spent), its second not tried.
+            yield* writer.append(good, notes(3), { expectedVersion: ExpectedVersion.noStream })
+            yield* writer.append(bad, notes(2), { expectedVersion: ExpectedVersion.noStream })
+            const report = yield* relay.drain.pipe(
+              Effect.locally(Telemetry.metricsEnabled, true),
+              // The budget spent is logged as an error: expected here.
+              Logger.withMinimumLogLevel(LogLevel.None)
+            )
+            assert.deepInclude(report, { published: 3, failed: 1, exhausted: 1, released: 1 })
+            assert.strictEqual((yield* tagged(Telemetry.outboxMetrics.sent)).count, 3)
+            assert.strictEqual(
+              (yield* tagged(Telemetry.outboxMetrics.sent, { [Telemetry.Attributes.errorType]: "Rejected" })).count,
+              1
+            )
+            assert.strictEqual((yield* tagged(Telemetry.outboxMetrics.failed)).count, 1)
+            // One publish: the second claim of the drain found the bad aggregate held.
+            assert.strictEqual((yield* tagged(Telemetry.outboxMetrics.duration)).count, 1)
+            // Sampled once, before the first claim: the drain's second batch came within the poll interval.
+            const [pending, oldest] = yield* gauges
+            assert.strictEqual(pending.value, 5)
+            assert.isAtLeast(oldest.value, 0)
+            assert.isBelow(oldest.value, 60)
+          })
       )
     })
 

@@ -12,18 +12,22 @@ import {
   EventMetadata,
   type EventStore,
   ExpectedVersion,
-  Projection
+  Projection,
+  Telemetry
 } from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import { recorded } from "../support/metrics.js"
 import { Backend, type BackendService, eventually } from "../support/projectionHarness.js"
 import { recordingSpans } from "../support/spans.js"
 import { ItemAdded, NoteWritten, registry } from "./subscriptionSuite.js"
@@ -192,6 +196,61 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
             assert.strictEqual(linked[0]!.links[0]!.span.traceId, appendSpan!.traceId)
           })
         )
+      )
+    })
+
+    describe("metrics", () => {
+      it.effect(
+        "the lag, in events of the projection's selection after its checkpoint, is sampled while metrics are on",
+        () =>
+          withRunner((store) =>
+            Effect.gen(function* () {
+              const aggregateType = `Lag${uuid().slice(0, 8)}`
+              const name = `lag-${uuid()}`
+              // The handler holds the batch at the "gate" event until the test opens it.
+              const reached = yield* Deferred.make<void>()
+              const open = yield* Deferred.make<void>()
+              const gated = (name: string) =>
+                Projection.make({
+                  name,
+                  aggregateTypes: [aggregateType],
+                  handlers: [
+                    Projection.on(ItemAdded, (event) =>
+                      event.event.sku === "gate"
+                        ? Effect.zipRight(Deferred.succeed(reached, undefined), Deferred.await(open))
+                        : Effect.void
+                    )
+                  ]
+                })
+              const projection = gated(name)
+              const s = { aggregateId: uuid(), aggregateType }
+              yield* store.append(s, [item("a"), item("gate"), note("not selected"), item("b"), item("c")], {
+                expectedVersion: ExpectedVersion.noStream
+              })
+              const lag = Effect.map(
+                Metric.value(Metric.tagged(Telemetry.projectionMetrics.lag, Telemetry.Attributes.projection, name)),
+                (gauge) => gauge.value
+              )
+              yield* Projection.start(projection, fast).pipe(Effect.locally(Telemetry.metricsEnabled, true))
+              yield* Deferred.await(reached)
+              // Stuck in its first batch: nothing saved, its four ItemAdded events behind.
+              yield* eventually(lag, (n) => n === 4, { what: "a lag of four events" })
+              yield* Deferred.succeed(open, undefined)
+              yield* eventually(lag, (n) => n === 0, { what: "no lag once the batch is done" })
+
+              // Off: the same projection under another name records nothing.
+              const unmeasured = gated(`lag-off-${uuid()}`)
+              yield* Projection.start(unmeasured, fast)
+              const checkpoints = yield* CheckpointStore.CheckpointStore
+              yield* eventually(
+                checkpoints.lag(unmeasured.name, { aggregateTypes: [aggregateType] }),
+                (l) => l.eventsBehind === 0
+              )
+              assert.isFalse(
+                yield* recorded(Telemetry.Metrics.projectionLag, { [Telemetry.Attributes.projection]: unmeasured.name })
+              )
+            })
+          )
       )
     })
 

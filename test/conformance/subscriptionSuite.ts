@@ -6,16 +6,19 @@
  */
 
 import { assert, describe, layer } from "@effect/vitest"
-import { Event, EventRegistry, type EventStore, ExpectedVersion, type Subscription } from "@eventfold/core"
+import { Event, EventRegistry, type EventStore, ExpectedVersion, type Subscription, Telemetry } from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as Chunk from "effect/Chunk"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
+import { eventually } from "../support/eventually.js"
+import { clockAhead, recorded } from "../support/metrics.js"
 import { Backend } from "../support/projectionHarness.js"
 import { orSkip } from "../support/skip.js"
 
@@ -224,6 +227,116 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
             assert.strictEqual(error._tag, "InvalidEventError")
           }
         })
+      )
+    })
+
+    describe("metrics", () => {
+      const measured = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        Effect.locally(effect, Telemetry.metricsEnabled, true)
+
+      it.effect("the events each read method reads are counted by backend and method, only while metrics are on", () =>
+        Effect.gen(function* () {
+          const b = yield* Backend
+          const store = yield* withStore
+          const aggregateType = uniqueType("Read")
+          const s = { aggregateId: uuid(), aggregateType }
+          yield* store.append(s, notes(5), { expectedVersion: ExpectedVersion.noStream })
+          const count = (operation: string) =>
+            Effect.map(
+              Metric.value(
+                Telemetry.readMetrics.events.pipe(
+                  Metric.tagged(Telemetry.Attributes.backend, b.name),
+                  Metric.tagged(Telemetry.Attributes.readOperation, operation)
+                )
+              ),
+              (state) => state.count
+            )
+          const counts = Effect.all([
+            count("readStream"),
+            count("readStreamEvents"),
+            count("readAll"),
+            count("subscribe")
+          ])
+          const readEach = Effect.all([
+            collect(store.readStream(s)),
+            collect(store.readStreamEvents(s)),
+            collect(store.readAll({ aggregateTypes: [aggregateType] })),
+            within(collect(store.subscribe({ aggregateTypes: [aggregateType] }).pipe(Stream.take(5))))
+          ])
+
+          const before = yield* counts
+          yield* readEach
+          assert.deepStrictEqual(yield* counts, before, "counted with metrics off")
+          yield* measured(readEach)
+          assert.deepStrictEqual(
+            yield* counts,
+            before.map((n) => n + 5)
+          )
+        })
+      )
+
+      it.effect(
+        "a named subscription's lag: positions short of the head and the age of its last event, at each page and as the head moves",
+        () =>
+          Effect.gen(function* () {
+            const store = yield* withStore
+            const aggregateType = uniqueType("Lag")
+            const s = { aggregateId: uuid(), aggregateType }
+            const appended = yield* store.append(s, notes(6), { expectedVersion: ExpectedVersion.noStream })
+            const log = yield* collect(store.readAll({ aggregateTypes: [aggregateType] }))
+            // A follower keeps the store's horizon at the end of the log (on PostgreSQL, its
+            // watcher runs while someone follows), so that the head below is known.
+            const atEnd = yield* Deferred.make<void>()
+            yield* Effect.fork(
+              Stream.runForEach(store.subscribe({ aggregateTypes: [aggregateType] }), (event) =>
+                event.globalPosition === appended.lastPosition ? Deferred.succeed(atEnd, undefined) : Effect.void
+              )
+            )
+            yield* within(Deferred.await(atEnd))
+
+            // Off: nothing recorded, not even a zero.
+            const unmeasured = `lag-off-${uuid()}`
+            yield* within(
+              collect(store.subscribe({ name: unmeasured, aggregateTypes: [aggregateType] }).pipe(Stream.take(6)))
+            )
+            for (const metric of [Telemetry.Metrics.subscriptionLag, Telemetry.Metrics.subscriptionLagTime]) {
+              assert.isFalse(yield* recorded(metric, { [Telemetry.Attributes.subscription]: unmeasured }))
+            }
+
+            const name = `lag-${uuid()}`
+            const gauge = (metric: Metric.Metric.Gauge<number>) =>
+              Effect.map(
+                Metric.value(Metric.tagged(metric, Telemetry.Attributes.subscription, name)),
+                (state) => state.value
+              )
+            const lag = gauge(Telemetry.subscriptionMetrics.lag)
+            const lagTime = gauge(Telemetry.subscriptionMetrics.lagTime)
+            yield* Effect.gen(function* () {
+              const pull = yield* Stream.toPull(
+                store.subscribe({ name, aggregateTypes: [aggregateType], batchSize: 2 })
+              )
+              // The first page: two events delivered, the rest of the log ahead.
+              const first = yield* within(pull)
+              assert.deepStrictEqual(
+                Chunk.toReadonlyArray(first).map((e) => e.version),
+                [1, 2]
+              )
+              assert.strictEqual(yield* lag, Number(appended.lastPosition - log[1]!.globalPosition))
+              // Measured against a clock an hour ahead: the event's age is that hour, and a little.
+              const age = yield* lagTime
+              assert.isAtLeast(age, 3600)
+              assert.isBelow(age, 3600 + 300)
+
+              let delivered = first.length
+              while (delivered < 6) delivered += (yield* within(pull)).length
+              assert.strictEqual(yield* lag, 0, "caught up")
+              assert.strictEqual(yield* lagTime, 0, "caught up")
+
+              // The head moves while nobody pulls: the lag grows with it.
+              yield* store.append(s, notes(3, "more-"), { expectedVersion: ExpectedVersion.exact(6) })
+              yield* eventually(lag, (n) => n === 3, { what: "a lag of the three events appended since" })
+            }).pipe(Effect.scoped, measured, Effect.withClock(clockAhead(3_600_000)))
+          })
       )
     })
 

@@ -428,6 +428,9 @@ layer(postgresql({ poolSize: 12 }), { excludeTestServices: true, timeout: "240 s
               // Queryable from SQL too, from any session.
               const writers = yield* sql<{ pid: number; state: string }>`SELECT pid, state FROM eventfold_log_writers`
               assert.isTrue(writers.some((w) => w.pid === holderPid && w.state === "idle in transaction"))
+              // And as a metric: how long positions have waited, at each refresh of the watcher.
+              const heldBack = Effect.map(Metric.value(PgEventStore.subscriptionMetrics.heldBack), (g) => g.value)
+              assert.isAtLeast(yield* heldBack, 700)
 
               yield* release.open
               yield* Fiber.join(holder)
@@ -446,6 +449,7 @@ layer(postgresql({ poolSize: 12 }), { excludeTestServices: true, timeout: "240 s
                 (l) => l.some((line) => line.startsWith("INFO") && line.includes("resumed")),
                 { every: "20 millis", what: "the watcher to log that readers resumed" }
               )
+              yield* eventually(heldBack, (ms) => ms === 0, { what: "nothing held back once the holder ended" })
               yield* Fiber.interrupt(follower)
             })
           )

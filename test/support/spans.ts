@@ -9,6 +9,7 @@ import * as Tracer from "effect/Tracer"
 /** A span the program started: its name and its attributes, as set at start and later. */
 export interface RecordedSpan {
   readonly name: string
+  readonly kind: Tracer.SpanKind
   readonly attributes: ReadonlyMap<string, unknown>
   readonly traceId: string
   readonly spanId: string
@@ -30,6 +31,7 @@ export const recordingSpans = <A, E, R>(
         const attributes = new Map<string, unknown>(span.attributes)
         spans.push({
           name,
+          kind: span.kind,
           attributes,
           traceId: span.traceId,
           spanId: span.spanId,

@@ -9,6 +9,7 @@ import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
@@ -29,7 +30,7 @@ import * as JsonShape from "./internal/jsonShape.js"
 import * as MemoryEventStore from "./internal/memoryEventStore.js"
 import * as validate from "./internal/validate.js"
 import type * as Subscription from "./Subscription.js"
-import { Attributes, measureAppend, Spans, withHotSpan } from "./Telemetry.js"
+import { Attributes, countReads, measureAppend, metricsEnabled, Spans, withHotSpan } from "./Telemetry.js"
 
 /**
  * A stream: the events of one aggregate.
@@ -408,16 +409,15 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
       if (!Number.isSafeInteger(fromVersion) || (toVersion !== undefined && !Number.isSafeInteger(toVersion))) {
         return yield* new InvalidEventError({ reason: "fromVersion and toVersion must be integers" })
       }
-      return decodeStream(
-        backend.readStream(
-          { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
-          {
-            direction: options?.direction ?? "forward",
-            fromVersion: validate.versionBound(fromVersion),
-            ...(toVersion === undefined ? {} : { toVersion: validate.versionBound(toVersion) })
-          }
-        )
+      const stored = backend.readStream(
+        { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType },
+        {
+          direction: options?.direction ?? "forward",
+          fromVersion: validate.versionBound(fromVersion),
+          ...(toVersion === undefined ? {} : { toVersion: validate.versionBound(toVersion) })
+        }
       )
+      return decodeStream(countReads(stored, yield* FiberRef.get(metricsEnabled), backend.name, "readStream"))
     }).pipe(Stream.unwrap, streamSpan(stream, options?.fromVersion))
 
   /**
@@ -458,15 +458,21 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
         return yield* new InvalidEventError({ reason: "fromVersion must be an integer" })
       }
       const normalized = { aggregateId: stream.aggregateId.toLowerCase(), aggregateType: stream.aggregateType }
-      return backend
-        .readStreamEvents(normalized, validate.versionBound(fromVersion))
-        .pipe(Stream.chunks, Stream.flatMap(decodeStreamChunk(normalized)))
+      const measured = yield* FiberRef.get(metricsEnabled)
+      return countReads(
+        backend.readStreamEvents(normalized, validate.versionBound(fromVersion)),
+        measured,
+        backend.name,
+        "readStreamEvents"
+      ).pipe(Stream.chunks, Stream.flatMap(decodeStreamChunk(normalized)))
     }).pipe(Stream.unwrap, streamSpan(stream, options?.fromVersion))
 
   const readAll = (options?: ReadAllOptions) =>
     Effect.gen(function* () {
       const normalized = yield* validate.readAllOptions(yield* scopeFilter(scope, options ?? {}))
-      return decodeStream(backend.readAll(normalized))
+      return decodeStream(
+        countReads(backend.readAll(normalized), yield* FiberRef.get(metricsEnabled), backend.name, "readAll")
+      )
     }).pipe(
       Stream.unwrap,
       Stream.withSpan(Spans.readAll, {
@@ -479,11 +485,20 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
       })
     )
 
+  /** Counts the events a subscription delivers, while metrics are on when it starts. */
+  const countSubscribed = <E>(messages: Stream.Stream<Subscription.BackendMessage, E>) =>
+    Stream.unwrap(
+      Effect.map(FiberRef.get(metricsEnabled), (measured) =>
+        countReads(messages, measured, backend.name, "subscribe", countEvents)
+      )
+    )
+
   const subscribeMessages = (
     options?: Subscription.Options
   ): Stream.Stream<Subscription.Message, InvalidEventError | EventStoreError> =>
     Effect.map(Effect.flatMap(scopeFilter(scope, options ?? {}), validate.subscribeOptions), (normalized) =>
       backend.subscribe(normalized).pipe(
+        countSubscribed,
         Stream.map((message): Subscription.Message => {
           if (message._tag === "Stalled" && scope !== null) {
             // The horizon is the whole log's: a tenant scope learns that it is held back, and
@@ -569,6 +584,13 @@ const anonymous = (holder: Subscription.Holder): Subscription.Holder => ({
   query: null,
   applicationName: null
 })
+
+/** The events among a page of a subscription's messages. */
+const countEvents = (chunk: Chunk.Chunk<Subscription.BackendMessage>): number => {
+  let events = 0
+  for (const message of chunk) if (message._tag === "Event") events++
+  return events
+}
 
 /** Errors of envelope-less reads are named after re-reading the event's row. */
 const unnamed = { eventId: "", globalPosition: 0n }

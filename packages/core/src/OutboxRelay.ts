@@ -46,8 +46,12 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
@@ -63,9 +67,16 @@ import {
   type Stats as OutboxStats,
   type Settlement
 } from "./Outbox.js"
-import { awaitReady, Outcome, type PublishError, Publisher, type Status } from "./Publisher.js"
+import {
+  awaitReady,
+  Outcome,
+  type PublishError,
+  Publisher,
+  type Service as PublisherService,
+  type Status
+} from "./Publisher.js"
 import * as Settings from "./Settings.js"
-import { Attributes, Spans } from "./Telemetry.js"
+import { Attributes, metricsEnabled, outboxMetrics, Spans } from "./Telemetry.js"
 
 /**
  * @since 0.1.0
@@ -218,6 +229,88 @@ const retryDelay = (schedule: Schedule.Schedule<unknown, unknown>, attempt: numb
   })
 
 /**
+ * What a relay records while metrics are on (`Telemetry.outboxMetrics`): its publishes,
+ * tagged as OpenTelemetry's messaging metrics are, and the outbox's backlog, sampled from
+ * `Outbox.stats` at most once per poll interval (the statistics read the whole table).
+ */
+const makeMeasures = (outbox: OutboxService, publisher: PublisherService, pollInterval: Duration.Duration) => {
+  const labels = [
+    MetricLabel.make(Attributes.messagingSystem, publisher.system),
+    MetricLabel.make(Attributes.messagingOperationName, "publish"),
+    MetricLabel.make(Attributes.messagingOperationType, "send"),
+    ...(publisher.destination === undefined
+      ? []
+      : [MetricLabel.make(Attributes.messagingDestination, publisher.destination)])
+  ]
+  const sent = Metric.taggedWithLabels(outboxMetrics.sent, labels)
+  const duration = Metric.taggedWithLabels(outboxMetrics.duration, labels)
+  const failed = Metric.taggedWithLabels(outboxMetrics.failed, labels)
+
+  const publish = (self: Effect.Effect<ReadonlyArray<Outcome>, PublishError>) =>
+    Effect.flatMap(Clock.currentTimeNanos, (start) =>
+      Effect.onExit(self, (exit) =>
+        Effect.flatMap(Clock.currentTimeNanos, (end): Effect.Effect<void> => {
+          const seconds = Number(end - start) / 1e9
+          if (Exit.isSuccess(exit)) {
+            // Messages not attempted (Skipped) were not sent, and are not counted.
+            let acknowledged = 0
+            const refused = new Map<string, number>()
+            for (const outcome of exit.value) {
+              if (outcome._tag === "Published") acknowledged++
+              else if (outcome._tag === "Failed") {
+                refused.set(outcome.error.reason, (refused.get(outcome.error.reason) ?? 0) + 1)
+              }
+            }
+            return Effect.all(
+              [
+                Metric.update(duration, seconds),
+                acknowledged === 0 ? Effect.void : Metric.update(sent, acknowledged),
+                ...[...refused].map(([reason, count]) =>
+                  Metric.update(Metric.tagged(sent, Attributes.errorType, reason), count)
+                )
+              ],
+              { discard: true }
+            )
+          }
+          // Stopped (the relay closing): no operation to speak of.
+          if (Cause.isInterruptedOnly(exit.cause)) return Effect.void
+          const errorType = Option.match(Cause.failureOption(exit.cause), {
+            onNone: () => "_OTHER",
+            onSome: (error) => error.reason
+          })
+          return Metric.update(Metric.tagged(duration, Attributes.errorType, errorType), seconds)
+        })
+      )
+    )
+
+  const pending = outboxMetrics.pending
+  const oldestPendingAge = outboxMetrics.oldestPendingAge
+  const intervalMillis = Duration.toMillis(pollInterval)
+  let sampledAt: number | undefined
+  const sampleOutbox = Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    if (sampledAt !== undefined && now - sampledAt < intervalMillis) return Effect.void
+    // Taken before the read, so that the workers of one relay do not all sample at once.
+    sampledAt = now
+    return outbox.stats.pipe(
+      Effect.flatMap((stats) =>
+        Effect.zipRight(
+          Metric.set(pending, stats.pending),
+          Metric.set(
+            oldestPendingAge,
+            Option.match(stats.oldestPendingAge, { onNone: () => 0, onSome: (age) => Duration.toMillis(age) / 1000 })
+          )
+        )
+      ),
+      Effect.catchAll((error) =>
+        Effect.logDebug("OutboxRelay: the outbox's figures could not be read for its metrics", error)
+      )
+    )
+  })
+
+  return { publish, failed, sampleOutbox }
+}
+
+/**
  * Builds a relay over the `Outbox` and `Publisher` in context and, unless
  * `start: false`, starts its background fiber in the scope. Closing the scope
  * stops the fiber and hands back the relay's leased entries.
@@ -251,11 +344,13 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Outbo
     const signals = yield* Effect.all(Array.from({ length: workers }, () => Queue.sliding<void>(1)))
     const wake = Effect.forEach(signals, (signal) => Queue.offer(signal, undefined), { discard: true })
     const timers = yield* FiberSet.make()
+    const measures = makeMeasures(outbox, publisher, pollInterval)
 
-    const publishAndSettle = (entries: ReadonlyArray<Entry>) =>
+    const publishAndSettle = (entries: ReadonlyArray<Entry>, measured: boolean) =>
       Effect.gen(function* () {
         const messages = entries.map((entry) => entry.message)
-        const outcomes = yield* publisher.publish(messages).pipe(
+        const publish = publisher.publish(messages)
+        const outcomes = yield* (measured ? measures.publish(publish) : publish).pipe(
           // Nothing of the batch was attempted: the head entry of each aggregate failed with the error.
           Effect.catchAll((error) => {
             const heads = new Set<string>()
@@ -303,6 +398,7 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Outbo
           }
         }
         yield* outbox.settle({ owner, ...settlement })
+        if (measured && exhausted > 0) yield* Metric.update(measures.failed, exhausted)
 
         const exhaustedIds = settlement.failed.filter((f) => f.retryAfter === null).map((f) => f.id)
         if (exhaustedIds.length > 0) {
@@ -341,10 +437,12 @@ export const make = (options: Options = {}): Effect.Effect<Service, never, Outbo
       })
 
     const runOnce: Service["runOnce"] = Effect.gen(function* () {
+      const measured = yield* FiberRef.get(metricsEnabled)
+      if (measured) yield* measures.sampleOutbox
       const entries = yield* outbox.claim({ owner, limit: batchSize, lease })
       yield* Effect.annotateCurrentSpan(Attributes.outboxClaimed, entries.length)
       if (entries.length === 0) return emptyReport
-      return yield* publishAndSettle(entries).pipe(
+      return yield* publishAndSettle(entries, measured).pipe(
         // Stopped mid-batch: hand the entries back now rather than when the lease ends.
         // What was published already goes out again, with the same event ids.
         Effect.onInterrupt(() =>

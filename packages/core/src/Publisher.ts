@@ -120,6 +120,8 @@ export const Status = Data.taggedEnum<Status>()
 export interface Service {
   /** The broker's name, as OpenTelemetry's `messaging.system` ("nats", ...). */
   readonly system: string
+  /** Where the messages go, as OpenTelemetry's `messaging.destination.name`, when all go to one place. */
+  readonly destination?: string | undefined
   /** The link to the broker now. */
   readonly status: Effect.Effect<Status>
   /** The link's states, the current one first, then each change. */
@@ -217,6 +219,8 @@ export const make = (options: MakeOptions): Service => {
         links: EventMetadata.spanLinks(messages),
         attributes: {
           [Attributes.messagingSystem]: options.system,
+          [Attributes.messagingOperationName]: "publish",
+          [Attributes.messagingOperationType]: "send",
           [Attributes.messageCount]: messages.length,
           ...(options.destination === undefined ? {} : { [Attributes.messagingDestination]: options.destination })
         }
@@ -226,7 +230,7 @@ export const make = (options: MakeOptions): Service => {
     options.status === undefined
       ? alwaysReady
       : { status: SubscriptionRef.get(options.status), statusChanges: options.status.changes }
-  return { system: options.system, publish, ...link }
+  return { system: options.system, destination: options.destination, publish, ...link }
 }
 
 /**

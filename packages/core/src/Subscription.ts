@@ -15,11 +15,15 @@
  * @since 0.1.0
  */
 import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type { EventDecodeError, UnknownEventTypeError } from "./Errors.js"
 import type { RecordedEvent, StoredEvent } from "./EventStore.js"
+import { Attributes, metricsEnabled, subscriptionMetrics } from "./Telemetry.js"
 
 /**
  * Where a subscription starts and what it selects. Filters are applied by the
@@ -36,6 +40,11 @@ export interface Options {
   readonly eventTypes?: ReadonlyArray<string>
   /** Rows per read while catching up; default 1,000. */
   readonly batchSize?: number
+  /**
+   * Who subscribes (a projection's name, say): with a name, the subscription's lag is
+   * measured under it while metrics are on (`Telemetry.subscriptionMetrics`).
+   */
+  readonly name?: string
 }
 
 /**
@@ -50,6 +59,7 @@ export interface BackendOptions {
   readonly tenantId?: string
   readonly aggregateTypes?: ReadonlyArray<string>
   readonly eventTypes?: ReadonlyArray<string>
+  readonly name?: string
 }
 
 /**
@@ -162,18 +172,54 @@ export interface Source<E> {
  * to the horizon, reporting `Progress` when the range ended without a match. A
  * slow consumer never makes horizons pile up: only the latest one is kept.
  *
+ * A named subscription started while metrics are on measures its lag: at each page it
+ * hands out and each move of the horizon, the positions between the horizon and what it
+ * delivered; at each page, the age of the last event delivered (0 once caught up).
+ *
  * @since 0.1.0
  * @category constructors
  */
 export const follow = <E>(source: Source<E>, options: BackendOptions): Stream.Stream<BackendMessage, E> =>
+  Stream.unwrap(
+    Effect.map(FiberRef.get(metricsEnabled), (measured) =>
+      followWith(source, options, measured && options.name !== undefined ? lagGauges(options.name) : undefined)
+    )
+  )
+
+const lagGauges = (name: string) => ({
+  lag: Metric.tagged(subscriptionMetrics.lag, Attributes.subscription, name),
+  lagTime: Metric.tagged(subscriptionMetrics.lagTime, Attributes.subscription, name)
+})
+
+const followWith = <E>(
+  source: Source<E>,
+  options: BackendOptions,
+  gauges: ReturnType<typeof lagGauges> | undefined
+): Stream.Stream<BackendMessage, E> =>
   Stream.suspend(() => {
     // The stream's own cursor; read and written only by the sequential loop below.
     let cursor = options.after
     const limit = options.batchSize
+    // The newest horizon seen, ahead of the one being read while the consumer is busy.
+    let head = -1n
+    const positionsBehind = () => Number(head > cursor ? head - cursor : 0n)
+    // After a page is read (the cursor moved past it): a page without events that is not
+    // caught up says nothing of the age, which stays as it was.
+    const measurePage = (measured: NonNullable<typeof gauges>, rows: ReadonlyArray<StoredEvent>) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const last = rows[rows.length - 1]
+        const behind = positionsBehind()
+        const age =
+          behind === 0 ? 0 : last === undefined ? undefined : Math.max(0, now - last.createdAt.getTime()) / 1000
+        return Effect.zipRight(
+          Metric.set(measured.lag, behind),
+          age === undefined ? Effect.void : Metric.set(measured.lagTime, age)
+        )
+      })
 
     const range = (upTo: bigint): Stream.Stream<BackendMessage, E> =>
       Stream.paginateChunkEffect(cursor, (after) =>
-        Effect.map(source.read({ after, upTo, limit }), (rows) => {
+        Effect.flatMap(source.read({ after, upTo, limit }), (rows) => {
           const last = rows[rows.length - 1]
           const more = rows.length >= limit && last !== undefined && last.globalPosition < upTo
           cursor = more ? last.globalPosition : upTo
@@ -182,11 +228,19 @@ export const follow = <E>(source: Source<E>, options: BackendOptions): Stream.St
           if (!more && (last === undefined || last.globalPosition < upTo)) {
             messages.push({ _tag: "Progress", position: upTo })
           }
-          return [Chunk.unsafeFromArray(messages), more ? Option.some(cursor) : Option.none()] as const
+          const page = [Chunk.unsafeFromArray(messages), more ? Option.some(cursor) : Option.none()] as const
+          return gauges === undefined ? Effect.succeed(page) : Effect.as(measurePage(gauges, rows), page)
         })
       )
 
-    return source.horizon.pipe(
+    const horizons =
+      gauges === undefined
+        ? source.horizon
+        : Stream.tap(source.horizon, (horizon) => {
+            if (horizon.settled > head) head = horizon.settled
+            return Metric.set(gauges.lag, positionsBehind())
+          })
+    return horizons.pipe(
       Stream.buffer({ capacity: 1, strategy: "sliding" }),
       Stream.flatMap((horizon): Stream.Stream<BackendMessage, E> => {
         if (horizon.settled > cursor) return range(horizon.settled)

@@ -5,6 +5,7 @@
  *
  * @since 0.1.0
  */
+import type * as Chunk from "effect/Chunk"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
@@ -16,6 +17,7 @@ import { globalValue } from "effect/GlobalValue"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
 
 /**
@@ -48,6 +50,11 @@ export const Attributes = {
   messagingSystem: "messaging.system",
   messagingDestination: "messaging.destination.name",
   messageCount: "messaging.batch.message_count",
+  messagingOperationName: "messaging.operation.name",
+  messagingOperationType: "messaging.operation.type",
+  errorType: "error.type",
+  /** The read method that read events (`readStream`, `readAll`, `subscribe`...). */
+  readOperation: "eventfold.read.operation",
   outboxOwner: "eventfold.outbox.owner",
   outboxClaimed: "eventfold.outbox.claimed",
   outboxPublished: "eventfold.outbox.published",
@@ -96,6 +103,17 @@ export const Spans = {
  * positions have been waiting for open transactions (milliseconds), `notifications`
  * the NOTIFY wake-ups received.
  *
+ * Also recorded only while {@link metricsEnabled} is on (see {@link readMetrics},
+ * {@link subscriptionMetrics}, {@link outboxMetrics}): `readEvents` the events read,
+ * by backend and read method; `subscriptionLag` how many positions a named subscription
+ * has delivered short of the log's head, `subscriptionLagTime` the age in seconds of
+ * the event it delivered last (0 once caught up); the outbox relay's
+ * `outboxPending` and `outboxOldestPendingAge` (seconds), sampled from `Outbox.stats`
+ * at most once per poll interval, `messagesSent` (OpenTelemetry's count of messages
+ * handed to the broker, with `error.type` when refused), `outboxFailed` the entries
+ * that spent their retry budget, `publishDuration` (OpenTelemetry's, in seconds); and
+ * `projectionLag`, the events a projection's checkpoint is behind.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -108,7 +126,16 @@ export const Metrics = {
   heldBack: "eventfold.subscription.held_back",
   notifications: "eventfold.subscription.notifications",
   projectionEvents: "eventfold.projection.events_handled",
-  deadLetters: "eventfold.projection.dead_letters"
+  deadLetters: "eventfold.projection.dead_letters",
+  readEvents: "eventfold.read.events",
+  subscriptionLag: "eventfold.subscription.lag",
+  subscriptionLagTime: "eventfold.subscription.lag_time",
+  outboxPending: "eventfold.outbox.pending",
+  outboxOldestPendingAge: "eventfold.outbox.oldest_pending_age",
+  outboxFailed: "eventfold.outbox.failed",
+  messagesSent: "messaging.client.sent.messages",
+  publishDuration: "messaging.client.operation.duration",
+  projectionLag: "eventfold.projection.lag"
 } as const
 
 /** The tracer of a runtime nobody gave one: the spans it makes are collected by nobody. */
@@ -206,7 +233,92 @@ export const projectionMetrics = {
   deadLetters: Metric.counter(Metrics.deadLetters, {
     description: "Events a projection dead-lettered",
     incremental: true
+  }),
+  lag: Metric.gauge(Metrics.projectionLag, {
+    description: "Events of a projection's types after its checkpoint"
   })
+}
+
+/**
+ * The read metric, for reading it (`Metric.value`), tagged with the backend and the read
+ * method ({@link Attributes.readOperation}).
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const readMetrics = {
+  events: Metric.counter(Metrics.readEvents, { description: "Events read from the store", incremental: true })
+}
+
+/**
+ * The lag of subscriptions that have a name, tagged with it ({@link Attributes.subscription}).
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const subscriptionMetrics = {
+  lag: Metric.gauge(Metrics.subscriptionLag, {
+    description: "Positions between the log's head and the last one a subscription delivered"
+  }),
+  lagTime: Metric.gauge(Metrics.subscriptionLagTime, {
+    description: "Age of the event a subscription delivered last, in seconds; 0 once caught up"
+  })
+}
+
+/**
+ * The outbox relay's metrics. `sent`, `duration` and `failed` are tagged with
+ * `messaging.system`, `messaging.operation.name` ("publish"), `messaging.operation.type`
+ * ("send") and, when the publisher names one, `messaging.destination.name`. `sent`
+ * counts the messages the broker was asked to take: without `error.type` those it
+ * acknowledged (published), with it (the `PublishError` reason) those it refused or did
+ * not answer.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const outboxMetrics = {
+  pending: Metric.gauge(Metrics.outboxPending, { description: "Outbox entries waiting to be published" }),
+  oldestPendingAge: Metric.gauge(Metrics.outboxOldestPendingAge, {
+    description: "Age of the oldest pending outbox entry, in seconds; 0 when none"
+  }),
+  sent: Metric.counter(Metrics.messagesSent, {
+    description: "Messages the relay sent to the broker",
+    incremental: true
+  }),
+  failed: Metric.counter(Metrics.outboxFailed, {
+    description: "Outbox entries marked failed: their retry budget is spent",
+    incremental: true
+  }),
+  duration: Metric.histogram(
+    Metrics.publishDuration,
+    // OpenTelemetry's advice for this metric.
+    MetricBoundaries.fromIterable([0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]),
+    "Time of a publish to the broker, in seconds"
+  )
+}
+
+/**
+ * Counts the events `self` reads ({@link readMetrics}) as `operation` of `backend`, a
+ * page at a time, when `measured` (whether {@link metricsEnabled} is on, read once by the
+ * caller when the read starts); `self` untouched otherwise. `count` says how many events a
+ * page holds (default: its size).
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const countReads = <A, E, R>(
+  self: Stream.Stream<A, E, R>,
+  measured: boolean,
+  backend: string,
+  operation: string,
+  count: (chunk: Chunk.Chunk<A>) => number = (chunk) => chunk.length
+): Stream.Stream<A, E, R> => {
+  if (!measured) return self
+  const counter = readMetrics.events.pipe(
+    Metric.tagged(Attributes.backend, backend),
+    Metric.tagged(Attributes.readOperation, operation)
+  )
+  return Stream.mapChunksEffect(self, (chunk) => Effect.as(Metric.update(counter, count(chunk)), chunk))
 }
 
 /**

@@ -7,7 +7,8 @@ import {
   ExpectedVersion,
   Outbox,
   OutboxRelay,
-  Publisher
+  Publisher,
+  Telemetry
 } from "@eventfold/core"
 import * as Arr from "effect/Array"
 import * as ConfigProvider from "effect/ConfigProvider"
@@ -18,6 +19,7 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
@@ -280,6 +282,37 @@ describe("OutboxRelay (memory)", () => {
         appends.map((span) => span.spanId)
       )
     }).pipe(Effect.scoped, Effect.provide(Layer.merge(Publisher.layerMemory(), Outbox.layerMemory({ registry }))))
+  )
+
+  it.effect("with metrics on, the backlog is sampled from the outbox's stats at most once per poll interval", () =>
+    Effect.gen(function* () {
+      const store = yield* EventStore.EventStore
+      const relay = yield* OutboxRelay.make({ start: false, batchSize: 2, pollInterval: "10 seconds" })
+      const backlog = Effect.all([
+        Metric.value(Telemetry.outboxMetrics.pending),
+        Metric.value(Telemetry.outboxMetrics.oldestPendingAge)
+      ]).pipe(Effect.map(([pending, age]) => [pending.value, age.value]))
+
+      yield* store.append(order(), placed(3), { expectedVersion: ExpectedVersion.noStream })
+      yield* TestClock.adjust("4 seconds")
+      // Sampled before the claim: three pending, the oldest 4 seconds old.
+      assert.strictEqual((yield* relay.runOnce).published, 2)
+      assert.deepStrictEqual(yield* backlog, [3, 4])
+      yield* TestClock.adjust("5 seconds")
+      assert.strictEqual((yield* relay.runOnce).published, 1)
+      assert.deepStrictEqual(yield* backlog, [3, 4], "sampled again within the poll interval")
+      yield* TestClock.adjust("5 seconds")
+      yield* store.append(order(), placed(1), { expectedVersion: ExpectedVersion.noStream })
+      yield* TestClock.adjust("2500 millis")
+      yield* relay.runOnce
+      assert.deepStrictEqual(yield* backlog, [1, 2.5])
+      yield* TestClock.adjust("10 seconds")
+      yield* relay.runOnce
+      assert.deepStrictEqual(yield* backlog, [0, 0], "nothing pending: no age")
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(Layer.mergeAll(Publisher.layerMemory(), Outbox.layerMemory({ registry }), Telemetry.layerMetrics))
+    )
   )
 
   it.live("several workers in one relay keep the order of each aggregate", () =>

@@ -125,6 +125,13 @@ describe("Telemetry", () => {
         assert.strictEqual(append.attributes.get(Telemetry.Attributes.aggregateType), "Vault")
         assert.strictEqual(append.attributes.get(Telemetry.Attributes.eventCount), 1)
         assert.strictEqual(append.attributes.get(Telemetry.Attributes.backend), "memory")
+        // The relay's publish, as OpenTelemetry's messaging conventions have a send.
+        const publish = spans.find((s) => s.name === Telemetry.Spans.publish)!
+        assert.strictEqual(publish.kind, "producer")
+        assert.strictEqual(publish.attributes.get(Telemetry.Attributes.messagingSystem), "memory")
+        assert.strictEqual(publish.attributes.get(Telemetry.Attributes.messagingOperationType), "send")
+        assert.strictEqual(publish.attributes.get(Telemetry.Attributes.messagingOperationName), "publish")
+        assert.isAbove(publish.attributes.get(Telemetry.Attributes.messageCount) as number, 0)
         const known = new Set<string>(Object.values(Telemetry.Attributes))
         for (const span of spans.filter((s) => s.name.includes("."))) {
           for (const [key, value] of span.attributes) {

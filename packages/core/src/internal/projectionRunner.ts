@@ -4,6 +4,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
@@ -33,7 +35,7 @@ import {
   type Status
 } from "../Projection.js"
 import type * as Subscription from "../Subscription.js"
-import { Attributes, measureProjectionBatch, Spans } from "../Telemetry.js"
+import { Attributes, measureProjectionBatch, metricsEnabled, projectionMetrics, Spans } from "../Telemetry.js"
 
 export type RunError =
   | ProjectionStoppedError
@@ -164,6 +166,30 @@ const runWith = <R>(
       let saved = start
       let position = start
       let savedAt = yield* Clock.currentTimeMillis
+
+      // While metrics are on, the lag is sampled beside the batches (a stuck handler shows as a
+      // growing lag). The store counts the events behind (on PostgreSQL, in time growing
+      // with them), so a sample waits at least ten times as long as the last one took.
+      if (yield* FiberRef.get(metricsEnabled)) {
+        const lagGauge = Metric.tagged(projectionMetrics.lag, Attributes.projection, name)
+        const lagOptions = {
+          eventTypes: projection.eventTypes,
+          ...(projection.tenantId === undefined ? {} : { tenantId: projection.tenantId }),
+          ...(projection.aggregateTypes === undefined ? {} : { aggregateTypes: projection.aggregateTypes })
+        }
+        const sampleLag = checkpoints.lag(name, lagOptions).pipe(
+          Effect.timed,
+          Effect.flatMap(([took, lag]) =>
+            Effect.as(Metric.set(lagGauge, lag.eventsBehind), Math.max(progressMillis, 10 * Duration.toMillis(took)))
+          ),
+          Effect.catchAll((error) =>
+            Effect.as(Effect.logDebug(`projection ${name}: its lag could not be measured`, error), progressMillis)
+          )
+        )
+        yield* Effect.forkScoped(
+          Effect.repeat(sampleLag, Schedule.identity<number>().pipe(Schedule.addDelay(Duration.millis)))
+        )
+      }
 
       const save = (input: {
         readonly position: bigint
@@ -302,6 +328,7 @@ const runWith = <R>(
       const messages: Stream.Stream<Message, InvalidEventError | EventStoreError> = store
         .subscribeMessages({
           after: start,
+          name,
           eventTypes: projection.eventTypes,
           ...(projection.tenantId === undefined ? {} : { tenantId: projection.tenantId }),
           ...(projection.aggregateTypes === undefined ? {} : { aggregateTypes: projection.aggregateTypes }),

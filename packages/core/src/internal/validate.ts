@@ -243,6 +243,10 @@ export const subscribeOptions = (options: Subscription.Options) =>
     if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
       return yield* new InvalidEventError({ reason: `batchSize must be a positive integer, got ${batchSize}` })
     }
+    const name = options.name
+    if (name !== undefined && (typeof name !== "string" || name.length === 0 || name.length > 255)) {
+      return yield* new InvalidEventError({ reason: `name must have 1 to 255 characters, got ${describe(name)}` })
+    }
     const { tenantId, aggregateTypes, eventTypes } = yield* readAllOptions({
       ...(options.tenantId === undefined ? {} : { tenantId: options.tenantId }),
       ...(options.aggregateTypes === undefined ? {} : { aggregateTypes: options.aggregateTypes }),
@@ -251,6 +255,7 @@ export const subscribeOptions = (options: Subscription.Options) =>
     return {
       after,
       batchSize,
+      ...(name === undefined ? {} : { name }),
       ...(tenantId === undefined ? {} : { tenantId }),
       ...(aggregateTypes === undefined ? {} : { aggregateTypes }),
       ...(eventTypes === undefined ? {} : { eventTypes })

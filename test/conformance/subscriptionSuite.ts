@@ -21,6 +21,7 @@ import { eventually } from "../support/eventually.js"
 import { clockAhead, recorded } from "../support/metrics.js"
 import { Backend } from "../support/projectionHarness.js"
 import { orSkip } from "../support/skip.js"
+import { recordingSpans } from "../support/spans.js"
 
 export const ItemAdded = Event.make("ItemAdded", { sku: Schema.String, quantity: Schema.Int })
 export const NoteWritten = Event.make("NoteWritten", { text: Schema.String })
@@ -76,6 +77,41 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
               Arr.makeBy(20, (i) => i + 1)
             )
           }
+        })
+      )
+
+      it.effect("each page is a root consumer span that links to the appends of its events", () =>
+        Effect.gen(function* () {
+          const store = yield* withStore
+          const aggregateType = uniqueType("Traced")
+          const s = { aggregateId: uuid(), aggregateType }
+          const [delivered, spans] = yield* recordingSpans(
+            Effect.gen(function* () {
+              yield* store.append(s, notes(3), { expectedVersion: ExpectedVersion.noStream })
+              yield* store.append(s, notes(2), { expectedVersion: ExpectedVersion.exact(3) })
+              return yield* within(
+                collect(
+                  store
+                    .subscribe({ aggregateTypes: [aggregateType], batchSize: 100, name: "traced" })
+                    .pipe(Stream.take(5))
+                )
+              ).pipe(Effect.withSpan("the consumer's own span"))
+            })
+          )
+          assert.strictEqual(delivered.length, 5)
+          const appends = spans.filter((span) => span.name === "EventStore.append").map((span) => span.spanId)
+          const pages = spans.filter((span) => span.name === "EventStore.subscribe")
+          assert.isAtLeast(pages.length, 1)
+          for (const page of pages) {
+            assert.strictEqual(page.kind, "consumer")
+            assert.isUndefined(page.parentSpanId, "a page span is a root")
+            assert.strictEqual(page.attributes.get("eventfold.subscription.name"), "traced")
+          }
+          // Every append is linked from the page that delivered its events.
+          const linked = pages.flatMap((page) => page.links.map((link) => link.span.spanId))
+          assert.sameMembers([...new Set(linked)], appends)
+          const counted = pages.reduce((n, page) => n + Number(page.attributes.get("eventfold.event.count") ?? 0), 0)
+          assert.isAtLeast(counted, 5)
         })
       )
 

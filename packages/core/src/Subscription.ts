@@ -22,8 +22,9 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type { EventDecodeError, UnknownEventTypeError } from "./Errors.js"
+import * as EventMetadata from "./EventMetadata.js"
 import type { RecordedEvent, StoredEvent } from "./EventStore.js"
-import { Attributes, metricsEnabled, subscriptionMetrics } from "./Telemetry.js"
+import { Attributes, metricsEnabled, Spans, subscriptionMetrics, withHotSpan } from "./Telemetry.js"
 
 /**
  * Where a subscription starts and what it selects. Filters are applied by the
@@ -217,9 +218,37 @@ const followWith = <E>(
         )
       })
 
+    /**
+     * A page, in a consumer span of its own (under a tracer someone installed) that links
+     * to the appends of its events: a subscription living for months makes one short
+     * trace per page, not one endless trace.
+     */
+    const readPage = (after: bigint, upTo: bigint) =>
+      withHotSpan(
+        (_now, _measured, span) => {
+          const read = source.read({ after, upTo, limit })
+          return span?._tag === "Span"
+            ? Effect.tap(read, (rows) => {
+                span.attribute(Attributes.eventCount, rows.length)
+                span.addLinks(EventMetadata.spanLinks(rows))
+              })
+            : read
+        },
+        Spans.subscribe,
+        () => ({
+          kind: "consumer",
+          root: true,
+          captureStackTrace: false,
+          attributes: {
+            [Attributes.fromPosition]: String(after),
+            ...(options.name === undefined ? {} : { [Attributes.subscription]: options.name })
+          }
+        })
+      )
+
     const range = (upTo: bigint): Stream.Stream<BackendMessage, E> =>
       Stream.paginateChunkEffect(cursor, (after) =>
-        Effect.flatMap(source.read({ after, upTo, limit }), (rows) => {
+        Effect.flatMap(readPage(after, upTo), (rows) => {
           const last = rows[rows.length - 1]
           const more = rows.length >= limit && last !== undefined && last.globalPosition < upTo
           cursor = more ? last.globalPosition : upTo

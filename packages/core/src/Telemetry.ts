@@ -72,6 +72,8 @@ export const Spans = {
   append: "EventStore.append",
   readStream: "EventStore.readStream",
   readAll: "EventStore.readAll",
+  /** A page a subscription reads, catching up or live: a root span linked to its events' appends. */
+  subscribe: "EventStore.subscribe",
   repositoryLoad: "AggregateRepository.load",
   repositorySave: "AggregateRepository.save",
   migrate: "PgMigrations.run",

@@ -5,6 +5,7 @@
  * embedded PostgreSQL whose data lives in .data/pg at the repository root. With
  * OTEL_EXPORTER_OTLP_ENDPOINT set it exports its traces, metrics and log to that
  * OpenTelemetry collector (README, "Exporting telemetry"); without, nothing changes.
+ * DATABASE_ECHO=true LOG_LEVEL=Debug logs every SQL statement (the spec's echo).
  *
  * Run with: npm start
  */
@@ -14,9 +15,12 @@ import { NodeRuntime } from "@effect/platform-node"
 import { AggregateRepository, EventStore } from "@eventfold/core"
 import { OtelTelemetry } from "@eventfold/opentelemetry"
 import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
+import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Stream from "effect/Stream"
 import { createOrder, Order, registry, shipOrder } from "./Order.js"
 
@@ -33,6 +37,10 @@ const EventStoreLive = PgEventStore.layerPrepared({ registry }).pipe(Layer.provi
 // Provided around the whole program, so that the pool, made inside it, records its metrics
 // too, and closed last: the program's final spans and metrics are flushed before it exits.
 const TelemetryLive = OtelTelemetry.layerConfig({ serviceName: "eventfold-tutorial" })
+// The log's minimum level (LOG_LEVEL: Debug shows the SQL echo), around everything too.
+const LogLevelLive = Layer.unwrapEffect(
+  Effect.map(Config.withDefault(Config.logLevel("LOG_LEVEL"), LogLevel.Info), Logger.minimumLogLevel)
+)
 
 const tutorial = Effect.gen(function* () {
   yield* Console.log("2. Setting up database schema...")
@@ -98,4 +106,4 @@ const main = Effect.gen(function* () {
   yield* Console.log("\nConnection pool disposed.")
 })
 
-NodeRuntime.runMain(Effect.provide(main, TelemetryLive))
+NodeRuntime.runMain(main.pipe(Effect.provide(TelemetryLive), Effect.provide(LogLevelLive)))

@@ -472,7 +472,7 @@ const traced = <A>(
 
 /** The echo's line: the duration first (the text may run over many lines), never a value. */
 const echoLine = (text: string, nanos: bigint, failed: boolean): string =>
-  `SQL (${(Number(nanos) / 1e6).toFixed(3)} ms${failed ? ", failed" : ""}) ${text}`
+  `SQL (${(Number(nanos) / 1e6).toFixed(3)} ms${failed ? ", failed" : ""}) ${text.trim()}`
 
 /** Logs `text` and how long `self` took, at Debug, in the caller's fiber (its spans and annotations). */
 const echoed = <A, E>(text: string, self: Effect.Effect<A, E>): Effect.Effect<A, E> =>

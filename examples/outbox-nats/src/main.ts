@@ -6,7 +6,8 @@
  *
  * Needs NATS with JetStream (NATS_URL, default nats://127.0.0.1:4222). With
  * DATABASE_URL (or PGHOST...) set it uses that PostgreSQL; otherwise it starts an
- * embedded one whose data lives in .data/pg at the repository root.
+ * embedded one whose data lives in .data/pg at the repository root. With
+ * OTEL_EXPORTER_OTLP_ENDPOINT set it exports its telemetry there (README, "Exporting telemetry").
  *
  * Run with: npm start -w @eventfold/example-outbox-nats
  */
@@ -15,6 +16,7 @@ import * as Path from "node:path"
 import { NodeRuntime } from "@effect/platform-node"
 import { EventMetadata, EventStore, ExpectedVersion, OutboxRelay } from "@eventfold/core"
 import { NatsPublisher } from "@eventfold/nats"
+import { OtelTelemetry } from "@eventfold/opentelemetry"
 import { PgEventStore, PgMigrations, PgOutbox, PgPool } from "@eventfold/pg"
 import * as Jet from "@nats-io/jetstream"
 import * as Nats from "@nats-io/transport-node"
@@ -152,4 +154,5 @@ const main = Effect.gen(function* () {
   yield* Console.log(rule)
 })
 
-NodeRuntime.runMain(main)
+// Telemetry (nothing without OTEL_* variables) around everything, so the pool records its metrics too.
+NodeRuntime.runMain(Effect.provide(main, OtelTelemetry.layerConfig({ serviceName: "eventfold-outbox-nats" })))

@@ -3,7 +3,8 @@
  * are appended, exactly once, with lag, dead letters and a rebuild.
  *
  * With DATABASE_URL (or PGHOST...) set it uses that server; otherwise it starts an
- * embedded PostgreSQL whose data lives in .data/pg at the repository root.
+ * embedded PostgreSQL whose data lives in .data/pg at the repository root. With
+ * OTEL_EXPORTER_OTLP_ENDPOINT set it exports its telemetry there (README, "Exporting telemetry").
  *
  * Run with: npm start -w @eventfold/example-projections
  */
@@ -12,6 +13,7 @@ import * as Path from "node:path"
 import { NodeRuntime } from "@effect/platform-node"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { CheckpointStore, DeadLetterQueue, EventStore, ExpectedVersion, Projection } from "@eventfold/core"
+import { OtelTelemetry } from "@eventfold/opentelemetry"
 import { PgEventStore, PgMigrations, PgPool, PgProjection } from "@eventfold/pg"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
@@ -120,5 +122,12 @@ const program = Effect.gen(function* () {
   )
 })
 
-// The runner is scoped: it stops, and gives its lock back, when the program ends.
-NodeRuntime.runMain(program.pipe(Effect.scoped, Effect.provide(AppLive)))
+// The runner is scoped: it stops, and gives its lock back, when the program ends. Telemetry
+// (nothing without OTEL_* variables) goes around the rest, so the pool records its metrics too.
+NodeRuntime.runMain(
+  program.pipe(
+    Effect.scoped,
+    Effect.provide(AppLive),
+    Effect.provide(OtelTelemetry.layerConfig({ serviceName: "eventfold-projections" }))
+  )
+)

@@ -2,7 +2,10 @@
  * Tutorial 11: PostgreSQL event store, as an Effect program.
  *
  * With DATABASE_URL (or PGHOST...) set it uses that server; otherwise it starts an
- * embedded PostgreSQL whose data lives in .data/pg at the repository root.
+ * embedded PostgreSQL whose data lives in .data/pg at the repository root. With
+ * OTEL_EXPORTER_OTLP_ENDPOINT set it exports its traces, metrics and log to that
+ * OpenTelemetry collector (README, "Exporting telemetry"); without, nothing changes.
+ * DATABASE_ECHO=true LOG_LEVEL=Debug logs every SQL statement (the spec's echo).
  *
  * Run with: npm start
  */
@@ -10,10 +13,14 @@
 import * as Path from "node:path"
 import { NodeRuntime } from "@effect/platform-node"
 import { AggregateRepository, EventStore } from "@eventfold/core"
+import { OtelTelemetry } from "@eventfold/opentelemetry"
 import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
+import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
 import * as Stream from "effect/Stream"
 import { createOrder, Order, registry, shipOrder } from "./Order.js"
 
@@ -26,6 +33,14 @@ const PoolLive = PgPool.layerConfig(
   { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
 )
 const EventStoreLive = PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PoolLive))
+// Exports to the collector the OTEL_* variables name, and is Layer.empty without them.
+// Provided around the whole program, so that the pool, made inside it, records its metrics
+// too, and closed last: the program's final spans and metrics are flushed before it exits.
+const TelemetryLive = OtelTelemetry.layerConfig({ serviceName: "eventfold-tutorial" })
+// The log's minimum level (LOG_LEVEL: Debug shows the SQL echo), around everything too.
+const LogLevelLive = Layer.unwrapEffect(
+  Effect.map(Config.withDefault(Config.logLevel("LOG_LEVEL"), LogLevel.Info), Logger.minimumLogLevel)
+)
 
 const tutorial = Effect.gen(function* () {
   yield* Console.log("2. Setting up database schema...")
@@ -91,4 +106,4 @@ const main = Effect.gen(function* () {
   yield* Console.log("\nConnection pool disposed.")
 })
 
-NodeRuntime.runMain(main)
+NodeRuntime.runMain(main.pipe(Effect.provide(TelemetryLive), Effect.provide(LogLevelLive)))

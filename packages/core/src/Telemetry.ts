@@ -59,7 +59,11 @@ export const Attributes = {
   outboxClaimed: "eventfold.outbox.claimed",
   outboxPublished: "eventfold.outbox.published",
   outboxFailed: "eventfold.outbox.failed",
-  outboxReleased: "eventfold.outbox.released"
+  outboxReleased: "eventfold.outbox.released",
+  /** Which pool a pool metric is about: its `applicationName` (OpenTelemetry's database client conventions). */
+  poolName: "db.client.connection.pool.name",
+  /** The state a pool's connection count is for: `idle`, `used`, or `waiting` (callers waiting for one). */
+  poolState: "db.client.connection.state"
 } as const
 
 /**
@@ -103,7 +107,10 @@ export const Spans = {
  * `deadLetters`, tagged with the projection's name. Subscriptions (PostgreSQL): `horizonChecks` and
  * `horizonCheckDuration` are what the no-skip guarantee costs, `heldBack` how long
  * positions have been waiting for open transactions (milliseconds), `notifications`
- * the NOTIFY wake-ups received.
+ * the NOTIFY wake-ups received. Pools made by `PgPool` (likewise, when metrics are on where
+ * the pool is made): `poolConnections` the connections by state (a gauge, sampled every
+ * second), `poolAcquireDuration` the time to check a connection out in milliseconds (a
+ * histogram); both tagged with the pool's name.
  *
  * Also recorded only while {@link metricsEnabled} is on (see {@link readMetrics},
  * {@link subscriptionMetrics}, {@link outboxMetrics}): `readEvents` the events read,
@@ -137,7 +144,9 @@ export const Metrics = {
   outboxFailed: "eventfold.outbox.failed",
   messagesSent: "messaging.client.sent.messages",
   publishDuration: "messaging.client.operation.duration",
-  projectionLag: "eventfold.projection.lag"
+  projectionLag: "eventfold.projection.lag",
+  poolConnections: "eventfold.pool.connections",
+  poolAcquireDuration: "eventfold.pool.acquire.duration"
 } as const
 
 /** The tracer of a runtime nobody gave one: the spans it makes are collected by nobody. */
@@ -321,6 +330,27 @@ export const countReads = <A, E, R>(
     Metric.tagged(Attributes.readOperation, operation)
   )
   return Stream.mapChunksEffect(self, (chunk) => Effect.as(Metric.update(counter, count(chunk)), chunk))
+}
+
+/**
+ * The pool metrics, for reading them (`Metric.value`): `connections` tagged with
+ * {@link Attributes.poolName} then {@link Attributes.poolState}, `acquireDuration` with
+ * the pool's name.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const poolMetrics = {
+  connections: Metric.gauge(Metrics.poolConnections, {
+    description: "Connections of the pool by state: idle, used, and waiting (callers waiting for one)"
+  }),
+  acquireDuration: Metric.histogram(
+    Metrics.poolAcquireDuration,
+    MetricBoundaries.fromIterable([
+      0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
+    ]),
+    "Time to check a connection out of the pool, in milliseconds"
+  )
 }
 
 /**

@@ -1,6 +1,10 @@
 /**
  * The connection pool: one scoped `pg` pool behind `PgClient`/`SqlClient`, sized
- * and tuned with the spec's knobs, and readable statistics.
+ * and tuned with the spec's knobs, and readable statistics. When Eventfold's metrics are on
+ * where the pool is made (`Telemetry.layerMetrics`, or an exporting layer such as
+ * `OtelTelemetry.layerConfig` provided around it), the pool also records
+ * `eventfold.pool.connections` (idle, used, waiting; sampled every second) and
+ * `eventfold.pool.acquire.duration` (`Telemetry.poolMetrics`), tagged with its `applicationName`.
  *
  * | spec (SQLAlchemy) | here | pg-pool |
  * |---|---|---|
@@ -65,7 +69,7 @@ export interface PoolOptions {
   readonly prePingAfterIdle?: Duration.DurationInput | undefined
   /** Overflow connections idle this long are closed. Default 10 s. */
   readonly idleTimeout?: Duration.DurationInput | undefined
-  /** Shown in `pg_stat_activity`. Default "eventfold". */
+  /** Shown in `pg_stat_activity`, and the pool's name in its metrics: give each pool its own. Default "eventfold". */
   readonly applicationName?: string | undefined
   /**
    * The server cancels a statement that runs longer (`statement_timeout` of every
@@ -86,6 +90,12 @@ export interface PoolOptions {
    * a `SqlError` that names them. Default: every second, for 10 seconds.
    */
   readonly connectRetry?: Schedule.Schedule<unknown, unknown> | undefined
+  /**
+   * Log every statement run on the pool's connections, its text (never its values) and
+   * how long it took, at Debug through the program's logger (spec: echo). Lower the
+   * minimum log level to see them (`Logger.minimumLogLevel(LogLevel.Debug)`). Default false.
+   */
+  readonly echo?: boolean | undefined
 }
 
 /**
@@ -222,7 +232,8 @@ export const make = (
         options.prePing === true ? millis(options.prePingAfterIdle ?? Duration.seconds(5)) : undefined,
       statementTimeoutMillis: millis(options.statementTimeout),
       lockTimeoutMillis: millis(options.lockTimeout),
-      idleInTransactionTimeoutMillis: millis(options.idleInTransactionTimeout)
+      idleInTransactionTimeoutMillis: millis(options.idleInTransactionTimeout),
+      echo: options.echo === true
     })
     const server = describeServer(options)
     yield* check.pipe(
@@ -277,7 +288,8 @@ export const layer = (
  * `DATABASE_URL` (or `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`), and
  * `DATABASE_POOL_SIZE`, `DATABASE_MAX_OVERFLOW`, `DATABASE_POOL_TIMEOUT`,
  * `DATABASE_POOL_RECYCLE` (durations such as "30 seconds"), `DATABASE_POOL_PRE_PING`,
- * `DATABASE_STATEMENT_TIMEOUT`, `DATABASE_LOCK_TIMEOUT`, `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`.
+ * `DATABASE_STATEMENT_TIMEOUT`, `DATABASE_LOCK_TIMEOUT`, `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`,
+ * `DATABASE_ECHO` (log every statement at Debug).
  * Values given in `defaults` apply where the environment says nothing.
  *
  * @since 0.1.0
@@ -299,7 +311,8 @@ export const config = (defaultOptions: PoolOptions = {}): Config.Config<Options>
       prePing: Config.boolean("DATABASE_POOL_PRE_PING"),
       statementTimeout: Config.duration("DATABASE_STATEMENT_TIMEOUT"),
       lockTimeout: Config.duration("DATABASE_LOCK_TIMEOUT"),
-      idleInTransactionTimeout: Config.duration("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT")
+      idleInTransactionTimeout: Config.duration("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT"),
+      echo: Config.boolean("DATABASE_ECHO")
     },
     defaultOptions
   )

@@ -186,6 +186,9 @@ class LeanQuery<A> {
   }
 }
 
+/** Whether pg was handed a run of this module (the SQL echo of `pgDriver` reports those in the caller's fiber). */
+export const isLeanQuery = (u: unknown): boolean => u instanceof LeanQuery
+
 /**
  * Runs `statement` on `client`. The callback gets pg's error (a DatabaseError for the
  * server's), a {@link RowError} for what `parseRow` threw, or the parsed rows.

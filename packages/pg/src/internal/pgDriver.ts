@@ -25,6 +25,13 @@
  *   pipeline before one Sync (one implicit transaction, one round trip); the `sql`
  *   executor opens a transaction of its own. Inside one, the setting is made before each
  *   statement, and stays for the rest of the caller's transaction.
+ * - **Echo** (the pool's `echo` setting): every statement's text (never its values) and
+ *   duration is logged at Debug. A statement of the lean path is logged where its client
+ *   span is made ({@link traced}), in the caller's fiber; every other statement on the
+ *   pool's connections (@effect/sql's, Eventfold's and the application's alike) by the
+ *   connection that runs it, through the logger of the program that made the pool.
+ * - **Pool metrics** (when `Telemetry.metricsEnabled` is on where the pool is made): its
+ *   connections by state, sampled every second, and the time each checkout took.
  * - **Failures** are one typed error, {@link DriverError}, whose `reason` says what
  *   went wrong (no connection, connection lost, timeout, conflict, the statement), so
  *   that each service maps it to its own error and retries what is worth retrying.
@@ -37,16 +44,21 @@ import { SqlError } from "@effect/sql/SqlError"
 import type * as PgClient from "@effect/sql-pg/PgClient"
 import { describeCause } from "@eventfold/core/Errors"
 import { redactCredentials } from "@eventfold/core/Settings"
-import { Attributes, withHotSpan } from "@eventfold/core/Telemetry"
+import { Attributes, metricsEnabled, poolMetrics, withHotSpan } from "@eventfold/core/Telemetry"
 import * as Cause from "effect/Cause"
+import type * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Predicate from "effect/Predicate"
 import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
+import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Pg from "pg"
@@ -371,19 +383,19 @@ export const sqlExecutor = (client: SqlClient.SqlClient): Executor => {
  */
 export const preparedExecutor = (client: SqlClient.SqlClient, connections: Connections): Executor => {
   const base = sqlExecutor(client)
-  const pool = poolOf(connections)
+  const { echo, pool } = poolOf(connections)
   const executor: Executor = {
     ...base,
     run: (statement, values, parseRow) =>
       Effect.contextWithEffect((context) =>
         hasTransaction(context)
           ? base.run(statement, values, parseRow)
-          : traced(statement, () => runPrepared(pool, statement, values, parseRow))
+          : traced(statement, echo, () => runPrepared(pool, statement, values, parseRow))
       ),
     forTenant: (tenantId) => {
       const setup: LeanQuery.Setup = { statement: setTenantStatement, values: [tenantId] }
       return scoped(executor, tenantId, (statement, values, parseRow) =>
-        traced(statement, () => runPrepared(pool, statement, values, parseRow, setup))
+        traced(statement, echo, () => runPrepared(pool, statement, values, parseRow, setup))
       )
     }
   }
@@ -431,11 +443,16 @@ const summarize = (statement: Statement): Summary => {
  * The client span of a statement on the lean path, as @effect/sql makes one per
  * statement on its own: named after its summary, with the statement's text (its
  * parameters are placeholders: no value is ever in it). Made only under a tracer an
- * application installed, as the append's own span is.
+ * application installed, as the append's own span is. With `echo`, the statement is
+ * also logged ({@link echoed}), inside its span.
  */
-const traced = <A>(statement: Statement, run: () => Effect.Effect<A, DriverError>): Effect.Effect<A, DriverError> => {
+const traced = <A>(
+  statement: Statement,
+  echo: boolean,
+  run: () => Effect.Effect<A, DriverError>
+): Effect.Effect<A, DriverError> => {
   const summary = summarize(statement)
-  return withHotSpan(run, summary.text, () => ({
+  return withHotSpan(echo ? () => echoed(statement.text, run()) : run, summary.text, () => ({
     kind: "client",
     captureStackTrace: false,
     attributes: {
@@ -448,6 +465,91 @@ const traced = <A>(statement: Statement, run: () => Effect.Effect<A, DriverError
     }
   }))
 }
+
+// ---------------------------------------------------------------------------
+// SQL echo
+// ---------------------------------------------------------------------------
+
+/** The echo's line: the duration first (the text may run over many lines), never a value. */
+const echoLine = (text: string, nanos: bigint, failed: boolean): string =>
+  `SQL (${(Number(nanos) / 1e6).toFixed(3)} ms${failed ? ", failed" : ""}) ${text.trim()}`
+
+/** Logs `text` and how long `self` took, at Debug, in the caller's fiber (its spans and annotations). */
+const echoed = <A, E>(text: string, self: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+  Effect.flatMap(Effect.clock, (clock) => {
+    const start = clock.unsafeCurrentTimeNanos()
+    return Effect.onExit(self, (exit) =>
+      Effect.logDebug(echoLine(text, clock.unsafeCurrentTimeNanos() - start, Exit.isFailure(exit)))
+    )
+  })
+
+/** What pg hands a client to run: a text, a config with one, or a submittable (pg-cursor, a lean run). */
+interface QueryArgument {
+  readonly text?: unknown
+  readonly submit?: unknown
+  handleReadyForQuery?: (...args: Array<unknown>) => unknown
+  handleError?: (...args: Array<unknown>) => unknown
+}
+
+/**
+ * A pg client class that reports each statement it runs to `report` (its text, when it
+ * started, whether it failed): the echo of every statement that is not the lean path's,
+ * whoever sends it (@effect/sql's, pg-cursor's, the pool's own check and pings). The
+ * lean path's runs are left to {@link traced}, which logs them in the caller's fiber.
+ */
+const echoingClient = (
+  now: () => bigint,
+  report: (text: string, start: bigint, failed: boolean) => void
+): typeof Pg.Client =>
+  class EchoingClient extends Pg.Client {
+    // biome-ignore lint/suspicious/noExplicitAny: pg's query has a dozen overloads; this forwards every one of them
+    override query(...args: Array<any>): any {
+      const query = Pg.Client.prototype.query as (...args: Array<unknown>) => unknown
+      const first: QueryArgument | string | undefined = args[0]
+      const start = now()
+      if (typeof first === "object" && first !== null && typeof first.submit === "function") {
+        if (!LeanQuery.isLeanQuery(first)) {
+          // pg-cursor: it is done when pg hands it ReadyForQuery (after its last row, or when closed) or an error.
+          // After an error pg still hands it ReadyForQuery: it is reported once, at the first.
+          const text = String(first.text)
+          let reported = false
+          const once = (failed: boolean) => {
+            if (!reported) report(text, start, failed)
+            reported = true
+          }
+          const ready = first.handleReadyForQuery
+          const error = first.handleError
+          first.handleReadyForQuery = function (this: unknown, ...rest: Array<unknown>) {
+            once(false)
+            return ready?.apply(this, rest)
+          }
+          first.handleError = function (this: unknown, ...rest: Array<unknown>) {
+            once(true)
+            return error?.apply(this, rest)
+          }
+        }
+        return query.apply(this, args)
+      }
+      const text = typeof first === "string" ? first : String(first?.text)
+      const last = args.length - 1
+      const callback: unknown = args[last]
+      if (last > 0 && typeof callback === "function") {
+        args[last] = (error: unknown, result: unknown) => {
+          report(text, start, error !== null && error !== undefined)
+          callback(error, result)
+        }
+        return query.apply(this, args)
+      }
+      const result = query.apply(this, args)
+      if (result instanceof Promise) {
+        result.then(
+          () => report(text, start, false),
+          () => report(text, start, true)
+        )
+      }
+      return result
+    }
+  }
 
 /** What a client's own `'error'` listener saw: the error that broke it, if any. */
 interface Watch {
@@ -641,12 +743,18 @@ export interface Connections {
   readonly _tag: "Connections"
 }
 
-const pools = new WeakMap<Connections, Pg.Pool>()
+/** A pool, and whether its statements are echoed. */
+interface PoolEntry {
+  readonly pool: Pg.Pool
+  readonly echo: boolean
+}
 
-const poolOf = (connections: Connections): Pg.Pool => {
-  const pool = pools.get(connections)
-  if (pool === undefined) throw new Error("Connections not made by pgDriver.makePool")
-  return pool
+const pools = new WeakMap<Connections, PoolEntry>()
+
+const poolOf = (connections: Connections): PoolEntry => {
+  const entry = pools.get(connections)
+  if (entry === undefined) throw new Error("Connections not made by pgDriver.makePool")
+  return entry
 }
 
 /** A pool's settings, resolved. */
@@ -670,6 +778,8 @@ export interface PoolConfig {
   readonly statementTimeoutMillis: number | undefined
   readonly lockTimeoutMillis: number | undefined
   readonly idleInTransactionTimeoutMillis: number | undefined
+  /** Log every statement's text and duration at Debug (see the module's overview). */
+  readonly echo: boolean
 }
 
 /** The pool's figures at one moment (pg-pool's public counters). */
@@ -679,37 +789,63 @@ export interface PoolCounts {
   readonly waiting: number
 }
 
+type ConnectCallback = (
+  err: Error | undefined,
+  client: Pg.PoolClient | undefined,
+  done: (release?: unknown) => void
+) => void
+
 /**
- * A pg pool that validates a connection on checkout when it has been idle for longer
- * than `pingAfterMillis`. pg-pool only verifies new connections; a connection that sat
- * idle while the server or the network dropped it would fail the caller's first query.
+ * A pg pool that does what pg-pool does not, each only when asked (a plain `Pg.Pool`
+ * does the rest):
+ *
+ * - `pingAfterMillis`: validates a connection on checkout when it has been idle for
+ *   longer. pg-pool only verifies new connections; a connection that sat idle while the
+ *   server or the network dropped it would fail the caller's first query.
+ * - `checkedOut`: called when a checkout starts, it returns what to call when it ends
+ *   (with a connection or not): the pool metrics' acquire time, validation included.
  */
-class ValidatingPool extends Pg.Pool {
+class EventfoldPool extends Pg.Pool {
   private readonly releasedAt = new WeakMap<Pg.PoolClient, number>()
   constructor(
     config: Pg.PoolConfig,
-    private readonly pingAfterMillis: number
+    private readonly pingAfterMillis: number | undefined,
+    private readonly checkedOut: (() => () => void) | undefined
   ) {
     super(config)
-    this.on("release", (_error, client) => this.releasedAt.set(client, Date.now()))
+    if (pingAfterMillis !== undefined) this.on("release", (_error, client) => this.releasedAt.set(client, Date.now()))
   }
 
   override connect(): Promise<Pg.PoolClient>
-  override connect(
-    callback: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
-  ): void
-  override connect(
-    callback?: (err: Error | undefined, client: Pg.PoolClient | undefined, done: (release?: unknown) => void) => void
-  ): Promise<Pg.PoolClient> | undefined {
+  override connect(callback: ConnectCallback): void
+  override connect(callback?: ConnectCallback): Promise<Pg.PoolClient> | undefined {
     if (callback === undefined) {
       return new Promise((resolve, reject) =>
         this.connect((err, client) => (err || !client ? reject(err) : resolve(client)))
       )
     }
+    if (this.checkedOut === undefined) {
+      this.checkout(callback)
+    } else {
+      const ended = this.checkedOut()
+      this.checkout((err, client, done) => {
+        ended()
+        callback(err, client, done)
+      })
+    }
+    return undefined
+  }
+
+  private checkout(callback: ConnectCallback): void {
+    const pingAfterMillis = this.pingAfterMillis
+    if (pingAfterMillis === undefined) {
+      super.connect(callback)
+      return
+    }
     super.connect((err, client, done) => {
       if (err || client === undefined) return callback(err, client, done)
       const releasedAt = this.releasedAt.get(client)
-      if (releasedAt === undefined || Date.now() - releasedAt < this.pingAfterMillis) {
+      if (releasedAt === undefined || Date.now() - releasedAt < pingAfterMillis) {
         return callback(undefined, client, done)
       }
       // The ping runs on a connection that is out of the pool: it needs a listener too. The
@@ -722,11 +858,48 @@ class ValidatingPool extends Pg.Pool {
         // The connection is dead: destroy it, and check the next one as well (each failure
         // destroys one, so this ends, at the latest with a new connection, which is not pinged).
         done(pingError)
-        this.connect(callback)
+        this.checkout(callback)
       })
     })
-    return undefined
   }
+}
+
+/** How often the pool's connection counts are sampled for `eventfold.pool.connections`. */
+const poolSampleInterval = Duration.seconds(1)
+
+/** The tags of the pool metrics: the pool's name, then the state. */
+const poolTags = (name: string, state?: string): Array<MetricLabel.MetricLabel> =>
+  state === undefined
+    ? [MetricLabel.make(Attributes.poolName, name)]
+    : [MetricLabel.make(Attributes.poolName, name), MetricLabel.make(Attributes.poolState, state)]
+
+/** The checkout timer `EventfoldPool` calls: `eventfold.pool.acquire.duration`, in milliseconds. */
+const checkoutTimer = (clock: Clock.Clock, name: string): (() => () => void) => {
+  const tags = poolTags(name)
+  return () => {
+    const start = clock.unsafeCurrentTimeNanos()
+    return () => poolMetrics.acquireDuration.unsafeUpdate(Number(clock.unsafeCurrentTimeNanos() - start) / 1e6, tags)
+  }
+}
+
+/**
+ * `eventfold.pool.connections` of `pool`: its counts by state sampled now, then every
+ * second by a fiber of the scope, and once more when the scope closes (before the pool
+ * ends, when added after the pool's own finalizer).
+ */
+const samplePool = (pool: Pg.Pool, name: string): Effect.Effect<void, never, Scope.Scope> => {
+  const idle = poolTags(name, "idle")
+  const used = poolTags(name, "used")
+  const waiting = poolTags(name, "waiting")
+  const sample = Effect.sync(() => {
+    poolMetrics.connections.unsafeUpdate(pool.idleCount, idle)
+    poolMetrics.connections.unsafeUpdate(pool.totalCount - pool.idleCount, used)
+    poolMetrics.connections.unsafeUpdate(pool.waitingCount, waiting)
+  })
+  return Effect.zipRight(
+    Effect.addFinalizer(() => sample),
+    Effect.asVoid(Effect.forkScoped(Effect.repeat(sample, Schedule.spaced(poolSampleInterval))))
+  )
 }
 
 /**
@@ -767,18 +940,30 @@ export const makePool = (
       keepAlive: true,
       application_name: config.applicationName
     }
-    const pool =
-      config.prePingAfterMillis === undefined
-        ? new Pg.Pool(settings)
-        : new ValidatingPool(settings, config.prePingAfterMillis)
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const clock = yield* Effect.clock
+    if (config.echo) {
+      settings.Client = echoingClient(
+        () => clock.unsafeCurrentTimeNanos(),
+        (text, start, failed) =>
+          runFork(Effect.logDebug(echoLine(text, clock.unsafeCurrentTimeNanos() - start, failed)))
+      )
+    }
+    // Decided once, where the pool is made: with metrics off, nothing of them is on the checkout path.
+    const measured = yield* FiberRef.get(metricsEnabled)
+    const checkedOut = measured ? checkoutTimer(clock, config.applicationName) : undefined
+    const pool =
+      config.prePingAfterMillis === undefined && checkedOut === undefined
+        ? new Pg.Pool(settings)
+        : new EventfoldPool(settings, config.prePingAfterMillis, checkedOut)
     // An idle connection the server closed: pg-pool already removes it; we report it.
     pool.on("error", (error) => runFork(Effect.logWarning(`PostgreSQL pool: idle connection lost: ${error.message}`)))
     yield* Effect.addFinalizer(() =>
       Effect.promise(() => pool.end().catch(() => undefined)).pipe(Effect.timeout("5 seconds"), Effect.ignore)
     )
+    if (measured) yield* samplePool(pool, config.applicationName)
     const connections: Connections = { _tag: "Connections" }
-    pools.set(connections, pool)
+    pools.set(connections, { pool, echo: config.echo })
     const check = Effect.tryPromise({
       try: () => pool.query("SELECT 1"),
       catch: (cause) => classify(cause, true)
@@ -790,4 +975,4 @@ export const makePool = (
   })
 
 /** The pg pool behind `connections`, for @effect/sql-pg's `PgClient.layerFromPool`. */
-export const pgPool = (connections: Connections): Pg.Pool => poolOf(connections)
+export const pgPool = (connections: Connections): Pg.Pool => poolOf(connections).pool

@@ -11,6 +11,7 @@ import * as Event from "@eventfold/core/Event"
 import * as EventRegistry from "@eventfold/core/EventRegistry"
 import * as EventStore from "@eventfold/core/EventStore"
 import * as ExpectedVersion from "@eventfold/core/ExpectedVersion"
+import * as OtelTelemetry from "@eventfold/opentelemetry/OtelTelemetry"
 import * as PgEventStore from "@eventfold/pg/PgEventStore"
 import * as PgPool from "@eventfold/pg/PgPool"
 import * as Effect from "effect/Effect"
@@ -85,7 +86,9 @@ const warmThenTime = <E>(
       }
     } satisfies Measurement
   })
-  return Effect.runPromise(Effect.provide(program, live))
+  // As an application provides it: exports when OTEL_EXPORTER_OTLP_ENDPOINT is set (see
+  // `npm run bench:otlp-sink`), and is nothing otherwise.
+  return Effect.runPromise(Effect.provide(program, Layer.merge(live, Layer.orDie(OtelTelemetry.layerConfig()))))
 }
 
 /** Runs `writers` concurrent loops. */

@@ -33,7 +33,7 @@ const PoolLive = PgPool.layerConfig(
   { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
 )
 const EventStoreLive = PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PoolLive))
-// Exports to the collector the OTEL_* variables name, and is Layer.empty without them.
+// Exports to the collector the OTEL_* variables name, and exports nothing without them.
 // Provided around the whole program, so that the pool, made inside it, records its metrics
 // too, and closed last: the program's final spans and metrics are flushed before it exits.
 const TelemetryLive = OtelTelemetry.layerConfig({ serviceName: "eventfold-tutorial" })

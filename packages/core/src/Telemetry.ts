@@ -149,6 +149,54 @@ export const Metrics = {
   poolAcquireDuration: "eventfold.pool.acquire.duration"
 } as const
 
+/**
+ * The Telemetry service: what exports the program's spans, metrics and log, and a way
+ * to send what is buffered now. Its layers are the exporting ones
+ * (`@eventfold/opentelemetry`) and {@link layerNone}; the span names, attribute keys and
+ * metrics above are the contract every layer exports.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /** Where the telemetry goes: `none` when nothing exports it. */
+  readonly exporter: "none" | "otlp" | "console"
+  /**
+   * Exports what is buffered now (spans, metrics as they are, log records), waiting at
+   * most the layer's timeout; a collector that does not take it is a warning in the log,
+   * never a failure. Closing the layer does the same.
+   */
+  readonly flush: Effect.Effect<void>
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export class Telemetry extends Context.Tag("@eventfold/core/Telemetry")<Telemetry, Service>() {}
+
+/**
+ * Telemetry that goes nowhere: no tracer installed, metrics off, nothing to flush.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerNone: Layer.Layer<Telemetry> = Layer.succeed(
+  Telemetry,
+  Telemetry.of({ exporter: "none", flush: Effect.void })
+)
+
+/**
+ * Flushes the `Telemetry` in context, if any (before a short-lived program or a
+ * serverless handler returns, say); nothing without one.
+ *
+ * @since 0.1.0
+ * @category telemetry
+ */
+export const flush: Effect.Effect<void> = Effect.flatMap(Effect.serviceOption(Telemetry), (service) =>
+  service._tag === "Some" ? service.value.flush : Effect.void
+)
+
 /** The tracer of a runtime nobody gave one: the spans it makes are collected by nobody. */
 const defaultTracer = Effect.runSync(Effect.tracer)
 

@@ -248,39 +248,54 @@ const sdkShutdownTimeout = Duration.seconds(1)
  * in a warning (NodeSdk gives up silently); the program's exit is never failed by it.
  */
 const layerFlush = (
-  signals: ReadonlyArray<{ readonly name: string; readonly url: string; readonly forceFlush: () => Promise<void> }>,
-  timeout: Duration.DurationInput
-): Layer.Layer<never> =>
-  Layer.scopedDiscard(
-    Effect.addFinalizer(() =>
-      Effect.forEach(
-        signals,
-        (signal) =>
-          Effect.tryPromise(signal.forceFlush).pipe(
-            // A finalizer runs uninterruptibly; the wait for the collector must not.
-            Effect.interruptible,
-            Effect.timeoutFail({
-              duration: timeout,
-              onTimeout: () => new Error(`not sent within ${Duration.format(timeout)}`)
-            }),
-            Effect.catchAll((error) =>
-              Effect.logWarning(
-                `OtelTelemetry: the last ${signal.name} were not exported to ${Settings.redactCredentials(signal.url)}: ${
-                  error instanceof Error && error.cause instanceof Error ? error.cause.message : error.message
-                }`
-              )
-            )
-          ),
-        { concurrency: "unbounded", discard: true }
-      )
+  signals: ReadonlyArray<Signal>,
+  timeout: Duration.DurationInput,
+  exporter: Telemetry.Service["exporter"]
+): Layer.Layer<Telemetry.Telemetry> =>
+  Layer.scoped(
+    Telemetry.Telemetry,
+    Effect.as(
+      Effect.addFinalizer(() => flushSignals(signals, timeout)),
+      Telemetry.Telemetry.of({ exporter, flush: flushSignals(signals, timeout) })
     )
+  )
+
+/** A signal an exporting layer can flush. */
+interface Signal {
+  readonly name: string
+  readonly url: string
+  readonly forceFlush: () => Promise<void>
+}
+
+/** Flushes each signal within `timeout`; a signal not sent in time is named in a warning, never a failure. */
+const flushSignals = (signals: ReadonlyArray<Signal>, timeout: Duration.DurationInput): Effect.Effect<void> =>
+  Effect.forEach(
+    signals,
+    (signal) =>
+      Effect.tryPromise(signal.forceFlush).pipe(
+        // A finalizer runs uninterruptibly; the wait for the collector must not.
+        Effect.interruptible,
+        Effect.timeoutFail({
+          duration: timeout,
+          onTimeout: () => new Error(`not sent within ${Duration.format(timeout)}`)
+        }),
+        Effect.catchAll((error) =>
+          Effect.logWarning(
+            `OtelTelemetry: the last ${signal.name} were not exported to ${Settings.redactCredentials(signal.url)}: ${
+              error instanceof Error && error.cause instanceof Error ? error.cause.message : error.message
+            }`
+          )
+        )
+      ),
+    { concurrency: "unbounded", discard: true }
   )
 
 /**
  * Exports to an OTLP/HTTP collector as `options` say: traces (batched), metrics
  * (every `metricExportInterval`) and logs (batched), each signal that has an endpoint;
  * Eventfold's metrics are turned on when metrics are exported. With no endpoint, or
- * `disabled`, it is `Layer.empty`. Closing it flushes every signal, waiting at most
+ * `disabled`, it is `Telemetry.layerNone` (no tracer, metrics off). The `Telemetry`
+ * service it provides flushes on demand (`Telemetry.flush`); closing it flushes every signal, waiting at most
  * `shutdownTimeout` (a collector that cannot be reached is reported in a warning, and
  * the exporters' retries, bounded by `exportTimeout`, may keep the process alive that
  * much longer).
@@ -288,9 +303,9 @@ const layerFlush = (
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<never> => {
+export const layer = (options: Options): Layer.Layer<Telemetry.Telemetry> => {
   const urls = endpoints(options)
-  if (urls.traces === undefined && urls.metrics === undefined && urls.logs === undefined) return Layer.empty
+  if (urls.traces === undefined && urls.metrics === undefined && urls.logs === undefined) return Telemetry.layerNone
   const timeoutMillis = millis(options.exportTimeout ?? defaults.exportTimeout)
   const exporter = (url: string) => ({
     url,
@@ -340,7 +355,7 @@ export const layer = (options: Options): Layer.Layer<never> => {
         ? []
         : [{ name: "logs", url: urls.logs, forceFlush: () => logProcessor.forceFlush() }])
     ]
-    return layerFlush(signals, options.shutdownTimeout ?? defaults.shutdownTimeout).pipe(
+    return layerFlush(signals, options.shutdownTimeout ?? defaults.shutdownTimeout, "otlp").pipe(
       Layer.provideMerge(urls.metrics === undefined ? exported : Layer.merge(exported, Telemetry.layerMetrics)),
       Layer.provideMerge(layerDiagnostics)
     )
@@ -362,20 +377,28 @@ export const layerConsole = (
     /** Print spans only. Default true. */
     readonly metrics?: boolean | undefined
   } = {}
-): Layer.Layer<never> =>
+): Layer.Layer<Telemetry.Telemetry> =>
   Layer.suspend(() => {
+    const spanProcessor = new SimpleSpanProcessor(new ConsoleSpanExporter())
+    const metricReader =
+      options.metrics === false
+        ? undefined
+        : new PeriodicExportingMetricReader({
+            exporter: new ConsoleMetricExporter(),
+            exportIntervalMillis: millis(options.metricExportInterval ?? Duration.seconds(10))
+          })
     const printed = sdk({
       resource: resourceOf({ serviceName: options.serviceName }),
-      spanProcessor: new SimpleSpanProcessor(new ConsoleSpanExporter()),
-      metricReader:
-        options.metrics === false
-          ? undefined
-          : new PeriodicExportingMetricReader({
-              exporter: new ConsoleMetricExporter(),
-              exportIntervalMillis: millis(options.metricExportInterval ?? Duration.seconds(10))
-            })
+      spanProcessor,
+      metricReader
     })
-    return options.metrics === false ? printed : Layer.merge(printed, Telemetry.layerMetrics)
+    const signals: Array<Signal> = [{ name: "traces", url: "console", forceFlush: () => spanProcessor.forceFlush() }]
+    if (metricReader !== undefined) {
+      signals.push({ name: "metrics", url: "console", forceFlush: () => metricReader.forceFlush() })
+    }
+    return layerFlush(signals, defaults.shutdownTimeout, "console").pipe(
+      Layer.provideMerge(metricReader === undefined ? printed : Layer.merge(printed, Telemetry.layerMetrics))
+    )
   })
 
 // ---------------------------------------------------------------------------
@@ -436,11 +459,15 @@ const millisConfig = (name: string): Config.Config<Duration.Duration> =>
     Duration.millis
   )
 
-/** The JavaScript OTLP/HTTP exporters speak OTLP/JSON; a collector's OTLP/HTTP receiver takes it. */
+/**
+ * The JavaScript OTLP/HTTP exporters speak OTLP/JSON, which every OTLP/HTTP receiver
+ * takes: `http/protobuf` (what many deployments set for all their services) is served
+ * with JSON on the same endpoint; gRPC, another port and protocol, is refused.
+ */
 const protocolConfig = Config.validate(Config.string("OTEL_EXPORTER_OTLP_PROTOCOL"), {
   message:
-    "only http/json is supported (the OTLP/HTTP exporters send JSON, which every OTLP/HTTP receiver accepts); unset it or set http/json",
-  validation: (protocol) => protocol === "http/json"
+    "grpc is not supported: the OTLP/HTTP exporters send JSON over HTTP (port 4318), which every OTLP/HTTP receiver accepts; set http/json or http/protobuf",
+  validation: (protocol) => protocol === "http/json" || protocol === "http/protobuf"
 })
 
 /**
@@ -489,5 +516,5 @@ export const config = (defaultOptions: Options = {}): Config.Config<Options> =>
  * @since 0.1.0
  * @category layers
  */
-export const layerConfig = (defaultOptions: Options = {}): Layer.Layer<never, ConfigError.ConfigError> =>
+export const layerConfig = (defaultOptions: Options = {}): Layer.Layer<Telemetry.Telemetry, ConfigError.ConfigError> =>
   Layer.unwrapEffect(Effect.map(config(defaultOptions), layer))

@@ -129,6 +129,26 @@ describe("OtelTelemetry", () => {
     })
   )
 
+  it.scopedLive("Telemetry.flush sends what is buffered while the program runs", () =>
+    Effect.gen(function* () {
+      const receiver = yield* OtlpReceiver.make
+      const counter = Metric.counter("otel_test.flushed", { incremental: true })
+      yield* Effect.gen(function* () {
+        assert.strictEqual((yield* Telemetry.Telemetry).exporter, "otlp")
+        yield* appendInRequest
+        yield* Metric.increment(counter)
+        // The batch processor waits 5 s and the metric reader an hour: only the flush sends them now.
+        yield* Telemetry.flush
+        const received = yield* receiver.received
+        assert.isTrue(received.spans.some((span) => span.name === "EventStore.append"))
+        assert.isAbove(OtlpReceiver.dataPoints(received, "otel_test.flushed").length, 0)
+      }).pipe(Effect.provide(OtelTelemetry.layer({ endpoint: receiver.url, metricExportInterval: "1 hour" })))
+      // Without the service, flushing is nothing.
+      yield* Telemetry.flush
+      assert.strictEqual((yield* Effect.provide(Telemetry.Telemetry, OtelTelemetry.layer({}))).exporter, "none")
+    })
+  )
+
   it.scopedLive("provides nothing without an endpoint, or when disabled: no tracer, metrics off", () =>
     Effect.gen(function* () {
       const receiver = yield* OtlpReceiver.make
@@ -202,8 +222,10 @@ describe("OtelTelemetry", () => {
         const error = yield* Effect.flip(OtelTelemetry.config().pipe(withEnvironment({ [variable]: value })))
         assert.include(String(error), variable)
       }
-      const json = yield* OtelTelemetry.config().pipe(withEnvironment({ OTEL_EXPORTER_OTLP_PROTOCOL: "http/json" }))
-      assert.isUndefined(json.endpoint)
+      for (const protocol of ["http/json", "http/protobuf"]) {
+        const accepted = yield* OtelTelemetry.config().pipe(withEnvironment({ OTEL_EXPORTER_OTLP_PROTOCOL: protocol }))
+        assert.isUndefined(accepted.endpoint)
+      }
     })
   )
 

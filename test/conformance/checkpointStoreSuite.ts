@@ -10,10 +10,12 @@ import * as Arr from "effect/Array"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FastCheck from "effect/FastCheck"
+import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { eventually } from "../support/eventually.js"
 import { Backend } from "../support/projectionHarness.js"
+import { type RecordedSpan, recordingSpans } from "../support/spans.js"
 import { NoteWritten, registry } from "./subscriptionSuite.js"
 
 const uuid = () => crypto.randomUUID()
@@ -156,6 +158,77 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               for (const loss of results.filter(Either.isLeft))
                 assert.strictEqual(loss.left._tag, "CheckpointConflictError")
               assert.strictEqual(Option.getOrThrow(yield* checkpoints.get(n)).position, wins[0]!.right.position)
+            })
+          )
+        )
+      })
+
+      describe("awaitPosition (read-your-writes)", () => {
+        it.effect("returns once the checkpoint is at or past the position, woken by the save that gets it there", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name("await")
+              yield* checkpoints.save(n, { position: 3n })
+              // Already there: at once.
+              assert.strictEqual((yield* checkpoints.awaitPosition(n, 3n)).position, 3n)
+              const waiting = yield* Effect.fork(checkpoints.awaitPosition(n, 10n, { timeout: "30 seconds" }))
+              const other = name("other")
+              // Saves of other checkpoints and saves short of the position do not end the wait.
+              yield* checkpoints.save(other, { position: 50n })
+              yield* checkpoints.save(n, { position: 7n })
+              yield* checkpoints.save(n, { position: 12n })
+              const reached = yield* Fiber.join(waiting)
+              assert.strictEqual(reached.name, n)
+              assert.strictEqual(reached.position, 12n)
+            })
+          )
+        )
+
+        it.effect("a checkpoint that does not get there in time is a CheckpointTimeoutError saying where it is", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name("late")
+              yield* checkpoints.save(n, { position: 4n })
+              const error = yield* Effect.flip(checkpoints.awaitPosition(n, 5n, { timeout: "200 millis" }))
+              assert.strictEqual(error._tag, "CheckpointTimeoutError")
+              assert.deepInclude(error, { name: n, position: 5n, reached: 4n, timeoutMillis: 200 })
+              const missing = yield* Effect.flip(checkpoints.awaitPosition(name("none"), 1n, { timeout: "10 millis" }))
+              assert.deepInclude(missing, { _tag: "CheckpointTimeoutError", reached: 0n })
+              const invalid = yield* Effect.flip(checkpoints.awaitPosition("", 1n))
+              assert.strictEqual(invalid._tag, "CheckpointError")
+            })
+          )
+        )
+
+        it.effect("a waiter is woken by a save at once, not by reading again later", () =>
+          withServices((checkpoints) =>
+            Effect.gen(function* () {
+              const n = name("woken")
+              yield* checkpoints.save(n, { position: 1n })
+              let spans: ReadonlyArray<RecordedSpan> = []
+              const [reached] = yield* recordingSpans(
+                Effect.gen(function* () {
+                  const waiting = yield* Effect.fork(checkpoints.awaitPosition(n, 2n, { timeout: "900 millis" }))
+                  // Once the waiter has seen position 1 it waits; only then is the position saved.
+                  // Backends that read again do so every second or more: a reply within the
+                  // 900 ms timeout comes from the save's notification.
+                  yield* eventually(
+                    Effect.sync(() => spans),
+                    (all) =>
+                      all.some(
+                        (span) =>
+                          span.name === "CheckpointStore.awaitPosition" &&
+                          span.attributes.get("eventfold.checkpoint.position") === "1"
+                      )
+                  )
+                  yield* checkpoints.save(n, { position: 2n })
+                  return yield* Fiber.join(waiting)
+                }),
+                (recorded) => {
+                  spans = recorded
+                }
+              )
+              assert.strictEqual(reached.position, 2n)
             })
           )
         )

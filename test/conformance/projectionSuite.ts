@@ -119,6 +119,24 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
         )
       )
 
+      it.effect("read-your-writes: awaiting the checkpoint at an append's position, the read model holds it", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Ryw${uuid().slice(0, 8)}`
+            const name = `ryw-${uuid()}`
+            const { projection, model } = yield* quantities(name, aggregateType)
+            yield* Projection.start(projection, fast)
+            const s = { aggregateId: uuid(), aggregateType }
+            for (let i = 1; i <= 3; i++) {
+              const appended = yield* store.append(s, [item("a", i)], { expectedVersion: ExpectedVersion.exact(i - 1) })
+              yield* CheckpointStore.awaitPosition(name, appended.lastPosition, { timeout: "10 seconds" })
+              // No waiting on the model itself: once the checkpoint has passed, the write is there.
+              assert.strictEqual((yield* Ref.get(model)).get("a"), (i * (i + 1)) / 2)
+            }
+          })
+        )
+      )
+
       it.effect("records progress past events it does not handle", () =>
         withRunner((store) =>
           Effect.gen(function* () {

@@ -18,12 +18,17 @@ export interface RecordedSpan {
   readonly links: ReadonlyArray<Tracer.SpanLink>
 }
 
-/** Runs `effect` under a tracer that records every span started in it (forked fibers included). */
+/**
+ * Runs `effect` under a tracer that records every span started in it (forked fibers
+ * included). `live`, when given, gets the list as it grows, to watch while `effect` runs.
+ */
 export const recordingSpans = <A, E, R>(
-  effect: Effect.Effect<A, E, R>
+  effect: Effect.Effect<A, E, R>,
+  live?: (spans: ReadonlyArray<RecordedSpan>) => void
 ): Effect.Effect<readonly [A, ReadonlyArray<RecordedSpan>], E, R> =>
   Effect.gen(function* () {
     const spans: Array<RecordedSpan> = []
+    live?.(spans)
     const inner = yield* Effect.tracer
     const tracer = Tracer.make({
       span: (name, ...rest) => {

@@ -40,6 +40,12 @@ export interface Root<State, E extends Event.Any> {
   /** The version stored when this root was loaded or last saved. */
   readonly persistedVersion: number
   readonly pending: ReadonlyArray<{ readonly eventId: string; readonly event: E }>
+  /**
+   * The global position of the last event saved through this root (set by
+   * `AggregateRepository.save`): what a request awaits a projection to pass to read its
+   * own writes (`CheckpointStore.awaitPosition`). Absent until it saves something.
+   */
+  readonly lastPosition?: bigint
 }
 
 /**

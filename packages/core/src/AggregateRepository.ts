@@ -126,7 +126,13 @@ export const make = <State, E extends Event.Any>(
         ...(options.tenantId === undefined ? {} : { tenantId: options.tenantId }),
         ...(options.actorId === undefined ? {} : { actorId: options.actorId })
       })
-      return { ...root, version: result.version, persistedVersion: result.version, pending: [] }
+      return {
+        ...root,
+        version: result.version,
+        persistedVersion: result.version,
+        pending: [],
+        lastPosition: result.lastPosition
+      }
     })
 
     return {

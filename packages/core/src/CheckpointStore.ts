@@ -10,11 +10,15 @@
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as PubSub from "effect/PubSub"
+import * as Queue from "effect/Queue"
 import * as Ref from "effect/Ref"
 import * as Schema from "effect/Schema"
+import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import type { ReadError } from "./Errors.js"
 import { EventStore } from "./EventStore.js"
@@ -117,6 +121,34 @@ export class CheckpointConflictError extends Schema.TaggedError<CheckpointConfli
 }
 
 /**
+ * A checkpoint did not reach the awaited position in time.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CheckpointTimeoutError extends Schema.TaggedError<CheckpointTimeoutError>()("CheckpointTimeoutError", {
+  name: Schema.String,
+  /** The position awaited. */
+  position: Schema.BigIntFromSelf,
+  /** Where the checkpoint was when the time ran out. */
+  reached: Schema.BigIntFromSelf,
+  timeoutMillis: Schema.Number
+}) {
+  override get message(): string {
+    return `checkpoint ${this.name} did not reach position ${this.position} within ${this.timeoutMillis} ms (it is at ${this.reached})`
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface AwaitOptions {
+  /** How long to wait at most. Default 5 seconds. */
+  readonly timeout?: Duration.DurationInput
+}
+
+/**
  * @since 0.1.0
  * @category models
  */
@@ -134,6 +166,32 @@ export interface Service {
   /** Moves the checkpoint back to `to` (default 0), e.g. to rebuild a projection; counts restart. */
   readonly reset: (name: string, options?: { readonly to?: bigint }) => Effect.Effect<void, CheckpointError>
   readonly list: Effect.Effect<ReadonlyArray<Checkpoint>, CheckpointError>
+  /**
+   * Read-your-writes: waits until the checkpoint of `name` is at or past `position`
+   * (the `lastPosition` of an append), so that a request handler can answer from a read
+   * model that holds its own writes. Woken by each save of the checkpoint (PostgreSQL:
+   * LISTEN/NOTIFY, delivered when the projection's transaction commits), never by
+   * polling; fails with {@link CheckpointTimeoutError} after `timeout`.
+   */
+  readonly awaitPosition: (
+    name: string,
+    position: bigint,
+    options?: AwaitOptions
+  ) => Effect.Effect<Checkpoint, CheckpointError | CheckpointTimeoutError>
+}
+
+/**
+ * What a backend implements besides the reads and writes: a subscription to the names
+ * of the checkpoints saved from now on (each save of a checkpoint offers its name),
+ * and whether it may miss some (then checkpoints are also read again every
+ * `recheck`, e.g. while a lost LISTEN connection is opened again).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Watch {
+  readonly saved: Effect.Effect<Queue.Dequeue<string>, never, Scope.Scope>
+  readonly recheck: Duration.DurationInput
 }
 
 /**
@@ -148,7 +206,9 @@ export class CheckpointStore extends Context.Tag("@eventfold/core/CheckpointStor
  * @since 0.1.0
  * @category constructors
  */
-export const make = (backend: { readonly name: string } & Service): Service => {
+export const make = (
+  backend: { readonly name: string; readonly watch: Watch } & Omit<Service, "awaitPosition">
+): Service => {
   const check = (method: string, name: string, position?: bigint) =>
     typeof name !== "string" || name.length === 0 || name.length > 255
       ? Effect.fail(
@@ -176,8 +236,77 @@ export const make = (backend: { readonly name: string } & Service): Service => {
       check("reset", name, options?.to).pipe(Effect.zipRight(backend.reset(name, options)), span("reset", name)),
     list: backend.list.pipe(
       Effect.withSpan(Spans.checkpointList, { attributes: { [Attributes.backend]: backend.name } })
-    )
+    ),
+    awaitPosition: (name, position, options) =>
+      check("awaitPosition", name, position).pipe(
+        Effect.zipRight(waitForPosition(backend, name, position, options)),
+        Effect.withSpan(Spans.checkpointAwait, {
+          attributes: {
+            [Attributes.backend]: backend.name,
+            [Attributes.subscription]: name,
+            [Attributes.position]: String(position)
+          }
+        })
+      )
   })
+}
+
+/**
+ * Read-your-writes: waits, through the `CheckpointStore` in context, until the
+ * checkpoint of `name` (a projection's name) is at or past `position`, e.g. the
+ * `lastPosition` of the append a request made (see {@link Service.awaitPosition}).
+ *
+ * @example
+ * ```ts
+ * const root = yield* repository.save(order)
+ * yield* CheckpointStore.awaitPosition("order-summaries", root.lastPosition ?? 0n, { timeout: "2 seconds" })
+ * return yield* readSummary(order.id) // holds this request's writes
+ * ```
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const awaitPosition = (
+  name: string,
+  position: bigint,
+  options?: AwaitOptions
+): Effect.Effect<Checkpoint, CheckpointError | CheckpointTimeoutError, CheckpointStore> =>
+  Effect.flatMap(CheckpointStore, (store) => store.awaitPosition(name, position, options))
+
+/**
+ * Subscribes to saves first, then reads: a save between the two is never missed. Each
+ * save of the checkpoint reads it again; a backend that may miss saves also reads it
+ * every `recheck`.
+ */
+const waitForPosition = (
+  backend: Pick<Service, "get"> & { readonly watch: Watch },
+  name: string,
+  position: bigint,
+  options: AwaitOptions | undefined
+): Effect.Effect<Checkpoint, CheckpointError | CheckpointTimeoutError> => {
+  const timeout = Duration.decode(options?.timeout ?? "5 seconds")
+  return Effect.gen(function* () {
+    const saved = yield* backend.watch.saved
+    const recheck = Effect.sleep(backend.watch.recheck)
+    const ours = Effect.repeat(Queue.take(saved), { until: (saved) => saved === name })
+    let reached = 0n
+    const reachedYet = Effect.flatMap(backend.get(name), (checkpoint) => {
+      reached = Option.match(checkpoint, { onNone: () => 0n, onSome: (c) => c.position })
+      // Where the checkpoint was at each look, on the span: a slow wait shows what it saw.
+      return Effect.as(
+        Effect.annotateCurrentSpan(Attributes.checkpointPosition, String(reached)),
+        Option.filter(checkpoint, (c) => c.position >= position)
+      )
+    })
+    const wait: Effect.Effect<Checkpoint, CheckpointError> = Effect.flatMap(reachedYet, (found) =>
+      Option.isSome(found) ? Effect.succeed(found.value) : Effect.zipRight(Effect.race(ours, recheck), wait)
+    )
+    return yield* Effect.timeoutFail(wait, {
+      duration: timeout,
+      onTimeout: () =>
+        new CheckpointTimeoutError({ name, position, reached, timeoutMillis: Duration.toMillis(timeout) })
+    })
+  }).pipe(Effect.scoped)
 }
 
 const CheckpointSpans = {
@@ -197,6 +326,8 @@ const CheckpointSpans = {
 export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(function* () {
   const store = yield* EventStore
   const ref = yield* Ref.make(new Map<string, Checkpoint>())
+  // The names of the checkpoints saved, to whoever awaits one.
+  const saves = yield* PubSub.unbounded<string>()
 
   const save: Service["save"] = (name, input) =>
     Effect.flatten(
@@ -219,7 +350,7 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
           createdAt: current?.createdAt ?? now,
           updatedAt: now
         }
-        return [Effect.succeed(next), new Map(map).set(name, next)]
+        return [Effect.as(PubSub.publish(saves, name), next), new Map(map).set(name, next)]
       })
     )
 
@@ -282,7 +413,9 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
     [...map.values()].sort((a, b) => a.name.localeCompare(b.name))
   )
 
-  return make({ name: "memory", save, get, lag, reset, list })
+  // A memory store misses no save: it reads again only when woken.
+  const watch: Watch = { saved: PubSub.subscribe(saves), recheck: Duration.infinity }
+  return make({ name: "memory", save, get, lag, reset, list, watch })
 })
 
 /**

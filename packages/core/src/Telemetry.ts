@@ -46,6 +46,8 @@ export const Attributes = {
   subscription: "eventfold.subscription.name",
   projection: "eventfold.projection.name",
   position: "eventfold.position",
+  /** Where a checkpoint was when it was last read (`CheckpointStore.awaitPosition`). */
+  checkpointPosition: "eventfold.checkpoint.position",
   deadLetterId: "eventfold.dead_letter.id",
   messagingSystem: "messaging.system",
   messagingDestination: "messaging.destination.name",
@@ -86,6 +88,7 @@ export const Spans = {
   checkpointLag: "CheckpointStore.lag",
   checkpointReset: "CheckpointStore.reset",
   checkpointList: "CheckpointStore.list",
+  checkpointAwait: "CheckpointStore.awaitPosition",
   deadLetterAdd: "DeadLetterQueue.add",
   deadLetterList: "DeadLetterQueue.list",
   deadLetterGet: "DeadLetterQueue.get",

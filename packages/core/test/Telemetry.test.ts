@@ -97,6 +97,7 @@ const everyOperation = Effect.gen(function* () {
   yield* checkpoints.lag(projection.name)
   yield* checkpoints.list
   yield* checkpoints.save("vault-telemetry-manual", { position: 1n })
+  yield* checkpoints.awaitPosition("vault-telemetry-manual", 1n)
   yield* checkpoints.reset("vault-telemetry-manual")
 
   // The relay publishes the outbox entries of the appends.

@@ -434,7 +434,7 @@ export const layerConfig = (
       if (hasServer(options) || fallback === undefined) return layer(options)
       const server = yield* EmbeddedPostgres.start(fallback.embedded)
       yield* Effect.logInfo(
-        `PgPool: no DATABASE_URL or PGHOST set: using an embedded PostgreSQL on ${server.host}:${server.port}; its data, your events included, is in ${server.dataDir}`
+        `PgPool: no server configured (no DATABASE_URL or PGHOST, no url or host): using an embedded PostgreSQL on ${server.host}:${server.port}; its data, your events included, is in ${server.dataDir}`
       )
       // The embedded server's URL says everything about it (PGUSER, say, must not replace its user).
       const {

@@ -52,6 +52,16 @@ export interface Options {
   readonly binDir?: string | undefined
   /** Receives every line the server prints (it is kept for error messages anyway). */
   readonly onLog?: ((line: string) => void) | undefined
+  /** More server settings, each passed as `-c name=value` (`ssl=on`, say). */
+  readonly settings?: Readonly<Record<string, string>> | undefined
+  /**
+   * Files to write into the data directory before the server starts (certificates and
+   * keys, owned by the server's user, mode 0600), by name; `pg_hba.conf` replaces the
+   * one initdb wrote.
+   */
+  readonly files?: Readonly<Record<string, string>> | undefined
+  /** TLS for the server's own connections (its readiness check and `query`): needed when `pg_hba.conf` requires TLS. */
+  readonly clientSsl?: pg.ClientConfig["ssl"] | undefined
 }
 
 /** A server the test owns. */
@@ -273,11 +283,16 @@ const run = (
   })
 
 /** One statement on a short-lived connection. */
-const query = (url: string, text: string, values: ReadonlyArray<unknown> = []) =>
+const query = (url: string, text: string, values: ReadonlyArray<unknown> = [], ssl?: pg.ClientConfig["ssl"]) =>
   Effect.acquireUseRelease(
     Effect.tryPromise({
       try: async () => {
-        const client = new pg.Client({ connectionString: url, application_name: ADMIN, connectionTimeoutMillis: 5000 })
+        const client = new pg.Client({
+          connectionString: url,
+          application_name: ADMIN,
+          connectionTimeoutMillis: 5000,
+          ...(ssl === undefined ? {} : { ssl })
+        })
         // A connection error while no query runs must not crash the process: the next query fails instead.
         client.on("error", () => undefined)
         await client.connect()
@@ -327,6 +342,22 @@ export const start = (options: Options = {}): Effect.Effect<PostgresServer, Post
       user,
       output
     )
+    if (options.files !== undefined) {
+      const files = options.files
+      yield* Effect.tryPromise({
+        try: async () => {
+          for (const [name, content] of Object.entries(files)) {
+            const path = Path.join(dataDir, name)
+            await Fs.writeFile(path, content, { mode: 0o600 })
+            // PostgreSQL refuses a key file that others may read, or that its user does not own.
+            await Fs.chmod(path, 0o600)
+            if (Option.isSome(user)) await Fs.chown(path, user.value.uid, user.value.gid)
+          }
+        },
+        catch: failure("PostgresServer: cannot write the server's files")
+      })
+    }
+    const settings = Object.entries(options.settings ?? {}).flatMap(([name, value]) => ["-c", `${name}=${value}`])
 
     let child: ChildProcess | undefined
     let exited: Deferred.Deferred<void> | undefined
@@ -357,7 +388,8 @@ export const start = (options: Options = {}): Effect.Effect<PostgresServer, Post
             "-c",
             "full_page_writes=off",
             "-c",
-            "shared_buffers=32MB"
+            "shared_buffers=32MB",
+            ...settings
           ],
           {
             ...Option.getOrElse(user, () => ({})),
@@ -375,7 +407,7 @@ export const start = (options: Options = {}): Effect.Effect<PostgresServer, Post
         child = process_
         exited = done
         // Ready when a connection answers; failed when the postmaster exits first.
-        const ready = query(`postgres://${USER}@${HOST}:${port}/postgres`, "SELECT 1").pipe(
+        const ready = query(`postgres://${USER}@${HOST}:${port}/postgres`, "SELECT 1", [], options.clientSsl).pipe(
           Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("60 seconds")))
         )
         const gone = Deferred.await(done).pipe(
@@ -478,7 +510,7 @@ export const start = (options: Options = {}): Effect.Effect<PostgresServer, Post
       kill9,
       restart,
       stop,
-      query: (text, values, database) => query(url(database), text, values),
+      query: (text, values, database) => query(url(database), text, values, options.clientSsl),
       output: Effect.sync(() => output.tail())
     } satisfies PostgresServer
   })

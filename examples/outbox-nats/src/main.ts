@@ -32,7 +32,7 @@ import { ItemAdded, OrderPlaced, OrderShipped, registry } from "./Orders.js"
 const rule = "=".repeat(70)
 const settings = { subjectPrefix: "eventfold.example", stream: "EVENTFOLD_EXAMPLE" } as const
 
-const PoolLive = PgPool.layerConfig(
+const PoolLive = PgPool.layerFromEnv(
   { poolSize: 5, maxOverflow: 10 },
   { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
 )

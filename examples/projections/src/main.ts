@@ -22,7 +22,7 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import { createTable, OrderCancelled, OrderPlaced, OrderShipped, orderSummary, registry } from "./Orders.js"
 
-const PoolLive = PgPool.layerConfig(
+const PoolLive = PgPool.layerFromEnv(
   { poolSize: 5, maxOverflow: 10 },
   { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
 )

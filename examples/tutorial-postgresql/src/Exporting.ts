@@ -39,7 +39,7 @@ export const TelemetryToVendor = Layer.unwrapEffect(
 
 // The telemetry layer goes around everything else: the pool, made inside, then records
 // its metrics too, and the layer closes last, flushing the program's final spans.
-export const AppLive = PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PgPool.layerConfig()))
+export const AppLive = PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PgPool.layerFromEnv()))
 export const run = <A, E>(program: Effect.Effect<A, E, EventStore.EventStore>) =>
   program.pipe(Effect.provide(AppLive), Effect.provide(TelemetryLive))
 
@@ -48,7 +48,7 @@ export const run = <A, E>(program: Effect.Effect<A, E, EventStore.EventStore>) =
 export const runEchoing = <A, E>(program: Effect.Effect<A, E, EventStore.EventStore>) =>
   program.pipe(
     Effect.provide(
-      PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PgPool.layerConfig({ echo: true })))
+      PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PgPool.layerFromEnv({ echo: true })))
     ),
     Logger.withMinimumLogLevel(LogLevel.Debug)
   )

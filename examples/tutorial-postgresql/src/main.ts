@@ -28,7 +28,7 @@ const rule = "=".repeat(70)
 
 // The pool with the spec's settings (each can be overridden from the environment),
 // and the event store over it. Provided once; the pool closes when the program ends.
-const PoolLive = PgPool.layerConfig(
+const PoolLive = PgPool.layerFromEnv(
   { poolSize: 5, maxOverflow: 10, acquireTimeout: "30 seconds", recycle: "30 minutes", prePing: true },
   { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
 )

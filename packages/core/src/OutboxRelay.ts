@@ -561,7 +561,8 @@ export const layer = (options: Options = {}): Layer.Layer<OutboxRelay, never, Ou
 
 /**
  * Settings from the environment: `OUTBOX_BATCH_SIZE`, `OUTBOX_POLL_INTERVAL`,
- * `OUTBOX_LEASE` (durations such as "5 seconds"), `OUTBOX_RETRY_BUDGET`, and
+ * `OUTBOX_LEASE` (durations such as "5s" or "5 seconds"; a plain number is in
+ * milliseconds), `OUTBOX_RETRY_BUDGET`, and
  * `OUTBOX_RETRY_DELAY` / `OUTBOX_RETRY_MAX_DELAY` (the first delay of the
  * exponential retry schedule and its cap). Values in `defaults` apply where the
  * environment says nothing.
@@ -573,11 +574,11 @@ export const config = (defaultOptions: Options = {}): Config.Config<Options> =>
   Settings.overDefaults(
     {
       batchSize: Config.integer("OUTBOX_BATCH_SIZE"),
-      pollInterval: Config.duration("OUTBOX_POLL_INTERVAL"),
-      lease: Config.duration("OUTBOX_LEASE"),
+      pollInterval: Settings.duration("OUTBOX_POLL_INTERVAL", { unit: "millis" }),
+      lease: Settings.duration("OUTBOX_LEASE", { unit: "millis" }),
       retryBudget: Config.integer("OUTBOX_RETRY_BUDGET"),
-      retryDelay: Config.duration("OUTBOX_RETRY_DELAY"),
-      retryMaxDelay: Config.duration("OUTBOX_RETRY_MAX_DELAY")
+      retryDelay: Settings.duration("OUTBOX_RETRY_DELAY", { unit: "millis" }),
+      retryMaxDelay: Settings.duration("OUTBOX_RETRY_MAX_DELAY", { unit: "millis" })
     },
     defaultOptions
   ).pipe(

@@ -281,6 +281,24 @@ REVOKE EXECUTE ON FUNCTION eventfold_event_of_another_tenant(UUID[]) FROM PUBLIC
 ALTER TABLE events ADD COLUMN IF NOT EXISTS metadata JSONB;
 ALTER TABLE event_outbox ADD COLUMN IF NOT EXISTS metadata JSONB;
 
+
+-- 14_notifications_by_schema
+DO $do$
+BEGIN
+  EXECUTE format($sql$
+CREATE OR REPLACE FUNCTION eventfold_notify_events() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed'
+     OR EXISTS (SELECT 1 FROM %1$I.eventfold_listeners WHERE waiting) THEN
+    PERFORM pg_notify('eventfold_events', TG_TABLE_SCHEMA);
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+$sql$, current_schema());
+END
+$do$;
+
 -- The Migrator's record, so PgMigrations.run knows these are applied.
 CREATE TABLE IF NOT EXISTS eventfold_migrations (
   migration_id integer primary key,
@@ -300,6 +318,7 @@ INSERT INTO eventfold_migrations (migration_id, name) VALUES
   (10, 'stream_heads'),
   (11, 'outbox_parking'),
   (12, 'tenant_isolation'),
-  (13, 'event_metadata')
+  (13, 'event_metadata'),
+  (14, 'notifications_by_schema')
 ON CONFLICT (migration_id) DO NOTHING;
 COMMIT;

@@ -43,7 +43,9 @@ import { Int8 } from "./internal/eventRows.js"
 import * as Driver from "./internal/pgDriver.js"
 
 /**
- * The NOTIFY channel the append statement signals on when it writes outbox entries.
+ * The NOTIFY channel the append statement signals on when it writes outbox entries. The
+ * payload is the schema of the outbox (`current_schema()`), so that relays of stores in
+ * other schemas of the database sleep on.
  *
  * @since 0.1.0
  * @category models
@@ -298,7 +300,7 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
       fail("stats")
     )
 
-    const notify = sql`SELECT pg_notify(${channel}, 'retry')`
+    const notify = sql`SELECT pg_notify(${channel}, current_schema())`
 
     const eventIdsIn = (ids: ReadonlyArray<string>) =>
       sql`event_id IN (SELECT value::uuid FROM jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb))`
@@ -387,28 +389,35 @@ RETURNING 1 AS deleted`.pipe(Effect.map((rows) => rows.length))
         fail("list")
       )
 
-    // Our own heartbeats prove the LISTEN connection alive; anybody's notification resets the clock.
-    const wakeups: Stream.Stream<void, Outbox.OutboxError> = Stream.suspend(() => {
-      const token = `heartbeat:${crypto.randomUUID()}`
-      const silence = Duration.times(heartbeat, 3)
-      const notifications = Driver.listen(pg.config, channel).pipe(
-        Stream.mapError(Outbox.outboxError("wakeups")),
-        Stream.timeoutFail(
-          () =>
-            new Outbox.OutboxError({
-              method: "wakeups",
-              message: `no notification on ${channel} for ${Duration.format(silence)}, not even the heartbeat: the LISTEN connection is presumed lost`
-            }),
-          silence
-        ),
-        Stream.filter((payload) => !payload.startsWith("heartbeat:"))
-      )
-      const beats = Stream.repeatEffectWithSchedule(
-        sql`SELECT pg_notify(${channel}, ${token})`.pipe(fail("wakeups")),
-        Schedule.spaced(heartbeat)
-      ).pipe(Stream.drain)
-      return Stream.merge(notifications, beats).pipe(Stream.as(undefined))
-    })
+    // Our own heartbeats prove the LISTEN connection alive; anybody's notification resets the
+    // clock. Only those about this outbox's schema wake the relay.
+    const ownSchema = sql<{ readonly schema: string | null }>`SELECT current_schema() AS schema`.pipe(
+      Effect.map((rows) => rows[0]?.schema ?? undefined),
+      fail("wakeups")
+    )
+    const wakeups: Stream.Stream<void, Outbox.OutboxError> = Stream.unwrap(
+      Effect.map(ownSchema, (schema) => {
+        const token = `heartbeat:${crypto.randomUUID()}`
+        const silence = Duration.times(heartbeat, 3)
+        const notifications = Driver.listen(pg.config, channel).pipe(
+          Stream.mapError(Outbox.outboxError("wakeups")),
+          Stream.timeoutFail(
+            () =>
+              new Outbox.OutboxError({
+                method: "wakeups",
+                message: `no notification on ${channel} for ${Duration.format(silence)}, not even the heartbeat: the LISTEN connection is presumed lost`
+              }),
+            silence
+          ),
+          Stream.filter((payload) => !payload.startsWith("heartbeat:") && Driver.notifies(payload, schema))
+        )
+        const beats = Stream.repeatEffectWithSchedule(
+          sql`SELECT pg_notify(${channel}, ${token})`.pipe(fail("wakeups")),
+          Schedule.spaced(heartbeat)
+        ).pipe(Stream.drain)
+        return Stream.merge(notifications, beats).pipe(Stream.as(undefined))
+      })
+    )
 
     return {
       claim,

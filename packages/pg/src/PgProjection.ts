@@ -41,8 +41,15 @@ export interface Options {
   readonly heartbeatTimeout?: Duration.DurationInput
 }
 
-/** The advisory lock's key text; hashed to a bigint in SQL. */
+/** The advisory lock's key text; hashed to a bigint in SQL ({@link lockHash}). */
 const lockKey = (name: string) => `eventfold.projection:${name}`
+
+/**
+ * The lock's key, `$1` hashed with the session's schema: advisory locks are the
+ * database's, and a store in another schema (PgPool's `schema` option) runs projections
+ * of the same names. The key of a store in `public` is the text alone, as before schemas.
+ */
+const lockHash = `hashtextextended(CASE WHEN coalesce(current_schema(), 'public') = 'public' THEN '' ELSE current_schema() || ':' END || $1, 0)`
 
 class NotAcquired {
   readonly _tag = "NotAcquired"
@@ -91,7 +98,7 @@ export const makeRuntime = (options: Options = {}) =>
             // fails and the session may live on, the session is ended.
             yield* Scope.addFinalizer(
               scope,
-              connection.run("SELECT pg_advisory_unlock(hashtextextended($1, 0))", [lockKey(name)]).pipe(
+              connection.run(`SELECT pg_advisory_unlock(${lockHash})`, [lockKey(name)]).pipe(
                 // The late cancel of an interrupted statement (pg_cancel_backend) can hit it.
                 Effect.retry({ times: 3, while: (error) => error.code === "57014" }),
                 Effect.catchAll((error) =>
@@ -105,7 +112,7 @@ export const makeRuntime = (options: Options = {}) =>
               )
             )
             const [row] = yield* connection.run(
-              `SELECT pg_try_advisory_lock(hashtextextended($1, 0)) AS locked, pg_backend_pid() AS pid,
+              `SELECT pg_try_advisory_lock(${lockHash}) AS locked, pg_backend_pid() AS pid,
                       (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()) AS started`,
               [lockKey(name)]
             )

@@ -1,7 +1,9 @@
+import * as Util from "node:util"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, describe, it } from "@effect/vitest"
 import { Event, EventRegistry, ExpectedVersion } from "@eventfold/core"
 import { PgEventStore, PgMigrations, PgPool, PgTransaction } from "@eventfold/pg"
+import * as Config from "effect/Config"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -15,6 +17,13 @@ import * as Schema from "effect/Schema"
 import pg from "pg"
 import { eventually } from "../../../test/support/eventually.js"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
+
+/** The environment, as `Config` reads it: `env` and nothing else. */
+const environment = (env: Record<string, string>) => ConfigProvider.fromMap(new Map(Object.entries(env)))
+const withEnvironment =
+  (env: Record<string, string>) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    Effect.withConfigProvider(effect, environment(env))
 
 const Noted = Event.make("Noted", { text: Schema.String })
 const registry = EventRegistry.make(Noted)
@@ -74,19 +83,15 @@ const pool = (options: Omit<PgPool.Options, "url">) =>
   })
 
 describe("PgPool", () => {
-  it.effect("reads its settings from the environment, with defaults where it says nothing", () =>
+  it.effect("the preset reads Eventfold's variables over the defaults given in code", () =>
     Effect.gen(function* () {
-      const options = yield* PgPool.config({ poolSize: 5, prePing: false }).pipe(
-        Effect.withConfigProvider(
-          ConfigProvider.fromMap(
-            new Map([
-              ["DATABASE_URL", "postgres://app:s3cret@db.internal:6543/orders"],
-              ["DATABASE_MAX_OVERFLOW", "20"],
-              ["DATABASE_POOL_TIMEOUT", "45 seconds"],
-              ["DATABASE_POOL_PRE_PING", "true"]
-            ])
-          )
-        )
+      const options = yield* PgPool.config({ poolSize: 5, prePing: false, schema: "orders" }).pipe(
+        withEnvironment({
+          DATABASE_URL: "postgres://app:s3cret@db.internal:6543/orders",
+          DATABASE_MAX_OVERFLOW: "20",
+          DATABASE_POOL_TIMEOUT: "45 seconds",
+          DATABASE_POOL_PRE_PING: "true"
+        })
       )
       assert.strictEqual(Redacted.value(options.url!), "postgres://app:s3cret@db.internal:6543/orders")
       assert.notInclude(String(options.url), "s3cret")
@@ -94,16 +99,140 @@ describe("PgPool", () => {
       assert.strictEqual(options.maxOverflow, 20)
       assert.isTrue(Duration.equals(Duration.decode(options.acquireTimeout!), Duration.seconds(45)))
       assert.isTrue(options.prePing)
+      assert.strictEqual(options.schema, "orders")
       assert.isTrue(PgPool.hasServer(options))
-      const none = yield* PgPool.config().pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map())))
+      // Where the environment says nothing: the code's defaults, then the library's.
+      const none = yield* PgPool.config().pipe(withEnvironment({}))
       assert.isFalse(PgPool.hasServer(none))
-      const bad = yield* Effect.flip(
-        PgPool.config().pipe(
-          Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_POOL_SIZE", "many"]])))
-        )
-      )
+      assert.strictEqual(none.poolSize, 5)
+      assert.strictEqual(none.maxOverflow, 10)
+      assert.isTrue(Duration.equals(Duration.decode(none.acquireTimeout!), Duration.seconds(30)))
+      assert.isUndefined(none.schema)
+      const bad = yield* Effect.flip(PgPool.config().pipe(withEnvironment({ DATABASE_POOL_SIZE: "many" })))
       assert.include(String(bad), "DATABASE_POOL_SIZE")
     })
+  )
+
+  it.effect("durations as people write them; a plain number in the variable's documented unit", () =>
+    Effect.gen(function* () {
+      const read = (env: Record<string, string>) => PgPool.config().pipe(withEnvironment(env))
+      const millisOf = (duration: Duration.DurationInput | undefined) => Duration.toMillis(duration!)
+      for (const [text, ms] of [
+        ["30s", 30_000],
+        ["30 seconds", 30_000],
+        ["1500 millis", 1500],
+        ["1500ms", 1500],
+        ["2m", 120_000],
+        ["1h30m", 5_400_000],
+        // A plain number: seconds, as the spec's pool_timeout.
+        ["30", 30_000]
+      ] as const) {
+        assert.strictEqual(millisOf((yield* read({ DATABASE_POOL_TIMEOUT: text })).acquireTimeout), ms, text)
+      }
+      assert.strictEqual(millisOf((yield* read({ DATABASE_POOL_RECYCLE: "1800" })).recycle), 1_800_000)
+      // PostgreSQL's own timeouts: a plain number is in milliseconds, as PostgreSQL reads it.
+      const timeouts = yield* read({
+        DATABASE_STATEMENT_TIMEOUT: "1500",
+        DATABASE_LOCK_TIMEOUT: "2s",
+        DATABASE_IDLE_IN_TRANSACTION_TIMEOUT: "1 minute"
+      })
+      assert.strictEqual(millisOf(timeouts.statementTimeout), 1500)
+      assert.strictEqual(millisOf(timeouts.lockTimeout), 2000)
+      assert.strictEqual(millisOf(timeouts.idleInTransactionTimeout), 60_000)
+      const bad = yield* Effect.flip(read({ DATABASE_POOL_TIMEOUT: "soon" }))
+      assert.include(String(bad), "DATABASE_POOL_TIMEOUT")
+      assert.include(String(bad), "30s")
+    })
+  )
+
+  it.effect("the URL's parts come first, the PG* variables fill what it leaves out, as libpq reads them", () =>
+    Effect.gen(function* () {
+      const options = yield* PgPool.config({ host: "from-code", sslMode: "require" }).pipe(
+        withEnvironment({
+          DATABASE_URL: "postgres://app@db.internal/orders?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+          PGHOST: "other-host",
+          PGPORT: "6000",
+          PGPASSWORD: "from-env",
+          PGSSLMODE: "disable"
+        })
+      )
+      // Set fields replace the URL's: the preset sets only those the URL leaves out.
+      assert.isUndefined(options.host)
+      assert.isUndefined(options.sslMode)
+      assert.strictEqual(options.port, 6000)
+      assert.strictEqual(Redacted.value(options.password!), "from-env")
+      assert.strictEqual(PgPool.describeServer(options), "db.internal:6000")
+      // PGSSLMODE where the URL has no sslmode.
+      const pgssl = yield* PgPool.config().pipe(
+        withEnvironment({ DATABASE_URL: "postgres://app@db.internal/orders", PGSSLMODE: "require" })
+      )
+      assert.strictEqual(pgssl.sslMode, "require")
+      const badMode = yield* Effect.flip(PgPool.config().pipe(withEnvironment({ PGHOST: "h", PGSSLMODE: "on" })))
+      assert.include(String(badMode), "PGSSLMODE")
+      // verify-full needs its CA: refused before anything connects.
+      const noCa = yield* Effect.flip(PgPool.config().pipe(withEnvironment({ PGHOST: "h", PGSSLMODE: "verify-full" })))
+      assert.include(String(noCa), "PGSSLROOTCERT")
+    })
+  )
+
+  it.effect("a malformed DATABASE_URL is a ConfigError naming the variable and hiding the password", () =>
+    Effect.gen(function* () {
+      const secret = "S3cret-Pw_41"
+      for (const url of [
+        `app:${secret}@db.internal/orders`,
+        `postgres://app:${secret}/x@db.internal/orders`,
+        `postgresql+asyncpg://app:${secret}@db.internal/orders`,
+        `postgres://app:${secret}@db.internal/orders?sslmode=on`
+      ]) {
+        const error = yield* Effect.flip(PgPool.config().pipe(withEnvironment({ DATABASE_URL: url })))
+        assert.strictEqual(error._op, "InvalidData", url)
+        const text = String(error)
+        assert.include(text, "DATABASE_URL", url)
+        assert.include(text, "PostgreSQL URL", url)
+        assert.notInclude(text, secret, url)
+        assert.notInclude(Util.inspect(error, { depth: null }), secret, url)
+      }
+      // The same through layerConfig, whatever variable the application reads its URL from.
+      const error = yield* Effect.flip(
+        Effect.scoped(
+          Layer.build(
+            PgPool.layerConfig({ url: Config.redacted("ORDERS_DATABASE_URL") }).pipe(
+              Layer.provide(Layer.setConfigProvider(environment({ ORDERS_DATABASE_URL: `base:${secret}@x/y` })))
+            )
+          )
+        )
+      )
+      assert.strictEqual(error._tag, "ConfigError")
+      assert.include(String(error), "is not a URL")
+      assert.notInclude(String(error), secret)
+    })
+  )
+
+  it.scopedLive(
+    "layerConfig takes the options from the Configs it is given; the environment does not change them",
+    () =>
+      Effect.gen(function* () {
+        const url = yield* TestDatabase.fresh
+        const context = yield* Layer.build(
+          PgPool.layerConfig({
+            url: Config.succeed(Redacted.make(url)),
+            poolSize: Config.succeed(2),
+            applicationName: Config.string("APP_NAME").pipe(Config.withDefault("orders"))
+          }).pipe(
+            // Eventfold's variables are set, and wrong: layerConfig does not read them.
+            Layer.provide(
+              Layer.setConfigProvider(
+                environment({ DATABASE_URL: "postgres://nobody@127.0.0.1:1/none", DATABASE_POOL_SIZE: "7" })
+              )
+            )
+          )
+        )
+        const pool = yield* PgPool.PgPool.pipe(Effect.provide(context))
+        assert.strictEqual((yield* pool.stats).size, 2)
+        const sql = yield* SqlClient.SqlClient.pipe(Effect.provide(context))
+        const [row] = yield* sql<{ name: string }>`SELECT current_setting('application_name') AS name`
+        assert.strictEqual(row!.name, "orders")
+      })
   )
 
   it.scopedLive("reports size, checked out, idle, overflow and waiting as the spec's pool does", () =>

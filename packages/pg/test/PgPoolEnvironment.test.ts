@@ -63,7 +63,7 @@ describe("PgPool: where events go", () => {
     Effect.gen(function* () {
       // PGPORT and PGUSER alone name no server: pg would connect to localhost with them.
       const fromEnvironment = yield* Effect.flip(
-        Effect.scoped(Layer.build(PgPool.layerConfig(once))).pipe(
+        Effect.scoped(Layer.build(PgPool.layerFromEnv(once))).pipe(
           withEnvironment({ PGPORT: "5432", PGUSER: "postgres" })
         )
       )
@@ -80,7 +80,7 @@ describe("PgPool: where events go", () => {
       const [rows, lines] = yield* capturingLogs(
         Effect.gen(function* () {
           const context = yield* Layer.build(
-            PgPool.layerConfig(once, { embedded: { dataDir, persistent: false, durability: "relaxed" } })
+            PgPool.layerFromEnv(once, { embedded: { dataDir, persistent: false, durability: "relaxed" } })
           )
           const sql = yield* Effect.provide(SqlClient.SqlClient, context)
           return yield* sql<{ readonly dir: string }>`SELECT current_setting('data_directory') AS dir`
@@ -105,7 +105,7 @@ describe("PgPool: no secret is ever printed", () => {
   const failingPool = (url: string) =>
     Effect.gen(function* () {
       const [[exit, spans], lines] = yield* capturingLogs(
-        recordingSpans(Effect.exit(Effect.scoped(Layer.build(PgPool.layerConfig(once)))))
+        recordingSpans(Effect.exit(Effect.scoped(Layer.build(PgPool.layerFromEnv(once)))))
       ).pipe(withEnvironment({ DATABASE_URL: url }))
       assert.isTrue(Exit.isFailure(exit), "the pool should not connect")
       const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
@@ -136,9 +136,14 @@ describe("PgPool: no secret is ever printed", () => {
       assert.include(refused.error.message, "127.0.0.1:1")
       assertNoSecret(refused.texts)
       assert.include(refused.texts.logs, "cannot be reached yet")
-      const unparseable = yield* failingPool(`postgres://app:${secret}@[::1/events`)
-      assert.include(unparseable.error.message, "does not parse")
-      assertNoSecret(unparseable.texts)
+      // Refused before anything connects, as a ConfigError that names the variable.
+      for (const url of [`postgres://app:${secret}@[::1/events`, `app:${secret}@db.internal/events`]) {
+        const unparseable = yield* failingPool(url)
+        assert.strictEqual((unparseable.error as { _op?: string })._op, "InvalidData")
+        assert.include(unparseable.error.message, "PostgreSQL URL")
+        assert.include(unparseable.texts.string, "DATABASE_URL")
+        assertNoSecret(unparseable.texts)
+      }
     })
   )
 

@@ -178,7 +178,7 @@ RETURNING version, global_position AS first_position, global_position AS last_po
 )${outboxed}
 SELECT max(inserted.version) AS version,
        min(inserted.global_position) AS first_position, max(inserted.global_position) AS last_position
-  FROM inserted${outbox ? ", (SELECT pg_notify('eventfold_outbox', 'append')) AS notified" : ""}`
+  FROM inserted${outbox ? ", (SELECT pg_notify('eventfold_outbox', current_schema())) AS notified" : ""}`
   }
 }
 

@@ -380,5 +380,33 @@ REVOKE EXECUTE ON FUNCTION eventfold_event_of_another_tenant(UUID[]) FROM PUBLIC
 ALTER TABLE events ADD COLUMN IF NOT EXISTS metadata JSONB;
 ALTER TABLE event_outbox ADD COLUMN IF NOT EXISTS metadata JSONB;
 `
+  },
+  {
+    id: 14,
+    name: "notifications_by_schema",
+    // Stores in different schemas of one database (PgPool's `schema` option) share the
+    // NOTIFY channels, which are the database's: each notification names its schema in
+    // its payload, so that a subscriber wakes only for appends to its own store (the
+    // append statement does the same for the outbox channel). The listener rows the
+    // trigger consults are named with their schema, fixed here (as migration 12 fixes the
+    // functions' search_path): the trigger looks in its own schema whatever the
+    // inserting session's search_path.
+    sql: `
+DO $do$
+BEGIN
+  EXECUTE format($sql$
+CREATE OR REPLACE FUNCTION eventfold_notify_events() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed'
+     OR EXISTS (SELECT 1 FROM %1$I.eventfold_listeners WHERE waiting) THEN
+    PERFORM pg_notify('eventfold_events', TG_TABLE_SCHEMA);
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+$sql$, current_schema());
+END
+$do$;
+`
   }
 ]

@@ -62,6 +62,7 @@ import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Pg from "pg"
+import type * as Target from "./connection.js"
 import * as LeanQuery from "./leanQuery.js"
 
 // ---------------------------------------------------------------------------
@@ -146,6 +147,9 @@ export const classify = (cause: unknown, acquiring = false): DriverError => {
   const original = failure.cause
   const redacted = new Error(message)
   redacted.name = original instanceof Error ? original.name : "Error"
+  // The code says what failed (a TLS code, say), and holds no text of the message.
+  const code = original instanceof Error ? (original as NodeJS.ErrnoException).code : undefined
+  if (code !== undefined) Object.assign(redacted, { code })
   if (original instanceof Error && typeof original.stack === "string")
     redacted.stack = redactCredentials(original.stack)
   return new DriverError({
@@ -684,6 +688,18 @@ const clientConfig = (config: PgClient.PgClientConfig, applicationName: string):
   application_name: applicationName
 })
 
+/** The payloads of notifications sent before they named their schema (migration 14): they wake every store. */
+const unscopedPayloads: ReadonlySet<string> = new Set(["append", "retry"])
+
+/**
+ * Whether a notification is for the store whose tables are in `schema`: Eventfold's
+ * notifications name the schema of the tables they are about in their payload, since
+ * channels are the database's and stores in other schemas share them. With `schema`
+ * unknown, every notification is.
+ */
+export const notifies = (payload: string, schema: string | undefined): boolean =>
+  schema === undefined || payload === schema || unscopedPayloads.has(payload)
+
 /**
  * LISTENs on `channel` on a connection of its own (LISTEN must hold its session,
  * outside the pool), opened from the application's PgClient settings. Emits each
@@ -759,13 +775,15 @@ const poolOf = (connections: Connections): PoolEntry => {
 
 /** A pool's settings, resolved. */
 export interface PoolConfig {
-  readonly url: Redacted.Redacted<string> | undefined
-  readonly host: string | undefined
-  readonly port: number | undefined
+  readonly host: string
+  readonly port: number
   readonly user: string | undefined
   readonly password: Redacted.Redacted<string> | undefined
   readonly database: string | undefined
-  readonly ssl: boolean | undefined
+  /** The startup `options` of every connection (the schema's `search_path`, ...). */
+  readonly startupOptions: string | undefined
+  /** TLS, and when to connect the other way (libpq's `allow` and `prefer`). */
+  readonly tls: Target.TlsPlan
   readonly min: number
   readonly max: number
   readonly acquireTimeoutMillis: number
@@ -919,14 +937,16 @@ export const makePool = (
   Scope.Scope
 > =>
   Effect.gen(function* () {
+    // Every field pg would otherwise take from its own parsing of a URL or from PGSSLMODE is
+    // given: TLS above all is what the options say, never what the environment says.
     const settings: Pg.PoolConfig = {
-      ...(config.url === undefined ? {} : { connectionString: Redacted.value(config.url) }),
-      ...(config.host === undefined ? {} : { host: config.host }),
-      ...(config.port === undefined ? {} : { port: config.port }),
+      host: config.host,
+      port: config.port,
       ...(config.user === undefined ? {} : { user: config.user }),
       ...(config.password === undefined ? {} : { password: Redacted.value(config.password) }),
       ...(config.database === undefined ? {} : { database: config.database }),
-      ...(config.ssl === undefined ? {} : { ssl: config.ssl }),
+      ...(config.startupOptions === undefined ? {} : { options: config.startupOptions }),
+      ssl: config.tls.ssl,
       min: config.min,
       max: config.max,
       connectionTimeoutMillis: config.acquireTimeoutMillis,
@@ -964,15 +984,62 @@ export const makePool = (
     if (measured) yield* samplePool(pool, config.applicationName)
     const connections: Connections = { _tag: "Connections" }
     pools.set(connections, { pool, echo: config.echo })
-    const check = Effect.tryPromise({
-      try: () => pool.query("SELECT 1"),
-      catch: (cause) => classify(cause, true)
-    }).pipe(Effect.asVoid)
+    // libpq's `allow` and `prefer` connect the other way when the first is refused for want
+    // (or excess) of TLS. pg cannot do that per connection: the first check that meets the
+    // refusal switches the pool, whose later connections (and LISTEN connections, made from
+    // its options) then all connect the other way.
+    let fallback = config.tls.fallback
+    const query = Effect.tryPromise({ try: () => pool.query("SELECT 1"), catch: (cause) => cause })
+    const check = query.pipe(
+      Effect.catchAll((cause) => {
+        if (fallback === undefined || !refusedFor(fallback.when, cause)) return Effect.fail(cause)
+        ;(pool.options as Pg.PoolConfig).ssl = fallback.ssl
+        fallback = undefined
+        return query
+      }),
+      Effect.mapError((cause) => classify(cause, true)),
+      Effect.asVoid
+    )
     const counts = Effect.sync(
       (): PoolCounts => ({ open: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount })
     )
     return { connections, counts, check }
   })
+
+/** Whether a connection was refused for the reason `allow` or `prefer` connects the other way on. */
+const refusedFor = (when: NonNullable<Target.TlsPlan["fallback"]>["when"], cause: unknown): boolean =>
+  when === "server has no TLS"
+    ? cause instanceof Error && cause.message === PG_NO_TLS
+    : cause instanceof Pg.DatabaseError &&
+      cause.code === "28000" &&
+      // The pg_hba.conf line that would match asks for TLS: "no encryption" (PostgreSQL 14+), "SSL off" before.
+      /no encryption|SSL off/.test(cause.message)
+
+/** pg's errors when TLS cannot be set up with the server. */
+const PG_NO_TLS = "The server does not support SSL connections"
+const PG_TLS_FAILED = "There was an error establishing an SSL connection"
+
+/** Node's (OpenSSL's) codes of a TLS handshake or certificate failure. */
+const tlsErrorCode =
+  /^(ERR_TLS_|ERR_SSL_|ERR_OSSL_|CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$|EPROTO$)/
+
+/**
+ * A failure to connect that trying again with the same settings does not mend: TLS that
+ * cannot be set up or a server certificate that does not verify, or the server refusing
+ * the login (SQLSTATE class 28: no pg_hba.conf entry, a wrong password, a missing client
+ * certificate).
+ */
+export const isSettingsFailure = (error: DriverError): boolean => {
+  if (error.code?.startsWith("28") === true) return true
+  const cause = error.cause instanceof SqlError ? error.cause.cause : error.cause
+  if (!(cause instanceof Error)) return false
+  const code = (cause as NodeJS.ErrnoException).code
+  return (
+    (typeof code === "string" && tlsErrorCode.test(code)) ||
+    cause.message === PG_NO_TLS ||
+    cause.message === PG_TLS_FAILED
+  )
+}
 
 /** The pg pool behind `connections`, for @effect/sql-pg's `PgClient.layerFromPool`. */
 export const pgPool = (connections: Connections): Pg.Pool => poolOf(connections).pool

@@ -99,7 +99,10 @@ export const defaultReconnect: Schedule.Schedule<unknown, unknown> = Schedule.ex
   Schedule.upTo("5 minutes")
 )
 
-/** The channel appends notify (by the statement trigger of migration 8), at commit. */
+/**
+ * The channel appends notify (by the statement trigger of migration 8), at commit, with
+ * the schema of the events as payload (migration 14).
+ */
 export const channel = "eventfold_events"
 
 const HorizonRow = Schema.Struct({
@@ -332,8 +335,25 @@ export const makeWatcher = (
               Effect.logWarning(`subscriptions: LISTEN connection lost (${error.message}); polling until it is back`)
             )
           )
-        yield* Driver.listen(listening.value, channel, connected).pipe(
-          Stream.runForEach(() => Effect.zipRight(signal, Metric.increment(wakeups))),
+        // The schema of the store's events (migration 14's notifications name it): appends to
+        // another store of the database, in another schema, wake nobody here.
+        const ownSchema = sql<{ readonly schema: string }>`SELECT n.nspname AS schema
+                              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE c.oid = to_regclass('events')`.pipe(
+          Effect.map((rows) => rows[0]?.schema),
+          Effect.catchAll((error) =>
+            Effect.as(
+              warn("subscriptions: looking up the schema of events failed; every notification wakes")(error),
+              undefined
+            )
+          )
+        )
+        yield* Effect.flatMap(ownSchema, (schema) =>
+          Driver.listen(listening.value, channel, connected).pipe(
+            Stream.filter((payload) => Driver.notifies(payload, schema)),
+            Stream.runForEach(() => Effect.zipRight(signal, Metric.increment(wakeups)))
+          )
+        ).pipe(
           Effect.tapError(lost),
           // Listening again never gives up: polling covers the gaps meanwhile.
           Effect.retry(reconnect.pipe(Schedule.andThen(Schedule.spaced("5 seconds")))),

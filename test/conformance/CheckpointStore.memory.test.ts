@@ -1,4 +1,4 @@
-import { memory } from "../support/projectionHarness.js"
-import { suite } from "./checkpointStoreSuite.js"
+import { suite } from "@eventfold/testing/CheckpointStoreSuite"
+import { memory } from "@eventfold/testing/ConformanceBackend"
 
 suite("memory", memory)

@@ -1,4 +1,4 @@
-import { memory } from "../support/projectionHarness.js"
-import { suite } from "./deadLetterQueueSuite.js"
+import { memory } from "@eventfold/testing/ConformanceBackend"
+import { suite } from "@eventfold/testing/DeadLetterQueueSuite"
 
 suite("memory", memory)

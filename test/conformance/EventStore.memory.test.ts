@@ -1,8 +1,8 @@
 import { EventStore } from "@eventfold/core"
+import { Harness, suite } from "@eventfold/testing/EventStoreSuite"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { Harness, suite } from "./eventStoreSuite.js"
 
 // One memory backend shared by every store the suite builds, as one database would be.
 const MemoryHarness = Layer.sync(Harness, () => {

@@ -1,13 +1,13 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Errors } from "@eventfold/core"
 import { PgMigrations } from "@eventfold/pg"
+import { Harness, suite } from "@eventfold/testing/EventStoreSuite"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as PgClients from "../support/pgClients.js"
 import * as TestDatabase from "../support/TestDatabase.js"
-import { Harness, suite } from "./eventStoreSuite.js"
 
 const storeError = (cause: unknown) => new Errors.EventStoreError({ method: "test", message: String(cause), cause })
 

@@ -1,9 +1,9 @@
 import { EventStore, Outbox } from "@eventfold/core"
+import { registry } from "@eventfold/testing/EventStoreSuite"
+import { OutboxHarness, suite } from "@eventfold/testing/OutboxSuite"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { registry } from "./eventStoreSuite.js"
-import { OutboxHarness, suite } from "./outboxSuite.js"
 
 // A new memory event store and outbox per test; the store without the outbox shares its data.
 const MemoryHarness = Layer.succeed(OutboxHarness, {

@@ -1,13 +1,13 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Errors } from "@eventfold/core"
 import { PgMigrations, PgOutbox } from "@eventfold/pg"
+import { registry } from "@eventfold/testing/EventStoreSuite"
+import { OutboxHarness, suite } from "@eventfold/testing/OutboxSuite"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as PgClients from "../support/pgClients.js"
 import * as TestDatabase from "../support/TestDatabase.js"
-import { registry } from "./eventStoreSuite.js"
-import { OutboxHarness, suite } from "./outboxSuite.js"
 
 const storeError = (cause: unknown) => new Errors.EventStoreError({ method: "test", message: String(cause), cause })
 

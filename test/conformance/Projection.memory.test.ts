@@ -1,4 +1,4 @@
-import { memory } from "../support/projectionHarness.js"
-import { suite } from "./projectionSuite.js"
+import { memory } from "@eventfold/testing/ConformanceBackend"
+import { suite } from "@eventfold/testing/ProjectionSuite"
 
 suite("memory", memory)

@@ -1,4 +1,4 @@
-import { memory } from "../support/projectionHarness.js"
-import { suite } from "./subscriptionSuite.js"
+import { memory } from "@eventfold/testing/ConformanceBackend"
+import { suite } from "@eventfold/testing/SubscriptionSuite"
 
 suite("memory", memory)

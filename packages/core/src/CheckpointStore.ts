@@ -9,6 +9,7 @@
  *
  * @since 0.1.0
  */
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -329,10 +330,11 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
   // The names of the checkpoints saved, to whoever awaits one.
   const saves = yield* PubSub.unbounded<string>()
 
+  // Times come from the fiber's clock, as the event store's do: a TestClock moves them all.
   const save: Service["save"] = (name, input) =>
-    Effect.flatten(
+    Effect.clockWith((clock) =>
       Ref.modify(ref, (map): readonly [Effect.Effect<Checkpoint, CheckpointConflictError>, Map<string, Checkpoint>] => {
-        const now = new Date()
+        const now = new Date(clock.unsafeCurrentTimeMillis())
         const current = map.get(name)
         const actual = current?.position ?? 0n
         if (input.expected !== undefined && input.expected !== actual) {
@@ -351,7 +353,7 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
           updatedAt: now
         }
         return [Effect.as(PubSub.publish(saves, name), next), new Map(map).set(name, next)]
-      })
+      }).pipe(Effect.flatten)
     )
 
   const get: Service["get"] = (name) => Effect.map(Ref.get(ref), (map) => Option.fromNullable(map.get(name)))
@@ -378,6 +380,7 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
   const lag: Service["lag"] = (name, options) =>
     Effect.gen(function* () {
       const position = (yield* Ref.get(ref)).get(name)?.position ?? 0n
+      const now = yield* Clock.currentTimeMillis
       const head = yield* Stream.runHead(events({ direction: "backward", limit: 1 }))
       const behind = yield* Stream.runFold(
         events({ ...options, after: position }),
@@ -389,25 +392,27 @@ export const makeMemory: Effect.Effect<Service, never, EventStore> = Effect.gen(
         position,
         headPosition: Option.match(head, { onNone: () => 0n, onSome: (e) => e.position }),
         eventsBehind: behind.count,
-        timeBehindMillis: behind.oldest === undefined ? 0 : Math.max(0, Date.now() - behind.oldest.getTime())
+        timeBehindMillis: behind.oldest === undefined ? 0 : Math.max(0, now - behind.oldest.getTime())
       }
     }).pipe(Effect.mapError((cause) => new CheckpointError({ method: "lag", message: cause.message, cause })))
 
   const reset: Service["reset"] = (name, options) =>
-    Ref.update(ref, (map) => {
-      const current = map.get(name)
-      const now = new Date()
-      return new Map(map).set(name, {
-        name,
-        position: options?.to ?? 0n,
-        eventId: null,
-        eventType: null,
-        eventsProcessed: 0n,
-        lastProcessedAt: null,
-        createdAt: current?.createdAt ?? now,
-        updatedAt: now
+    Effect.clockWith((clock) =>
+      Ref.update(ref, (map) => {
+        const current = map.get(name)
+        const now = new Date(clock.unsafeCurrentTimeMillis())
+        return new Map(map).set(name, {
+          name,
+          position: options?.to ?? 0n,
+          eventId: null,
+          eventType: null,
+          eventsProcessed: 0n,
+          lastProcessedAt: null,
+          createdAt: current?.createdAt ?? now,
+          updatedAt: now
+        })
       })
-    })
+    )
 
   const list: Service["list"] = Effect.map(Ref.get(ref), (map) =>
     [...map.values()].sort((a, b) => a.name.localeCompare(b.name))

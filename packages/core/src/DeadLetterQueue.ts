@@ -327,46 +327,49 @@ export const makeMemory: Effect.Effect<Service> = Effect.gen(function* () {
     id: bigint,
     f: (letter: DeadLetter, now: Date) => DeadLetter
   ): Effect.Effect<DeadLetter, DeadLetterNotFoundError> =>
-    Effect.flatten(
+    Effect.clockWith((clock) =>
       Ref.modify(ref, (state): readonly [Effect.Effect<DeadLetter, DeadLetterNotFoundError>, State] => {
         const letter = state.letters.get(id)
         if (letter === undefined) return [Effect.fail(new DeadLetterNotFoundError({ id })), state] as const
-        const next = f(letter, new Date())
+        const next = f(letter, new Date(clock.unsafeCurrentTimeMillis()))
         return [Effect.succeed(next), { ...state, letters: new Map(state.letters).set(id, next) }] as const
-      })
+      }).pipe(Effect.flatten)
     )
 
+  // Times come from the fiber's clock, as the event store's do: a TestClock moves them all.
   const add: Service["add"] = (projection, event, failure) =>
-    Ref.modify(ref, (state) => {
-      const now = new Date()
-      const existing = [...state.letters.values()].find(
-        (l) => l.projection === projection && l.eventId === event.eventId
-      )
-      const letter: DeadLetter = {
-        id: existing?.id ?? state.nextId,
-        projection,
-        eventId: event.eventId,
-        eventType: event.eventType,
-        globalPosition: event.globalPosition,
-        // What PostgreSQL stores and hands back, for the same input.
-        eventData: JSON.parse(eventDataJson(event)),
-        errorMessage: failure.message,
-        errorStacktrace: failure.stacktrace ?? null,
-        retryCount: (existing?.retryCount ?? 0) + failure.attempts,
-        firstFailedAt: existing?.firstFailedAt ?? now,
-        lastFailedAt: now,
-        status: "failed",
-        resolvedAt: null,
-        resolvedBy: null
-      }
-      return [
-        letter,
-        {
-          nextId: existing === undefined ? state.nextId + 1n : state.nextId,
-          letters: new Map(state.letters).set(letter.id, letter)
+    Effect.clockWith((clock) =>
+      Ref.modify(ref, (state) => {
+        const now = new Date(clock.unsafeCurrentTimeMillis())
+        const existing = [...state.letters.values()].find(
+          (l) => l.projection === projection && l.eventId === event.eventId
+        )
+        const letter: DeadLetter = {
+          id: existing?.id ?? state.nextId,
+          projection,
+          eventId: event.eventId,
+          eventType: event.eventType,
+          globalPosition: event.globalPosition,
+          // What PostgreSQL stores and hands back, for the same input.
+          eventData: JSON.parse(eventDataJson(event)),
+          errorMessage: failure.message,
+          errorStacktrace: failure.stacktrace ?? null,
+          retryCount: (existing?.retryCount ?? 0) + failure.attempts,
+          firstFailedAt: existing?.firstFailedAt ?? now,
+          lastFailedAt: now,
+          status: "failed",
+          resolvedAt: null,
+          resolvedBy: null
         }
-      ] as const
-    })
+        return [
+          letter,
+          {
+            nextId: existing === undefined ? state.nextId + 1n : state.nextId,
+            letters: new Map(state.letters).set(letter.id, letter)
+          }
+        ] as const
+      })
+    )
 
   const list: Service["list"] = (options) =>
     Effect.map(Ref.get(ref), (state) => {
@@ -389,19 +392,21 @@ export const makeMemory: Effect.Effect<Service> = Effect.gen(function* () {
     update(id, (letter, now) => ({ ...letter, status: "resolved", resolvedAt: now, resolvedBy: options?.by ?? null }))
 
   const resolveEvent: Service["resolveEvent"] = (projection, eventId, options) =>
-    Ref.modify(ref, (state) => {
-      const open = [...state.letters.values()].find(
-        (l) => l.projection === projection && l.eventId === eventId && l.status !== "resolved"
-      )
-      if (open === undefined) return [false, state] as const
-      const resolved: DeadLetter = {
-        ...open,
-        status: "resolved",
-        resolvedAt: new Date(),
-        resolvedBy: options?.by ?? null
-      }
-      return [true, { ...state, letters: new Map(state.letters).set(open.id, resolved) }] as const
-    })
+    Effect.clockWith((clock) =>
+      Ref.modify(ref, (state) => {
+        const open = [...state.letters.values()].find(
+          (l) => l.projection === projection && l.eventId === eventId && l.status !== "resolved"
+        )
+        if (open === undefined) return [false, state] as const
+        const resolved: DeadLetter = {
+          ...open,
+          status: "resolved",
+          resolvedAt: new Date(clock.unsafeCurrentTimeMillis()),
+          resolvedBy: options?.by ?? null
+        }
+        return [true, { ...state, letters: new Map(state.letters).set(open.id, resolved) }] as const
+      })
+    )
 
   const markRetrying: Service["markRetrying"] = (id) => update(id, (letter) => ({ ...letter, status: "retrying" }))
 

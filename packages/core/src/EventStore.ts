@@ -11,6 +11,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
+import * as Predicate from "effect/Predicate"
 import * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import type {
@@ -170,13 +171,45 @@ export interface ReadStreamOptions {
 }
 
 /**
+ * An entry of an `eventTypes` filter: an event type's name, or its definition (what
+ * `Event.make` returns). A definition must be the one the store's registry holds for
+ * its type; the store reads by its name either way.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type EventTypeFilter = string | Event.AnyEventType
+
+/**
+ * The events a read filtered by `eventTypes: ReadonlyArray<T>` yields: the events of
+ * those definitions when every entry is a definition, any event otherwise (no filter,
+ * or names among the entries).
+ *
+ * @example
+ * ```ts
+ * // Stream<RecordedEvent<typeof OrderPlaced.Type | typeof OrderShipped.Type>, ReadError>
+ * store.readAll({ eventTypes: [OrderPlaced, OrderShipped] })
+ * // Stream<RecordedEvent<Event.Any>, ReadError>
+ * store.readAll({ eventTypes: [OrderPlaced, "OrderShipped"] })
+ * ```
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SelectedEvent<T extends EventTypeFilter> = [T] extends [never]
+  ? Event.Any
+  : [T] extends [Event.AnyEventType]
+    ? Extract<T, Event.AnyEventType>["Type"]
+    : Event.Any
+
+/**
  * Filters and bounds of a read of the global log. Every filter is applied by the
  * store (in SQL for PostgreSQL), never after loading.
  *
  * @since 0.1.0
  * @category models
  */
-export interface ReadAllOptions {
+export interface ReadAllOptions<T extends EventTypeFilter = string> {
   /** Only events with a global position greater than this. */
   readonly after?: bigint
   /** Only events with a global position less than this. */
@@ -186,7 +219,8 @@ export interface ReadAllOptions {
   readonly limit?: number
   readonly tenantId?: string
   readonly aggregateTypes?: ReadonlyArray<string>
-  readonly eventTypes?: ReadonlyArray<string>
+  /** Only events of these types, by name or by definition (definitions only: the events are typed as theirs). */
+  readonly eventTypes?: ReadonlyArray<T>
   /** Only events whose domain timestamp is at or after this. */
   readonly since?: Date
   /** Only events whose domain timestamp is before this. */
@@ -280,21 +314,31 @@ export interface Service {
     stream: StreamId,
     options?: { readonly fromVersion?: number }
   ) => Stream.Stream<StreamEvent, ReadError>
-  /** The global log in position order, filtered, decoded, read in pages. */
-  readonly readAll: (options?: ReadAllOptions) => Stream.Stream<RecordedEvent, ReadError>
+  /**
+   * The global log in position order, filtered, decoded, read in pages. Filtered by
+   * event definitions (`eventTypes: [OrderPlaced]`), it yields those events typed as
+   * theirs (see {@link SelectedEvent}); a definition the registry does not hold is an
+   * `InvalidEventError`.
+   */
+  readonly readAll: <T extends EventTypeFilter = never>(
+    options?: ReadAllOptions<T>
+  ) => Stream.Stream<RecordedEvent<SelectedEvent<T>>, ReadError>
   /**
    * Catches up from `after`, then follows the log live, in `readAll`'s order. Never
    * skips an event committed late at a lower position and never delivers a rolled-back
-   * one. Fails on an event that does not decode, naming it.
+   * one. Fails on an event that does not decode, naming it. Filtered by event
+   * definitions, it yields those events typed as theirs, as `readAll` does.
    */
-  readonly subscribe: (options?: Subscription.Options) => Stream.Stream<RecordedEvent, ReadError>
+  readonly subscribe: <T extends EventTypeFilter = never>(
+    options?: Subscription.Options<T>
+  ) => Stream.Stream<RecordedEvent<SelectedEvent<T>>, ReadError>
   /**
    * {@link Service.subscribe} with its progress, stalls and undecodable events as
    * messages, for checkpointing consumers such as projection runners.
    */
-  readonly subscribeMessages: (
-    options?: Subscription.Options
-  ) => Stream.Stream<Subscription.Message, InvalidEventError | EventStoreError>
+  readonly subscribeMessages: <T extends EventTypeFilter = never>(
+    options?: Subscription.Options<T>
+  ) => Stream.Stream<Subscription.Message<RecordedEvent<SelectedEvent<T>>>, InvalidEventError | EventStoreError>
   readonly registry: EventRegistry
   /** The tenant scope of this store (a lower-case UUID), or null outside any. */
   readonly tenantId: string | null
@@ -467,9 +511,10 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
       ).pipe(Stream.chunks, Stream.flatMap(decodeStreamChunk(normalized)))
     }).pipe(Stream.unwrap, streamSpan(stream, options?.fromVersion))
 
-  const readAll = (options?: ReadAllOptions) =>
+  const readAll = (options?: ReadAllOptions<EventTypeFilter>): Stream.Stream<RecordedEvent, ReadError> =>
     Effect.gen(function* () {
-      const normalized = yield* validate.readAllOptions(yield* scopeFilter(scope, options ?? {}))
+      const named = yield* namedEventTypes(registry, options ?? emptyReadAll)
+      const normalized = yield* validate.readAllOptions(yield* scopeFilter(scope, named))
       return decodeStream(
         countReads(backend.readAll(normalized), yield* FiberRef.get(metricsEnabled), backend.name, "readAll")
       )
@@ -494,27 +539,32 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
     )
 
   const subscribeMessages = (
-    options?: Subscription.Options
+    options?: Subscription.Options<EventTypeFilter>
   ): Stream.Stream<Subscription.Message, InvalidEventError | EventStoreError> =>
-    Effect.map(Effect.flatMap(scopeFilter(scope, options ?? {}), validate.subscribeOptions), (normalized) =>
-      backend.subscribe(normalized).pipe(
-        countSubscribed,
-        Stream.map((message): Subscription.Message => {
-          if (message._tag === "Stalled" && scope !== null) {
-            // The horizon is the whole log's: a tenant scope learns that it is held back, and
-            // for how long, but not what other tenants' sessions are running.
-            return { _tag: "Stalled", stall: { ...message.stall, holders: message.stall.holders.map(anonymous) } }
-          }
-          if (message._tag !== "Event") return message
-          const stored = message.event
-          const result = registry.decodeOwned(stored.eventType, stored.payload, stored)
-          if (Either.isLeft(result)) return { _tag: "Undecodable", stored, error: result.left }
-          return { _tag: "Event", event: recorded(stored, result.right) }
-        })
-      )
+    Effect.map(
+      Effect.flatMap(
+        Effect.flatMap(namedEventTypes(registry, options ?? emptySubscribe), (named) => scopeFilter(scope, named)),
+        validate.subscribeOptions
+      ),
+      (normalized) =>
+        backend.subscribe(normalized).pipe(
+          countSubscribed,
+          Stream.map((message): Subscription.Message => {
+            if (message._tag === "Stalled" && scope !== null) {
+              // The horizon is the whole log's: a tenant scope learns that it is held back, and
+              // for how long, but not what other tenants' sessions are running.
+              return { _tag: "Stalled", stall: { ...message.stall, holders: message.stall.holders.map(anonymous) } }
+            }
+            if (message._tag !== "Event") return message
+            const stored = message.event
+            const result = registry.decodeOwned(stored.eventType, stored.payload, stored)
+            if (Either.isLeft(result)) return { _tag: "Undecodable", stored, error: result.left }
+            return { _tag: "Event", event: recorded(stored, result.right) }
+          })
+        )
     ).pipe(Stream.unwrap)
 
-  const subscribe = (options?: Subscription.Options): Stream.Stream<RecordedEvent, ReadError> =>
+  const subscribe = (options?: Subscription.Options<EventTypeFilter>): Stream.Stream<RecordedEvent, ReadError> =>
     subscribeMessages(options).pipe(
       Stream.chunks,
       Stream.flatMap((chunk): Stream.Stream<RecordedEvent, ReadError> => {
@@ -547,14 +597,51 @@ const makeIn = (backend: Backend, registry: EventRegistry, scope: string | null)
     append,
     readStream,
     readStreamEvents,
-    readAll,
-    subscribe,
-    subscribeMessages,
+    // The reads filtered by definitions yield only events of those types, decoded by those very
+    // definitions (namedEventTypes refuses any other): the narrowed types hold.
+    readAll: readAll as Service["readAll"],
+    subscribe: subscribe as Service["subscribe"],
+    subscribeMessages: subscribeMessages as Service["subscribeMessages"],
     registry,
     tenantId: scope,
     forTenant
   })
   return service
+}
+
+/**
+ * A read's options with its `eventTypes` as names. A definition must be the one the
+ * registry decodes its type with: a read filtered by another (an older copy, a namesake)
+ * would yield events of another shape than its type says.
+ */
+const namedEventTypes = <O extends { readonly eventTypes?: ReadonlyArray<EventTypeFilter> }>(
+  registry: EventRegistry,
+  options: O
+): Either.Either<Omit<O, "eventTypes"> & { readonly eventTypes?: ReadonlyArray<string> }, InvalidEventError> => {
+  const { eventTypes: entries, ...rest } = options
+  if (entries === undefined) return Either.right(rest)
+  const names = new Array<string>(entries.length)
+  for (let i = 0; i < entries.length; i++) {
+    const entry: unknown = entries[i]
+    if (typeof entry === "string") {
+      names[i] = entry
+      continue
+    }
+    const type = Predicate.hasProperty(entry, "type") ? entry.type : undefined
+    if (typeof type === "string" && registry.types.get(type) === entry) {
+      names[i] = type
+      continue
+    }
+    return Either.left(
+      new InvalidEventError({
+        reason:
+          typeof type === "string"
+            ? `eventTypes: the store's registry does not hold this definition of ${type}`
+            : "eventTypes: each entry is an event type's name or its definition"
+      })
+    )
+  }
+  return Either.right({ ...rest, eventTypes: names })
 }
 
 /**
@@ -591,6 +678,9 @@ const countEvents = (chunk: Chunk.Chunk<Subscription.BackendMessage>): number =>
   for (const message of chunk) if (message._tag === "Event") events++
   return events
 }
+
+const emptyReadAll: ReadAllOptions<EventTypeFilter> = {}
+const emptySubscribe: Subscription.Options<EventTypeFilter> = {}
 
 /** Errors of envelope-less reads are named after re-reading the event's row. */
 const unnamed = { eventId: "", globalPosition: 0n }

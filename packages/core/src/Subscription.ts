@@ -23,7 +23,7 @@ import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
 import type { EventDecodeError, UnknownEventTypeError } from "./Errors.js"
 import * as EventMetadata from "./EventMetadata.js"
-import type { RecordedEvent, StoredEvent } from "./EventStore.js"
+import type { EventTypeFilter, RecordedEvent, StoredEvent } from "./EventStore.js"
 import { Attributes, metricsEnabled, Spans, subscriptionMetrics, withHotSpan } from "./Telemetry.js"
 
 /**
@@ -33,12 +33,13 @@ import { Attributes, metricsEnabled, Spans, subscriptionMetrics, withHotSpan } f
  * @since 0.1.0
  * @category models
  */
-export interface Options {
+export interface Options<T extends EventTypeFilter = string> {
   /** Deliver events with a global position greater than this; default 0 (the whole log). */
   readonly after?: bigint
   readonly tenantId?: string
   readonly aggregateTypes?: ReadonlyArray<string>
-  readonly eventTypes?: ReadonlyArray<string>
+  /** Only events of these types, by name or by definition (definitions only: the events are typed as theirs). */
+  readonly eventTypes?: ReadonlyArray<T>
   /** Rows per read while catching up; default 1,000. */
   readonly batchSize?: number
   /**

@@ -46,8 +46,9 @@ const bound = (state: State, tenant: string | undefined): Backend => {
   const visible = (event: StoredEvent) => tenant === undefined || event.tenantId === tenant
   const payloadJson = state.payloadJson
 
+  // The fiber's clock stamps `createdAt`, as it stamps timestamps: under a TestClock both are its time.
   const append: Backend["append"] = (input: PreparedAppend) =>
-    Effect.suspend((): ReturnType<Backend["append"]> => {
+    Effect.clockWith((clock): ReturnType<Backend["append"]> => {
       const streamKey = key(input.stream.aggregateType, input.stream.aggregateId)
       const events = state.streams.get(streamKey) ?? []
       const actual = events.length
@@ -83,7 +84,7 @@ const bound = (state: State, tenant: string | undefined): Backend => {
           })
         )
       }
-      const createdAt = new Date()
+      const createdAt = new Date(clock.unsafeCurrentTimeMillis())
       const firstPosition = BigInt(state.log.length + 1)
       input.events.forEach((event, i) => {
         const stored: StoredEvent = {

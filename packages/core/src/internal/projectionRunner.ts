@@ -94,12 +94,17 @@ const toStored = (store: EventStoreService, recorded: RecordedEvent): StoredEven
   return { ...envelope, payload: Either.isRight(encoded) ? encoded.right : event }
 }
 
+/** Updates a status; a change of state is dated by the fiber's clock. */
 const setStatus = (ref: Ref.Ref<Status>, patch: Partial<Status>) =>
-  Ref.update(ref, (status) => ({
-    ...status,
-    ...patch,
-    ...(patch.state !== undefined && patch.state !== status.state ? { since: new Date() } : {})
-  }))
+  Effect.clockWith((clock) =>
+    Ref.update(ref, (status) => ({
+      ...status,
+      ...patch,
+      ...(patch.state !== undefined && patch.state !== status.state
+        ? { since: new Date(clock.unsafeCurrentTimeMillis()) }
+        : {})
+    }))
+  )
 
 /**
  * One attempt budget of one handler on one event: each attempt in its own nested
@@ -369,23 +374,26 @@ const runWith = <R>(
     return yield* supervised.pipe(Effect.annotateLogs("projection", name))
   })
 
-const initialStatus = (name: string): Status => ({
-  projection: name,
-  state: "starting",
-  position: 0n,
-  handled: 0,
-  deadLettered: 0,
-  lastError: null,
-  stall: null,
-  since: new Date()
-})
+const initialStatus = (name: string): Effect.Effect<Ref.Ref<Status>> =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) =>
+    Ref.make<Status>({
+      projection: name,
+      state: "starting",
+      position: 0n,
+      handled: 0,
+      deadLettered: 0,
+      lastError: null,
+      stall: null,
+      since: new Date(now)
+    })
+  )
 
 export const run = <R>(projection: Projection<R>, options: RunOptions = {}) =>
-  Effect.flatMap(Ref.make(initialStatus(projection.name)), (status) => runWith(projection, options, status))
+  Effect.flatMap(initialStatus(projection.name), (status) => runWith(projection, options, status))
 
 export const start = <R>(projection: Projection<R>, options: RunOptions = {}) =>
   Effect.gen(function* () {
-    const status = yield* Ref.make(initialStatus(projection.name))
+    const status = yield* initialStatus(projection.name)
     const fiber = yield* Effect.forkScoped(
       runWith(projection, options, status).pipe(
         Effect.onInterrupt(() => setStatus(status, { state: "stopped", stall: null }))
@@ -452,7 +460,7 @@ export const rebuild = <R>(
     // Whoever holds the lock replays: this runner, or one already running elsewhere.
     return yield* Effect.raceFirst(
       monitor,
-      Effect.flatMap(Ref.make(initialStatus(name)), (status) => runWith(projection, options, status))
+      Effect.flatMap(initialStatus(name), (status) => runWith(projection, options, status))
     )
   }).pipe(Effect.withSpan(Spans.projectionRebuild, { attributes: { [Attributes.projection]: projection.name } }))
 

@@ -2,6 +2,8 @@
  * The CheckpointStore contract (DESIGN §2), run against every backend: save with
  * event id and type, get, list, lag, reset; a checkpoint never moves backwards; a
  * conditional save is a compare-and-set.
+ *
+ * @since 0.1.0
  */
 
 import { assert, describe, layer } from "@effect/vitest"
@@ -13,23 +15,30 @@ import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { eventually } from "../support/eventually.js"
-import { Backend } from "../support/projectionHarness.js"
-import { type RecordedSpan, recordingSpans } from "../support/spans.js"
-import { NoteWritten, registry } from "./subscriptionSuite.js"
+import { ConformanceBackend } from "./ConformanceBackend.js"
+import { eventually } from "./internal/eventually.js"
+import { type RecordedSpan, recordingSpans } from "./internal/spans.js"
+import { NoteWritten, registry } from "./SubscriptionSuite.js"
 
 const uuid = () => crypto.randomUUID()
 const name = (prefix = "cp") => `${prefix}-${uuid()}`
 const note = (text: string): EventStore.EventToAppend => ({ event: NoteWritten.make({ text }) })
 
-export const suite = (label: string, backend: Layer.Layer<Backend>) =>
+/**
+ * Registers the CheckpointStore conformance tests (vitest, through `@effect/vitest`) against the
+ * backend the layer provides (the first argument names the `describe` block).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const suite = (label: string, backend: Layer.Layer<ConformanceBackend>) =>
   layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(
     `CheckpointStore conformance: ${label}`,
     (it) => {
       const withServices = <A, E>(
         f: (checkpoints: CheckpointStore.Service, store: EventStore.Service) => Effect.Effect<A, E>
       ) =>
-        Effect.flatMap(Backend, (b) =>
+        Effect.flatMap(ConformanceBackend, (b) =>
           Effect.gen(function* () {
             const checkpoints = yield* CheckpointStore.CheckpointStore
             const store = yield* b.store(registry)

@@ -1,6 +1,8 @@
 /**
  * The EventStore contract (DESIGN §3), run against every backend. A backend counts
  * once it passes this suite unchanged.
+ *
+ * @since 0.1.0
  */
 
 import { assert, describe, layer } from "@effect/vitest"
@@ -26,11 +28,17 @@ import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as Tracer from "effect/Tracer"
-import { orSkip } from "../support/skip.js"
-import { recordingSpans } from "../support/spans.js"
+import { orSkip } from "./internal/skip.js"
+import { recordingSpans } from "./internal/spans.js"
 
-/** What a backend gives the suite: stores over one shared storage, and its transactions if it has any. */
-export class Harness extends Context.Tag("test/conformance/Harness")<
+/**
+ * What a backend gives the EventStore suite: stores over one shared storage, and its
+ * transactions if it has any.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export class Harness extends Context.Tag("@eventfold/testing/EventStoreSuite/Harness")<
   Harness,
   {
     readonly store: (registry: EventRegistry.EventRegistry) => Effect.Effect<EventStore.Service>
@@ -44,12 +52,30 @@ export class Harness extends Context.Tag("test/conformance/Harness")<
   }
 >() {}
 
+/**
+ * An event of the EventStore suite.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const ItemAdded = Event.make("ItemAdded", {
   sku: Schema.String,
   quantity: Schema.Int,
   price: Schema.Number
 })
+/**
+ * An event of the EventStore suite.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const NoteWritten = Event.make("NoteWritten", { text: Schema.String })
+/**
+ * The registry of the EventStore suite's events (`Harness.store(registry)` is asked for it and others).
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const registry = EventRegistry.make(ItemAdded, NoteWritten)
 
 const uuid = () => crypto.randomUUID()
@@ -315,6 +341,13 @@ const asData = (value: unknown): unknown => {
   return value
 }
 
+/**
+ * Registers the EventStore conformance tests (vitest, through `@effect/vitest`) against the
+ * backend the layer provides (the first argument names the `describe` block).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
 export const suite = (name: string, backend: Layer.Layer<Harness, unknown>) =>
   layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(`EventStore conformance: ${name}`, (it) => {
     const withStore = Effect.flatMap(Harness, (h) => h.store(registry))

@@ -2,6 +2,8 @@
  * The Outbox contract (the outbox half of DESIGN §2 and §5), run against every
  * backend: entries are written with the append, handed out at the head of their
  * aggregate under a lease, settled, retried, held behind failures, purged.
+ *
+ * @since 0.1.0
  */
 
 import { assert, describe, layer } from "@effect/vitest"
@@ -29,12 +31,17 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { eventually } from "../support/eventually.js"
-import { recorded } from "../support/metrics.js"
-import { orSkip } from "../support/skip.js"
-import { ItemAdded, NoteWritten } from "./eventStoreSuite.js"
+import { ItemAdded, NoteWritten } from "./EventStoreSuite.js"
+import { eventually } from "./internal/eventually.js"
+import { recorded } from "./internal/metrics.js"
+import { orSkip } from "./internal/skip.js"
 
-/** One backend's event store and outbox over storage of their own. */
+/**
+ * One backend's event store and outbox over storage of their own.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export interface OutboxBackend {
   readonly store: (options: { readonly outbox: boolean }) => EventStore.Service
   readonly outbox: Outbox.Service
@@ -44,7 +51,13 @@ export interface OutboxBackend {
   >
 }
 
-export class OutboxHarness extends Context.Tag("test/conformance/OutboxHarness")<
+/**
+ * What a backend gives the Outbox suite: a fresh event store and outbox for each test.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export class OutboxHarness extends Context.Tag("@eventfold/testing/OutboxSuite/OutboxHarness")<
   OutboxHarness,
   { readonly fresh: Effect.Effect<OutboxBackend, never, Scope.Scope> }
 >() {}
@@ -57,6 +70,13 @@ const lease = Duration.seconds(30)
 const versions = (entries: ReadonlyArray<Outbox.Entry>) =>
   entries.map((e) => `${e.message.aggregateId.slice(0, 4)}:${e.message.version}`)
 
+/**
+ * Registers the Outbox conformance tests (vitest, through `@effect/vitest`) against the
+ * backend the layer provides (the first argument names the `describe` block).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
 export const suite = (name: string, harness: Layer.Layer<OutboxHarness, unknown>) =>
   layer(harness, { excludeTestServices: true, timeout: "120 seconds" })(`Outbox conformance: ${name}`, (it) => {
     const fresh = Effect.flatMap(OutboxHarness, (h) => h.fresh)

@@ -3,6 +3,8 @@
  * every backend: catch up, then follow live, in `readAll`'s order, each committed
  * event once, none rolled back; filters in the store with progress when matches are
  * sparse; undecodable events named, never dropped.
+ *
+ * @since 0.1.0
  */
 
 import { assert, describe, layer } from "@effect/vitest"
@@ -17,17 +19,46 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
-import { eventually } from "../support/eventually.js"
-import { clockAhead, recorded } from "../support/metrics.js"
-import { Backend } from "../support/projectionHarness.js"
-import { orSkip } from "../support/skip.js"
-import { recordingSpans } from "../support/spans.js"
+import { ConformanceBackend } from "./ConformanceBackend.js"
+import { eventually } from "./internal/eventually.js"
+import { clockAhead, recorded } from "./internal/metrics.js"
+import { orSkip } from "./internal/skip.js"
+import { recordingSpans } from "./internal/spans.js"
 
+/**
+ * An event of the subscription, checkpoint, dead-letter and projection suites.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const ItemAdded = Event.make("ItemAdded", { sku: Schema.String, quantity: Schema.Int })
+/**
+ * An event of the subscription, checkpoint, dead-letter and projection suites.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const NoteWritten = Event.make("NoteWritten", { text: Schema.String })
+/**
+ * An event only `writerRegistry` knows.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const Secret = Event.make("SecretWritten", { value: Schema.String })
+/**
+ * The registry the suites' stores decode with (`ConformanceBackend.store(registry)`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const registry = EventRegistry.make(ItemAdded, NoteWritten)
-/** Knows one more type than `registry`: events appended with it are undecodable for `registry`. */
+/**
+ * Knows one more type than `registry`: events appended with it are undecodable for `registry`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export const writerRegistry = EventRegistry.make(ItemAdded, NoteWritten, Secret)
 
 const uuid = () => crypto.randomUUID()
@@ -38,9 +69,16 @@ const collect = <A, E>(s: Stream.Stream<A, E>) => Effect.map(Stream.runCollect(s
 /** Guards every live read: a subscription that stops delivering fails the test instead of hanging it. */
 const within = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.timeout(effect, "30 seconds")
 
-export const suite = (name: string, backend: Layer.Layer<Backend>) =>
+/**
+ * Registers the subscription conformance tests (vitest, through `@effect/vitest`) against the
+ * backend the layer provides (the first argument names the `describe` block).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const suite = (name: string, backend: Layer.Layer<ConformanceBackend>) =>
   layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(`Subscription conformance: ${name}`, (it) => {
-    const withStore = Effect.flatMap(Backend, (b) => b.store(registry))
+    const withStore = Effect.flatMap(ConformanceBackend, (b) => b.store(registry))
 
     describe("subscribe", () => {
       it.effect("catches up, then follows live appends, in readAll's order, each event once", () =>
@@ -168,10 +206,10 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
             [typeA, typeA, typeB, typeA]
           )
           const items = yield* within(
-            collect(store.subscribe({ aggregateTypes: [typeA], eventTypes: ["ItemAdded"] }).pipe(Stream.take(2)))
+            collect(store.subscribe({ aggregateTypes: [typeA], eventTypes: [ItemAdded] }).pipe(Stream.take(2)))
           )
           assert.deepStrictEqual(
-            items.map((e) => (e.event as typeof ItemAdded.Type).sku),
+            items.map((e) => e.event.sku),
             ["x", "y"]
           )
         })
@@ -219,7 +257,7 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
 
       it.effect("an undecodable event fails subscribe naming it, and is a message for subscribeMessages", () =>
         Effect.gen(function* () {
-          const b = yield* Backend
+          const b = yield* ConformanceBackend
           const writer = yield* b.store(writerRegistry)
           const reader = yield* withStore
           const aggregateType = uniqueType("Odd")
@@ -272,7 +310,7 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
 
       it.effect("the events each read method reads are counted by backend and method, only while metrics are on", () =>
         Effect.gen(function* () {
-          const b = yield* Backend
+          const b = yield* ConformanceBackend
           const store = yield* withStore
           const aggregateType = uniqueType("Read")
           const s = { aggregateId: uuid(), aggregateType }
@@ -381,7 +419,7 @@ export const suite = (name: string, backend: Layer.Layer<Backend>) =>
         "delivers an append made in a caller's transaction after other work, once it commits, in position order",
         (ctx) =>
           Effect.gen(function* () {
-            const b = yield* Backend
+            const b = yield* ConformanceBackend
             const { sideWrite, transaction } = yield* orSkip(
               ctx,
               Option.all({ transaction: b.transaction, sideWrite: b.sideWrite }),

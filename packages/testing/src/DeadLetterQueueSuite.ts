@@ -3,6 +3,8 @@
  * recorded once per (event, projection); a repeated failure adds its attempts, keeps
  * when it first failed, and reopens a resolved letter; letters are listed by
  * projection and status, read, resolved, retried.
+ *
+ * @since 0.1.0
  */
 
 import { assert, describe, layer } from "@effect/vitest"
@@ -10,8 +12,8 @@ import { DeadLetterQueue, EventMetadata, type EventStore } from "@eventfold/core
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { Backend } from "../support/projectionHarness.js"
-import { registry } from "./subscriptionSuite.js"
+import { ConformanceBackend } from "./ConformanceBackend.js"
+import { registry } from "./SubscriptionSuite.js"
 
 const uuid = () => crypto.randomUUID()
 
@@ -31,12 +33,19 @@ const stored = (position: bigint): EventStore.StoredEvent => ({
   payload: { text: "hello" }
 })
 
-export const suite = (label: string, backend: Layer.Layer<Backend>) =>
+/**
+ * Registers the DeadLetterQueue conformance tests (vitest, through `@effect/vitest`) against the
+ * backend the layer provides (the first argument names the `describe` block).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const suite = (label: string, backend: Layer.Layer<ConformanceBackend>) =>
   layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(
     `DeadLetterQueue conformance: ${label}`,
     (it) => {
       const withQueue = <A, E>(f: (queue: DeadLetterQueue.Service) => Effect.Effect<A, E>) =>
-        Effect.flatMap(Backend, (b) =>
+        Effect.flatMap(ConformanceBackend, (b) =>
           Effect.flatMap(DeadLetterQueue.DeadLetterQueue, f).pipe(Effect.provide(b.services(registry)))
         )
 

@@ -3,6 +3,8 @@
  * types, checkpoints, retries and the dead-letter queue (continue and stop
  * policies, retry, resolve), progress on sparse matches, one active runner with
  * takeover, rebuild with progress.
+ *
+ * @since 0.1.0
  */
 
 import { assert, describe, layer } from "@effect/vitest"
@@ -27,16 +29,22 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { recorded } from "../support/metrics.js"
-import { Backend, type BackendService, eventually } from "../support/projectionHarness.js"
-import { recordingSpans } from "../support/spans.js"
-import { ItemAdded, NoteWritten, registry } from "./subscriptionSuite.js"
+import { type Service as BackendService, ConformanceBackend } from "./ConformanceBackend.js"
+import { eventually } from "./internal/eventually.js"
+import { recorded } from "./internal/metrics.js"
+import { recordingSpans } from "./internal/spans.js"
+import { ItemAdded, NoteWritten, registry } from "./SubscriptionSuite.js"
 
 const uuid = () => crypto.randomUUID()
 const item = (sku: string, quantity = 1): EventStore.EventToAppend => ({ event: ItemAdded.make({ sku, quantity }) })
 const note = (text: string): EventStore.EventToAppend => ({ event: NoteWritten.make({ text }) })
 
-/** Fast settings for tests. */
+/**
+ * Fast run options for tests: two retries, short intervals.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
 export const fast: Projection.RunOptions = {
   retry: Schedule.recurs(2),
   progressInterval: "100 millis",
@@ -44,7 +52,14 @@ export const fast: Projection.RunOptions = {
   restart: Schedule.spaced("100 millis")
 }
 
-export const suite = (label: string, backend: Layer.Layer<Backend>) =>
+/**
+ * Registers the projection runner conformance tests (vitest, through `@effect/vitest`) against the
+ * backend the layer provides (the first argument names the `describe` block).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const suite = (label: string, backend: Layer.Layer<ConformanceBackend>) =>
   layer(backend, { excludeTestServices: true, timeout: "120 seconds" })(`Projection runner: ${label}`, (it) => {
     /** Runs `f` with the runner's services of this backend, in a scope. */
     const withRunner = <A, E>(
@@ -53,7 +68,7 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
         backend: BackendService
       ) => Effect.Effect<A, E, Projection.Requirements | Scope.Scope>
     ) =>
-      Effect.flatMap(Backend, (b) =>
+      Effect.flatMap(ConformanceBackend, (b) =>
         Effect.gen(function* () {
           const store = yield* b.store(registry)
           return yield* f(store, b)
@@ -446,7 +461,7 @@ export const suite = (label: string, backend: Layer.Layer<Backend>) =>
               takeover: Schedule.spaced("100 millis").pipe(Schedule.tapInput(() => Ref.update(attempts, (n) => n + 1)))
             })
             yield* eventually(second.status, (s) => s.state === "standby", { what: "the second runner to stand by" })
-            if (b.name === "postgresql") {
+            if (b.lockPolls) {
               yield* eventually(Ref.get(attempts), (n) => n >= 2, { what: "two failed attempts at the lock" })
             }
             assert.strictEqual((yield* second.status).state, "standby")

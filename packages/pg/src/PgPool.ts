@@ -32,6 +32,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as EmbeddedPostgres from "./EmbeddedPostgres.js"
+import type { Connections } from "./internal/connections.js"
 import * as Driver from "./internal/pgDriver.js"
 
 /**
@@ -142,7 +143,7 @@ export class PgPool extends Context.Tag("@eventfold/pg/PgPool")<
     readonly stats: Effect.Effect<PoolStats>
     readonly options: Options
     /** The pool's connections, for the prepared-statement path of `PgEventStore.layerPrepared`. */
-    readonly connections: Driver.Connections
+    readonly connections: Connections
   }
 >() {}
 
@@ -206,7 +207,7 @@ const millis = (duration: Duration.DurationInput | undefined) =>
 export const make = (
   options: Options
 ): Effect.Effect<
-  { readonly connections: Driver.Connections; readonly stats: Effect.Effect<PoolStats> },
+  { readonly connections: Connections; readonly stats: Effect.Effect<PoolStats> },
   SqlError | ServerNotConfiguredError,
   Scope.Scope
 > =>

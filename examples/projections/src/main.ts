@@ -15,6 +15,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { CheckpointStore, DeadLetterQueue, EventStore, ExpectedVersion, Projection } from "@eventfold/core"
 import { OtelTelemetry } from "@eventfold/opentelemetry"
 import { PgEventStore, PgMigrations, PgPool, PgProjection } from "@eventfold/pg"
+import { EmbeddedPostgres } from "@eventfold/pg-embedded"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -22,9 +23,9 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import { createTable, OrderCancelled, OrderPlaced, OrderShipped, orderSummary, registry } from "./Orders.js"
 
-const PoolLive = PgPool.layerConfig(
-  { poolSize: 5, maxOverflow: 10 },
-  { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
+const PoolLive = EmbeddedPostgres.layerPoolConfig(
+  { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true },
+  PgPool.config({ poolSize: 5, maxOverflow: 10 })
 )
 // The event store and everything a projection runner needs, on one pool.
 const AppLive = Layer.mergeAll(PgEventStore.layerPrepared({ registry }), PgProjection.layer()).pipe(

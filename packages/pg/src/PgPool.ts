@@ -31,7 +31,6 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import * as EmbeddedPostgres from "./EmbeddedPostgres.js"
 import type { Connections } from "./internal/connections.js"
 import * as Driver from "./internal/pgDriver.js"
 
@@ -160,7 +159,7 @@ export class ServerNotConfiguredError extends Schema.TaggedError<ServerNotConfig
   {}
 ) {
   override get message(): string {
-    return "PgPool: no PostgreSQL server is configured: set DATABASE_URL (or PGHOST and the other PG* variables), or pass `url` or `host`; for development, PgPool.layerConfig's `embedded` option starts an embedded PostgreSQL instead"
+    return "PgPool: no PostgreSQL server is configured: set DATABASE_URL (or PGHOST and the other PG* variables), or pass `url` or `host`; for development, @eventfold/pg-embedded's EmbeddedPostgres.layerPoolConfig starts an embedded PostgreSQL instead"
   }
 }
 
@@ -328,30 +327,17 @@ export const hasServer = (options: ConnectionOptions): boolean =>
   options.url !== undefined || options.host !== undefined
 
 /**
- * The pool from {@link config}. When the environment names no server, `embedded`
- * starts an embedded PostgreSQL (stopped with the layer) so that the program needs
- * nothing installed, and says so in one log line naming its data directory, where the
- * events then live; without `embedded` the layer fails with
- * {@link ServerNotConfiguredError}.
+ * The pool from {@link config}. When the environment names no server, the layer
+ * fails with {@link ServerNotConfiguredError}; for development and tests,
+ * `EmbeddedPostgres.layerPoolConfig` of `@eventfold/pg-embedded` starts an embedded
+ * PostgreSQL instead.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerConfig = (
-  defaultOptions: PoolOptions = {},
-  fallback?: { readonly embedded: EmbeddedPostgres.Options }
+  defaultOptions: PoolOptions = {}
 ): Layer.Layer<
   PgPool | PgClient.PgClient | SqlClient.SqlClient,
-  SqlError | ServerNotConfiguredError | ConfigError.ConfigError | EmbeddedPostgres.EmbeddedPostgresError
-> =>
-  Layer.unwrapScoped(
-    Effect.gen(function* () {
-      const options = yield* config(defaultOptions)
-      if (hasServer(options) || fallback === undefined) return layer(options)
-      const server = yield* EmbeddedPostgres.start(fallback.embedded)
-      yield* Effect.logInfo(
-        `PgPool: no DATABASE_URL or PGHOST set: using an embedded PostgreSQL on ${server.host}:${server.port}; its data, your events included, is in ${server.dataDir}`
-      )
-      return layer({ ...options, url: server.url })
-    })
-  )
+  SqlError | ServerNotConfiguredError | ConfigError.ConfigError
+> => Layer.unwrapEffect(Effect.map(config(defaultOptions), layer))

@@ -162,7 +162,10 @@ let cannotRun: string | undefined
 /** Whether the npm registry answers: without it nothing can be installed. */
 const registryReachable = Effect.map(
   run("npm", ["ping"], { cwd: Os.tmpdir(), env: outsideEnvironment(), timeout: 30_000 }),
-  (ran) => (ran.code === 0 ? undefined : `the npm registry cannot be reached (npm ping: ${tail(ran.stderr, 3)})`)
+  (ran) =>
+    ran.code === 0
+      ? undefined
+      : `the npm registry cannot be reached (npm ping: ${ran.code === null ? "no answer within 30 s" : tail(ran.stderr, 3)})`
 )
 
 const pack = Effect.gen(function* () {
@@ -453,12 +456,21 @@ describe("the packed packages install anywhere", () => {
         yield* inProject(
           "pnpm",
           (project) =>
-            runOk(
-              "pnpm install",
-              process.execPath,
-              [Path.join(pnpmDir, bin!), "install", "--no-frozen-lockfile", "--reporter=append-only"],
-              { cwd: project, env: outsideEnvironment() }
-            ),
+            Effect.gen(function* () {
+              yield* runOk(
+                "pnpm install",
+                process.execPath,
+                [Path.join(pnpmDir, bin!), "install", "--no-frozen-lockfile", "--reporter=append-only"],
+                { cwd: project, env: outsideEnvironment() }
+              )
+              // The layout is the strict one: packages in the virtual store, nothing hoisted beside them.
+              const virtualStore = yield* Effect.promise(() => Fs.readdir(Path.join(project, "node_modules", ".pnpm")))
+              assert.isTrue(
+                virtualStore.some((entry) => entry.startsWith("@eventfold+pg@")),
+                virtualStore.join(", ")
+              )
+              assert.notInclude(virtualStore, "node_modules", "pnpm hoisted packages into .pnpm/node_modules")
+            }),
           // Isolated node_modules and no hoisting, not even into .pnpm/node_modules: each package
           // reaches only its own dependencies and peers.
           { ".npmrc": "node-linker=isolated\nhoist=false\nauto-install-peers=true\n" }

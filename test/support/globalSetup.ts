@@ -17,7 +17,7 @@ import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { redactCredentials } from "@eventfold/core/Settings"
-import * as EmbeddedPostgres from "@eventfold/pg/EmbeddedPostgres"
+import * as EmbeddedPostgres from "@eventfold/pg-embedded/EmbeddedPostgres"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
@@ -25,7 +25,7 @@ import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import pg from "pg"
 import type { TestProject } from "vitest/node"
-import * as internal from "../../packages/pg/src/internal/embeddedPostgres.js"
+import * as internal from "../../packages/pg-embedded/src/internal/embeddedPostgres.js"
 
 declare module "vitest" {
   export interface ProvidedContext {

@@ -18,6 +18,7 @@ import { EventMetadata, EventStore, ExpectedVersion, OutboxRelay } from "@eventf
 import { NatsPublisher } from "@eventfold/nats"
 import { OtelTelemetry } from "@eventfold/opentelemetry"
 import { PgEventStore, PgMigrations, PgOutbox, PgPool } from "@eventfold/pg"
+import { EmbeddedPostgres } from "@eventfold/pg-embedded"
 import * as Jet from "@nats-io/jetstream"
 import * as Nats from "@nats-io/transport-node"
 import * as Console from "effect/Console"
@@ -32,9 +33,9 @@ import { ItemAdded, OrderPlaced, OrderShipped, registry } from "./Orders.js"
 const rule = "=".repeat(70)
 const settings = { subjectPrefix: "eventfold.example", stream: "EVENTFOLD_EXAMPLE" } as const
 
-const PoolLive = PgPool.layerFromEnv(
-  { poolSize: 5, maxOverflow: 10 },
-  { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
+const PoolLive = EmbeddedPostgres.layerPoolConfig(
+  { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true },
+  PgPool.config({ poolSize: 5, maxOverflow: 10 })
 )
 // The relay starts once the schema is migrated and the stream exists; it stops with the program.
 const RelayLive = OutboxRelay.layerConfig({ batchSize: 100 }).pipe(

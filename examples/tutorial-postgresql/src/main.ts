@@ -15,6 +15,7 @@ import { NodeRuntime } from "@effect/platform-node"
 import { AggregateRepository, EventStore } from "@eventfold/core"
 import { OtelTelemetry } from "@eventfold/opentelemetry"
 import { PgEventStore, PgMigrations, PgPool } from "@eventfold/pg"
+import { EmbeddedPostgres } from "@eventfold/pg-embedded"
 import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
@@ -28,9 +29,11 @@ const rule = "=".repeat(70)
 
 // The pool with the spec's settings (each can be overridden from the environment),
 // and the event store over it. Provided once; the pool closes when the program ends.
-const PoolLive = PgPool.layerFromEnv(
-  { poolSize: 5, maxOverflow: 10, acquireTimeout: "30 seconds", recycle: "30 minutes", prePing: true },
-  { embedded: { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true } }
+// With no server configured, an embedded PostgreSQL (@eventfold/pg-embedded, a
+// development dependency); a production program provides PgPool.layerConfig instead.
+const PoolLive = EmbeddedPostgres.layerPoolConfig(
+  { dataDir: Path.resolve(import.meta.dirname, "../../../.data/pg"), persistent: true },
+  PgPool.config({ poolSize: 5, maxOverflow: 10, acquireTimeout: "30 seconds", recycle: "30 minutes", prePing: true })
 )
 const EventStoreLive = PgEventStore.layerPrepared({ registry }).pipe(Layer.provideMerge(PoolLive))
 // Exports to the collector the OTEL_* variables name, and exports nothing without them.

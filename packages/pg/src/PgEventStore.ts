@@ -38,6 +38,7 @@ import * as PgClient from "@effect/sql-pg/PgClient"
 import type { EventRegistry } from "@eventfold/core/EventRegistry"
 import * as EventStore from "@eventfold/core/EventStore"
 import * as Subscription from "@eventfold/core/Subscription"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -68,13 +69,36 @@ export interface Options {
    */
   readonly outbox?: boolean | undefined
   /** How subscriptions watch the log, and reconnect (polling, settling, stall reports, `reconnect`). */
-  readonly subscriptions?: PgSubscription.WatchOptions | undefined
+  readonly subscriptions?: WatchOptions | undefined
   /**
    * Outside a transaction, how an append or a page of a read is tried again after a
    * transient failure (no connection, a lost connection, a serialization failure).
    * Default: 4 more tries, exponential from 20 ms with jitter (about 0.3 s in all).
    */
   readonly retry?: Schedule.Schedule<unknown, unknown> | undefined
+}
+
+/**
+ * How subscriptions watch the log.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface WatchOptions {
+  /** Refresh at least this often even without notifications. Default 1 second. */
+  readonly pollInterval?: Duration.DurationInput | undefined
+  /** While positions wait for their transactions, refresh this often at first. Default 5 ms. */
+  readonly settleInterval?: Duration.DurationInput | undefined
+  /** Report (log and publish) when readers have been held back this long. Default 5 seconds. */
+  readonly stallThreshold?: Duration.DurationInput | undefined
+  /** Wake on LISTEN/NOTIFY (needs `PgClient`). Default true. */
+  readonly listen?: boolean | undefined
+  /**
+   * After a lost connection (a page read, the LISTEN connection), how to try again.
+   * A subscription fails only when this schedule ends. Default: exponential from 100
+   * milliseconds, at most every 5 seconds, for up to 5 minutes.
+   */
+  readonly reconnect?: Schedule.Schedule<unknown, unknown> | undefined
 }
 
 /**

@@ -43,9 +43,10 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import * as EmbeddedPostgres from "./EmbeddedPostgres.js"
 import * as Target from "./internal/connection.js"
+import type { Connections } from "./internal/connections.js"
 import * as Driver from "./internal/pgDriver.js"
+import * as SslModes from "./internal/sslMode.js"
 
 /**
  * How a connection uses TLS: libpq's `sslmode`.
@@ -65,7 +66,7 @@ import * as Driver from "./internal/pgDriver.js"
  * @since 0.1.0
  * @category models
  */
-export type SslMode = Target.SslMode
+export type SslMode = SslModes.SslMode
 
 /**
  * The values of {@link SslMode}, weakest first.
@@ -73,7 +74,7 @@ export type SslMode = Target.SslMode
  * @since 0.1.0
  * @category models
  */
-export const sslModes: ReadonlyArray<SslMode> = Target.sslModes
+export const sslModes: ReadonlyArray<SslMode> = SslModes.sslModes
 
 /**
  * Where the server is, a URL or its parts, how to reach it, and in which schema the
@@ -208,7 +209,7 @@ export class PgPool extends Context.Tag("@eventfold/pg/PgPool")<
     readonly stats: Effect.Effect<PoolStats>
     readonly options: Options
     /** The pool's connections, for the prepared-statement path of `PgEventStore.layerPrepared`. */
-    readonly connections: Driver.Connections
+    readonly connections: Connections
   }
 >() {}
 
@@ -225,7 +226,7 @@ export class ServerNotConfiguredError extends Schema.TaggedError<ServerNotConfig
   {}
 ) {
   override get message(): string {
-    return "PgPool: no PostgreSQL server is configured: set DATABASE_URL (or PGHOST and the other PG* variables), or pass `url` or `host`; for development, the `embedded` fallback of PgPool.layerConfig and layerFromEnv starts an embedded PostgreSQL instead"
+    return "PgPool: no PostgreSQL server is configured: set DATABASE_URL (or PGHOST and the other PG* variables), or pass `url` or `host`; for development, @eventfold/pg-embedded's EmbeddedPostgres.layerPoolConfig starts an embedded PostgreSQL instead"
   }
 }
 
@@ -282,7 +283,7 @@ export const optionsProblem = (options: ConnectionOptions): string | undefined =
 export const make = (
   options: Options
 ): Effect.Effect<
-  { readonly connections: Driver.Connections; readonly stats: Effect.Effect<PoolStats> },
+  { readonly connections: Connections; readonly stats: Effect.Effect<PoolStats> },
   SqlError | ServerNotConfiguredError,
   Scope.Scope
 > =>
@@ -387,21 +388,6 @@ const usable = (config: Config.Config<Options>): Config.Config<Options> =>
   })
 
 /**
- * The embedded fallback of {@link layerConfig}.
- *
- * @since 0.1.0
- * @category models
- */
-export interface Fallback {
-  /**
-   * When the options name no server (no `url`, no `host`), start an embedded PostgreSQL
-   * (stopped with the layer) so that the program needs nothing installed, and say so in
-   * one log line naming its data directory, where the events then live.
-   */
-  readonly embedded: EmbeddedPostgres.Options
-}
-
-/**
  * The pool, its options read through `config`: a `Config` of the options, or a record
  * with a `Config` per option, as `PgClient.layerConfig` takes them. Options that cannot
  * be used (a URL that does not parse, `verify-full` without a root certificate, ...) fail
@@ -415,42 +401,42 @@ export interface Fallback {
  * })
  * ```
  *
- * Without `fallback`, options that name no server fail with {@link ServerNotConfiguredError};
- * with it, an embedded PostgreSQL is started instead (see {@link Fallback}).
+ * Options that name no server fail with {@link ServerNotConfiguredError}; for
+ * development and tests, `EmbeddedPostgres.layerPoolConfig` of `@eventfold/pg-embedded`
+ * starts an embedded PostgreSQL instead.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerConfig = (
-  config: Config.Config.Wrap<Options>,
-  fallback?: Fallback
+  config: Config.Config.Wrap<Options>
 ): Layer.Layer<
   PgPool | PgClient.PgClient | SqlClient.SqlClient,
-  SqlError | ServerNotConfiguredError | ConfigError.ConfigError | EmbeddedPostgres.EmbeddedPostgresError
-> =>
-  Layer.unwrapScoped(
-    Effect.gen(function* () {
-      const options = yield* usable(Config.unwrap(config))
-      if (hasServer(options) || fallback === undefined) return layer(options)
-      const server = yield* EmbeddedPostgres.start(fallback.embedded)
-      yield* Effect.logInfo(
-        `PgPool: no server configured (no DATABASE_URL or PGHOST, no url or host): using an embedded PostgreSQL on ${server.host}:${server.port}; its data, your events included, is in ${server.dataDir}`
-      )
-      // The embedded server's URL says everything about it (PGUSER, say, must not replace its user).
-      const {
-        database: _d,
-        password: _p,
-        port: _o,
-        sslCert: _c,
-        sslKey: _k,
-        sslMode: _m,
-        sslRootCert: _r,
-        user: _u,
-        ...rest
-      } = options
-      return layer({ ...rest, url: server.url })
-    })
-  )
+  SqlError | ServerNotConfiguredError | ConfigError.ConfigError
+> => Layer.unwrapEffect(Effect.map(usable(Config.unwrap(config)), layer))
+
+/**
+ * The options of a server whose URL says everything about it (an embedded one): `options`
+ * less what would take its place (PGUSER, say, must not replace its user), with `url`.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const withServerUrl = (options: Options, url: Redacted.Redacted<string>): Options => {
+  const {
+    database: _d,
+    password: _p,
+    port: _o,
+    sslCert: _c,
+    sslKey: _k,
+    sslMode: _m,
+    sslRootCert: _r,
+    user: _u,
+    host: _h,
+    ...rest
+  } = options
+  return { ...rest, url }
+}
 
 // ---------------------------------------------------------------------------
 // The preset: Eventfold's variables
@@ -620,16 +606,14 @@ const parsedOrEmpty = (url: Redacted.Redacted<string>): Target.UrlParts =>
 
 /**
  * The pool from Eventfold's variables ({@link config}) over `defaults` given in code, the
- * preset an application that keeps to those names takes. With `fallback`, an environment
- * that names no server (no `DATABASE_URL`, no `PGHOST`) starts an embedded PostgreSQL.
+ * preset an application that keeps to those names takes.
  *
  * @since 0.1.0
  * @category layers
  */
 export const layerFromEnv = (
-  defaultOptions: Options = {},
-  fallback?: Fallback
+  defaultOptions: Options = {}
 ): Layer.Layer<
   PgPool | PgClient.PgClient | SqlClient.SqlClient,
-  SqlError | ServerNotConfiguredError | ConfigError.ConfigError | EmbeddedPostgres.EmbeddedPostgresError
-> => layerConfig(config(defaultOptions), fallback)
+  SqlError | ServerNotConfiguredError | ConfigError.ConfigError
+> => layerConfig(config(defaultOptions))

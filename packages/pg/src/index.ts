@@ -1,10 +1,6 @@
 /**
  * @since 0.1.0
  */
-export * as EmbeddedPostgres from "./EmbeddedPostgres.js"
-/**
- * @since 0.1.0
- */
 export * as PgCheckpointStore from "./PgCheckpointStore.js"
 /**
  * @since 0.1.0

@@ -12,10 +12,9 @@ import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Util from "node:util"
-import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, describe, it } from "@effect/vitest"
 import { PgPool } from "@eventfold/pg"
-import * as EmbeddedPostgres from "@eventfold/pg/EmbeddedPostgres"
+import * as EmbeddedPostgres from "@eventfold/pg-embedded/EmbeddedPostgres"
 import * as Cause from "effect/Cause"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
@@ -71,29 +70,6 @@ describe("PgPool: where events go", () => {
       assert.include(fromEnvironment.message, "DATABASE_URL")
       const inCode = yield* Effect.flip(Effect.scoped(Layer.build(PgPool.layer({ database: "app", ...once }))))
       assert.strictEqual(inCode._tag, "ServerNotConfiguredError")
-    })
-  )
-
-  it.scopedLive("with no server configured, the embedded fallback starts and says so, naming its data directory", () =>
-    Effect.gen(function* () {
-      const dataDir = Path.join(yield* tempDir, "data")
-      const [rows, lines] = yield* capturingLogs(
-        Effect.gen(function* () {
-          const context = yield* Layer.build(
-            PgPool.layerFromEnv(once, { embedded: { dataDir, persistent: false, durability: "relaxed" } })
-          )
-          const sql = yield* Effect.provide(SqlClient.SqlClient, context)
-          return yield* sql<{ readonly dir: string }>`SELECT current_setting('data_directory') AS dir`
-        }).pipe(withEnvironment({}))
-      )
-      assert.strictEqual(
-        yield* Effect.promise(() => Fs.realpath(rows[0]!.dir)),
-        yield* Effect.promise(() => Fs.realpath(dataDir))
-      )
-      const said = lines.filter((line) => line.text.includes("embedded PostgreSQL"))
-      assert.strictEqual(said.length, 1, lines.map((line) => line.text).join("\n"))
-      assert.strictEqual(said[0]!.level, "INFO")
-      assert.include(said[0]!.text, dataDir)
     })
   )
 })

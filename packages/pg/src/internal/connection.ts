@@ -23,11 +23,9 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Redacted from "effect/Redacted"
 
-/** libpq's TLS modes, weakest first. */
-export const sslModes = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const
+import { type SslMode, sslModes } from "./sslMode.js"
 
-/** How a connection uses TLS (libpq's `sslmode`). */
-export type SslMode = (typeof sslModes)[number]
+export { type SslMode, sslModes }
 
 const isSslMode = (value: string): value is SslMode => (sslModes as ReadonlyArray<string>).includes(value)
 

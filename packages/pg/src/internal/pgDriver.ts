@@ -63,6 +63,7 @@ import * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Pg from "pg"
 import type * as Target from "./connection.js"
+import type { Connections } from "./connections.js"
 import * as LeanQuery from "./leanQuery.js"
 
 // ---------------------------------------------------------------------------
@@ -750,14 +751,6 @@ export const listen = (
 // ---------------------------------------------------------------------------
 // Pools
 // ---------------------------------------------------------------------------
-
-/**
- * The connections of a pool `PgPool` made, as the `prepared` executor needs them. Opaque
- * outside this module, so that no public type names the driver's.
- */
-export interface Connections {
-  readonly _tag: "Connections"
-}
 
 /** A pool, and whether its statements are echoed. */
 interface PoolEntry {

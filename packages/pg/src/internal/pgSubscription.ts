@@ -69,29 +69,10 @@ import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
+import type { WatchOptions } from "../PgEventStore.js"
 import { Int8 } from "./eventRows.js"
 import { initialState, nextDelay, observe, type Pending, type Settings, waitsForNotifications } from "./horizon.js"
 import * as Driver from "./pgDriver.js"
-
-/**
- * How subscriptions watch the log.
- */
-export interface WatchOptions {
-  /** Refresh at least this often even without notifications. Default 1 second. */
-  readonly pollInterval?: Duration.DurationInput | undefined
-  /** While positions wait for their transactions, refresh this often at first. Default 5 ms. */
-  readonly settleInterval?: Duration.DurationInput | undefined
-  /** Report (log and publish) when readers have been held back this long. Default 5 seconds. */
-  readonly stallThreshold?: Duration.DurationInput | undefined
-  /** Wake on LISTEN/NOTIFY (needs `PgClient`). Default true. */
-  readonly listen?: boolean | undefined
-  /**
-   * After a lost connection (a page read, the LISTEN connection), how to try again.
-   * A subscription fails only when this schedule ends. Default: exponential from 100
-   * milliseconds, at most every 5 seconds, for up to 5 minutes.
-   */
-  readonly reconnect?: Schedule.Schedule<unknown, unknown> | undefined
-}
 
 /** The default of {@link WatchOptions.reconnect}. */
 export const defaultReconnect: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(

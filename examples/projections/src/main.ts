@@ -37,27 +37,39 @@ const placeOrders = (count: number) =>
   Effect.gen(function* () {
     const store = yield* EventStore.EventStore
     const order = () => ({ aggregateId: crypto.randomUUID(), aggregateType: "Order" })
+    // The position of the last event appended: once the projection is past it, it holds every order.
+    let last = 0n
+    const appended = (result: EventStore.AppendResult) => {
+      if (result.lastPosition > last) last = result.lastPosition
+    }
     yield* Effect.forEach(
       Array.from({ length: count }, (_, i) => i),
       (i) =>
         Effect.gen(function* () {
           const stream = order()
           const total = i === 7 ? -5 : Math.round(Math.random() * 50_000) / 100
-          yield* store.append(stream, [{ event: OrderPlaced.make({ customer_id: `customer-${i % 20}`, total }) }], {
-            expectedVersion: ExpectedVersion.noStream
-          })
+          appended(
+            yield* store.append(stream, [{ event: OrderPlaced.make({ customer_id: `customer-${i % 20}`, total }) }], {
+              expectedVersion: ExpectedVersion.noStream
+            })
+          )
           if (i % 3 === 0) {
-            yield* store.append(stream, [{ event: OrderShipped.make({ tracking_number: `TRACK-${i}` }) }], {
-              expectedVersion: ExpectedVersion.exact(1)
-            })
+            appended(
+              yield* store.append(stream, [{ event: OrderShipped.make({ tracking_number: `TRACK-${i}` }) }], {
+                expectedVersion: ExpectedVersion.exact(1)
+              })
+            )
           } else if (i % 10 === 1) {
-            yield* store.append(stream, [{ event: OrderCancelled.make({ reason: "changed mind" }) }], {
-              expectedVersion: ExpectedVersion.exact(1)
-            })
+            appended(
+              yield* store.append(stream, [{ event: OrderCancelled.make({ reason: "changed mind" }) }], {
+                expectedVersion: ExpectedVersion.exact(1)
+              })
+            )
           }
         }),
       { concurrency: 4, discard: true }
     )
+    return last
   })
 
 const program = Effect.gen(function* () {
@@ -74,20 +86,14 @@ const program = Effect.gen(function* () {
   const runner = yield* Projection.start(projection, { retry: Schedule.recurs(2) })
 
   yield* Console.log("3. Placing 300 orders while the projection runs...")
-  yield* placeOrders(300)
+  const last = yield* placeOrders(300)
 
-  yield* Console.log("4. Waiting for the projection to catch up:")
-  yield* checkpoints.lag(projection.name, { eventTypes: projection.eventTypes }).pipe(
-    Effect.tap((lag) =>
-      Console.log(
-        `   ${lag.eventsBehind} events behind (${lag.timeBehindMillis.toFixed(0)} ms), checkpoint ${lag.position}`
-      )
-    ),
-    Effect.repeat({
-      schedule: Schedule.identity<CheckpointStore.Lag>().pipe(Schedule.zipLeft(Schedule.spaced("200 millis"))),
-      until: (lag) => lag.eventsBehind === 0
-    })
-  )
+  // Read-your-writes: woken when the projection's checkpoint passes the last order appended
+  // (its save notifies at commit), rather than polling the read model.
+  yield* Console.log("4. Waiting for the projection to pass the last order appended:")
+  yield* CheckpointStore.awaitPosition(projection.name, last, { timeout: "30 seconds" })
+  const lag = yield* checkpoints.lag(projection.name, { eventTypes: projection.eventTypes })
+  yield* Console.log(`   ${lag.eventsBehind} events behind, checkpoint ${lag.position}`)
 
   const summary = yield* sql<{ status: string; orders: number; revenue: string }>`
     SELECT status, count(*)::int AS orders, sum(total)::text AS revenue

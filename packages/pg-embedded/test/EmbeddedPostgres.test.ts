@@ -1,6 +1,5 @@
 import { spawn } from "node:child_process"
 import * as Fs from "node:fs/promises"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { assert, describe, it } from "@effect/vitest"
@@ -12,24 +11,13 @@ import * as Redacted from "effect/Redacted"
 import * as Scope from "effect/Scope"
 import pg from "pg"
 import * as TestDatabase from "../../../test/support/TestDatabase.js"
+import * as TempDir from "../../../test/support/tempDir.js"
 import * as internal from "../src/internal/embeddedPostgres.js"
 
 // These tests start real servers and wait on real processes: they use the live
 // clock (`it.scopedLive`), not the TestClock of `it.effect`.
 
-/**
- * A directory under the OS temp dir, deleted when the scope closes. mkdtemp
- * makes it 0700; it is opened up because, run as root, the server runs as the
- * `postgres` OS user, which must traverse it to reach a data directory inside.
- */
-const tempDir = Effect.acquireRelease(
-  Effect.promise(async () => {
-    const dir = await Fs.mkdtemp(Path.join(Os.tmpdir(), "eventfold-pg-spec-"))
-    await Fs.chmod(dir, 0o755)
-    return dir
-  }),
-  (dir) => Effect.promise(() => Fs.rm(dir, { recursive: true, force: true }))
-)
+const tempDir = TempDir.tempDir("pg-spec")
 
 const queryOne = (url: string, sql: string) =>
   TestDatabase.withClient(url, (client) =>

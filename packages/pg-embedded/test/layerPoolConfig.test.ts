@@ -6,7 +6,6 @@
  * - with `DATABASE_URL` set it uses that server and starts nothing.
  */
 import * as Fs from "node:fs/promises"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Util from "node:util"
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -19,6 +18,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import * as TempDir from "../../../test/support/tempDir.js"
 
 /** The environment, as the program's `Config` reads it: `env` and nothing else. */
 const withEnvironment =
@@ -37,15 +37,7 @@ const capturingLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     return [result, lines] as const
   })
 
-/** A directory the `postgres` OS user can reach when run as root; deleted with the scope. */
-const tempDir = Effect.acquireRelease(
-  Effect.promise(async () => {
-    const dir = await Fs.mkdtemp(Path.join(Os.tmpdir(), "eventfold-pool-fallback-"))
-    await Fs.chmod(dir, 0o755)
-    return dir
-  }),
-  (dir) => Effect.promise(() => Fs.rm(dir, { recursive: true, force: true }))
-)
+const tempDir = TempDir.tempDir("pool-fallback")
 
 const once = PgPool.config({ connectRetry: Schedule.recurs(1) })
 

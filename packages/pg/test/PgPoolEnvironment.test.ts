@@ -8,8 +8,6 @@
  *   a server that refuses the connection, a URL that does not parse, and a real
  *   password-authenticating server given the wrong password.
  */
-import * as Fs from "node:fs/promises"
-import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Util from "node:util"
 import { assert, describe, it } from "@effect/vitest"
@@ -23,6 +21,7 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Schedule from "effect/Schedule"
 import { recordingSpans } from "../../../test/support/spans.js"
+import * as TempDir from "../../../test/support/tempDir.js"
 import * as Driver from "../src/internal/pgDriver.js"
 
 /** The environment, as the program's `Config` reads it: `env` and nothing else. */
@@ -45,15 +44,7 @@ const capturingLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     return [result, lines] as const
   })
 
-/** A directory the `postgres` OS user can reach when run as root; deleted with the scope. */
-const tempDir = Effect.acquireRelease(
-  Effect.promise(async () => {
-    const dir = await Fs.mkdtemp(Path.join(Os.tmpdir(), "eventfold-pool-env-"))
-    await Fs.chmod(dir, 0o755)
-    return dir
-  }),
-  (dir) => Effect.promise(() => Fs.rm(dir, { recursive: true, force: true }))
-)
+const tempDir = TempDir.tempDir("pool-env")
 
 const once = { connectRetry: Schedule.recurs(1) }
 

@@ -23,6 +23,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Redacted from "effect/Redacted"
 
+import type { ConnectionOptions } from "../PgPool.js"
 import { type SslMode, sslModes } from "./sslMode.js"
 
 export { type SslMode, sslModes }
@@ -211,21 +212,8 @@ export const parseUrl = (text: string): Either.Either<UrlParts, string> => {
 // The target
 // ---------------------------------------------------------------------------
 
-/** The options `resolve` reads (PgPool's connection options). */
-export interface Settings {
-  readonly url?: Redacted.Redacted<string> | undefined
-  readonly host?: string | undefined
-  readonly port?: number | undefined
-  readonly user?: string | undefined
-  readonly password?: Redacted.Redacted<string> | undefined
-  readonly database?: string | undefined
-  readonly schema?: string | undefined
-  readonly sslMode?: SslMode | undefined
-  readonly sslRootCert?: string | undefined
-  readonly sslCert?: string | undefined
-  readonly sslKey?: Redacted.Redacted<string> | undefined
-  readonly applicationName?: string | undefined
-}
+/** The options `resolve` reads: PgPool's connection options, and the pool's name. */
+export type Settings = ConnectionOptions & { readonly applicationName?: string | undefined }
 
 /** A certificate or key: PEM text, the path of a PEM file, or (root certificates only) the system's CAs. */
 export type Source =

@@ -7,35 +7,16 @@
  */
 import * as Fs from "node:fs/promises"
 import * as Path from "node:path"
-import * as Util from "node:util"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, describe, it } from "@effect/vitest"
 import * as PgPool from "@eventfold/pg/PgPool"
 import * as EmbeddedPostgres from "@eventfold/pg-embedded/EmbeddedPostgres"
-import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import { capturingLogs, withEnvironment } from "../../../test/support/environment.js"
 import * as TempDir from "../../../test/support/tempDir.js"
-
-/** The environment, as the program's `Config` reads it: `env` and nothing else. */
-const withEnvironment =
-  (env: Record<string, string>) =>
-  <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-    Effect.withConfigProvider(effect, ConfigProvider.fromMap(new Map(Object.entries(env))))
-
-/** Runs `effect` with a logger that keeps every line (level and message) as text. */
-const capturingLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function* () {
-    const lines: Array<{ readonly level: string; readonly text: string }> = []
-    const logger = Logger.make(({ logLevel, message }) => {
-      lines.push({ level: logLevel.label, text: Util.inspect(message, { depth: null }) })
-    })
-    const result = yield* Effect.provide(effect, Logger.replace(Logger.defaultLogger, logger))
-    return [result, lines] as const
-  })
 
 const tempDir = TempDir.tempDir("pool-fallback")
 

@@ -14,35 +14,14 @@ import { assert, describe, it } from "@effect/vitest"
 import { PgPool } from "@eventfold/pg"
 import * as EmbeddedPostgres from "@eventfold/pg-embedded/EmbeddedPostgres"
 import * as Cause from "effect/Cause"
-import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Logger from "effect/Logger"
 import * as Schedule from "effect/Schedule"
+import { capturingLogs, withEnvironment } from "../../../test/support/environment.js"
 import { recordingSpans } from "../../../test/support/spans.js"
 import * as TempDir from "../../../test/support/tempDir.js"
 import * as Driver from "../src/internal/pgDriver.js"
-
-/** The environment, as the program's `Config` reads it: `env` and nothing else. */
-const withEnvironment =
-  (env: Record<string, string>) =>
-  <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-    Effect.withConfigProvider(effect, ConfigProvider.fromMap(new Map(Object.entries(env))))
-
-/** Runs `effect` with a logger that keeps every line (message, cause, annotations) as text. */
-const capturingLogs = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function* () {
-    const lines: Array<{ readonly level: string; readonly text: string }> = []
-    const logger = Logger.make(({ logLevel, message, cause, annotations }) => {
-      lines.push({
-        level: logLevel.label,
-        text: [Util.inspect(message, { depth: null }), Cause.pretty(cause), Util.inspect(annotations)].join(" ")
-      })
-    })
-    const result = yield* Effect.provide(effect, Logger.replace(Logger.defaultLogger, logger))
-    return [result, lines] as const
-  })
 
 const tempDir = TempDir.tempDir("pool-env")
 

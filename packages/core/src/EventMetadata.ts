@@ -255,7 +255,3 @@ export const fromDocument = (document: unknown): EventMetadata => {
     ? empty
     : { correlationId, causationId, traceparent: parent }
 }
-
-/** @internal */
-export const isEmpty = (metadata: EventMetadata): boolean =>
-  metadata.correlationId === null && metadata.causationId === null && metadata.traceparent === null

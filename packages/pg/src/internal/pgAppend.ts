@@ -116,7 +116,7 @@ export const make = (
       aggregateType,
       tenantId: input.tenantId,
       actorId: input.actorId,
-      metadata: input.metadata === EventMetadata.empty ? null : EventMetadata.toJson(input.metadata),
+      metadata: EventMetadata.toJson(input.metadata),
       expected: input.expectedVersion._tag === "Exact" ? input.expectedVersion.version : 0,
       count: input.events.length,
       ...(single === undefined

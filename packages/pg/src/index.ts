@@ -17,6 +17,10 @@ export * as PgMigrations from "./PgMigrations.js"
 /**
  * @since 0.1.0
  */
+export * as PgMonitor from "./PgMonitor.js"
+/**
+ * @since 0.1.0
+ */
 export * as PgOutbox from "./PgOutbox.js"
 /**
  * @since 0.1.0

@@ -31,7 +31,7 @@ import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import type { CheckpointStore } from "./CheckpointStore.js"
+import type { CheckpointError, CheckpointStore } from "./CheckpointStore.js"
 import type { DeadLetter, DeadLetterQueue } from "./DeadLetterQueue.js"
 import type * as Event from "./Event.js"
 import type { EventStore, RecordedEvent } from "./EventStore.js"
@@ -329,6 +329,18 @@ export const rebuild: <R>(
     readonly reportInterval?: Duration.DurationInput
   }
 ) => Effect.Effect<RebuildProgress, RunError, R | Requirements> = internal.rebuild
+
+/**
+ * Clears a projection's read model (its `reset`) and moves its checkpoint back to the
+ * start, in one transaction where the runtime has them. Runners, here or elsewhere,
+ * notice at their next batch and replay the log; {@link rebuild} also waits for them.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const reset: <R>(
+  projection: Projection<R>
+) => Effect.Effect<void, ProjectionError | CheckpointError, R | CheckpointStore | ProjectionRuntime> = internal.reset
 
 /**
  * Runs a dead letter's event through the projection's handler again (with the retry

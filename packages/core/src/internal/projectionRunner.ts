@@ -402,6 +402,28 @@ export const start = <R>(projection: Projection<R>, options: RunOptions = {}) =>
     return { status: Ref.get(status), join: Fiber.join(fiber) } satisfies Runner
   })
 
+const resetWith = <R>(projection: Projection<R>, method: string) =>
+  Effect.gen(function* () {
+    const checkpoints = yield* CheckpointStore
+    const runtime = yield* ProjectionRuntime
+    const name = projection.name
+    // The checkpoint first: its row lock orders this reset after any batch in flight,
+    // whose conditional save then fails and rolls back its writes.
+    yield* checkpoints
+      .reset(name)
+      .pipe(
+        Effect.zipRight(
+          Effect.mapError(
+            projection.reset,
+            (cause) => new ProjectionError({ projection: name, method, message: `reset failed: ${cause}`, cause })
+          )
+        ),
+        runtime.transaction
+      )
+  })
+
+export const reset = <R>(projection: Projection<R>) => resetWith(projection, "reset")
+
 export const rebuild = <R>(
   projection: Projection<R>,
   options: RunOptions & {
@@ -411,24 +433,10 @@ export const rebuild = <R>(
 ) =>
   Effect.gen(function* () {
     const checkpoints = yield* CheckpointStore
-    const runtime = yield* ProjectionRuntime
     const name = projection.name
     const started = yield* Clock.currentTimeMillis
 
-    // The checkpoint first: its row lock orders this reset after any batch in flight,
-    // whose conditional save then fails and rolls back its writes.
-    yield* checkpoints
-      .reset(name)
-      .pipe(
-        Effect.zipRight(
-          Effect.mapError(
-            projection.reset,
-            (cause) =>
-              new ProjectionError({ projection: name, method: "rebuild", message: `reset failed: ${cause}`, cause })
-          )
-        ),
-        runtime.transaction
-      )
+    yield* resetWith(projection, "rebuild")
     const target = (yield* checkpoints.lag(name)).headPosition
     yield* Effect.logInfo(`projection ${name}: rebuilding up to position ${target}`)
 

@@ -1,0 +1,289 @@
+/**
+ * The `eventfold` command line, as an @effect/cli command tree over Eventfold's services.
+ *
+ * The standalone binary (`npx eventfold`, from this package) does what the database alone
+ * can: migrate, status, stats, streams, the outbox, projection checkpoints, dead letters.
+ * An application mounts the same tree with its projections (`make({ projections })`),
+ * which adds the commands that run their code: `projections reset` clearing the read model,
+ * `projections rebuild` with progress, `dead-letters retry` through the handler.
+ *
+ * Every command prints a table (or `--json`: one JSON document on stdout), writes logs
+ * and progress to stderr, and ends with one of the {@link ExitCode}s; a failure is one
+ * line on stderr, with no stack and no credentials.
+ *
+ * @since 0.1.0
+ */
+import type * as CliApp from "@effect/cli/CliApp"
+import * as Command from "@effect/cli/Command"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as PgClient from "@effect/sql-pg/PgClient"
+import type * as CheckpointStore from "@eventfold/core/CheckpointStore"
+import type * as DeadLetterQueue from "@eventfold/core/DeadLetterQueue"
+import type * as Outbox from "@eventfold/core/Outbox"
+import type * as Projection from "@eventfold/core/Projection"
+import type * as Telemetry from "@eventfold/core/Telemetry"
+import * as OtelTelemetry from "@eventfold/opentelemetry/OtelTelemetry"
+import * as PgCheckpointStore from "@eventfold/pg/PgCheckpointStore"
+import * as PgDeadLetterQueue from "@eventfold/pg/PgDeadLetterQueue"
+import * as PgMonitor from "@eventfold/pg/PgMonitor"
+import * as PgOutbox from "@eventfold/pg/PgOutbox"
+import * as PgPool from "@eventfold/pg/PgPool"
+import * as Config from "effect/Config"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import type * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import { tree } from "./internal/commands.js"
+import * as errors from "./internal/errors.js"
+
+/**
+ * The exit codes, the same for every command: 0 done, 1 the operation failed, 2 the
+ * command line is wrong, 3 no database (not configured, invalid, unreachable), 4 what was
+ * named does not exist, 5 migrations are pending, 130 interrupted.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const ExitCode = errors.ExitCode
+
+/**
+ * A command's own failure, with the exit code it ends with.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const CliError = errors.CliError
+
+/**
+ * @since 0.1.0
+ * @category errors
+ */
+export type CliError = errors.CliError
+
+/**
+ * The version of `eventfold` (`--version`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const version = "0.1.0"
+
+/**
+ * The services the standalone commands use; {@link layer} makes them from a pool.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Environment =
+  | PgMonitor.PgMonitor
+  | Outbox.Outbox
+  | CheckpointStore.CheckpointStore
+  | DeadLetterQueue.DeadLetterQueue
+  | SqlClient.SqlClient
+
+/**
+ * The command tree, named `name` (default `eventfold`). With `projections`, the
+ * commands that run their code are added, and need what a projection runner needs
+ * (the application's `EventStore`, `ProjectionRuntime`, and the projections' own services).
+ *
+ * Mount it in an application's own @effect/cli tree, or run it with {@link run} /
+ * {@link runMain}. Provide the services with `Command.provide` so that they are built
+ * only when a command runs (`--help` then needs no database).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: {
+  (options?: { readonly name?: string | undefined }): Command.Command<string, Environment, unknown, Parsed>
+  <R>(options: {
+    readonly name?: string | undefined
+    readonly projections: ReadonlyArray<Projection.Projection<R>>
+  }): Command.Command<string, Environment | Projection.Requirements | R, unknown, Parsed>
+} = (options?: {
+  readonly name?: string | undefined
+  readonly projections?: ReadonlyArray<Projection.Projection<unknown>> | undefined
+}) =>
+  // One implementation for both signatures: the trees differ by the commands that run projections.
+  tree(options?.name ?? "eventfold", options?.projections) as unknown as Command.Command<
+    string,
+    Environment,
+    unknown,
+    Parsed
+  >
+
+/**
+ * What the tree parses a command line into (its subcommand, chosen and parsed).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Parsed {
+  readonly subcommand: Option.Option<unknown>
+}
+
+/**
+ * The standalone services over the `SqlClient` and `PgClient` in context: the monitor,
+ * the outbox, checkpoints and dead letters.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer: Layer.Layer<
+  PgMonitor.PgMonitor | Outbox.Outbox | CheckpointStore.CheckpointStore | DeadLetterQueue.DeadLetterQueue,
+  never,
+  SqlClient.SqlClient | PgClient.PgClient
+> = Layer.mergeAll(PgMonitor.layer, PgOutbox.layer(), PgCheckpointStore.layer, PgDeadLetterQueue.layer)
+
+/**
+ * {@link layer} over a pool configured as the library is (`DATABASE_URL`, `PG*`,
+ * `DATABASE_SCHEMA`, ...; see `PgPool.config`), with a small pool named `eventfold-cli`
+ * that tries to connect for 5 seconds. A missing, invalid or unreachable server fails
+ * with a `CliError` that exits with `ExitCode.unavailable`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerFromEnv = (
+  defaults: PgPool.Options = {}
+): Layer.Layer<Environment | PgClient.PgClient | PgPool.PgPool, CliError> =>
+  layer.pipe(
+    Layer.provideMerge(
+      PgPool.layerFromEnv({
+        applicationName: "eventfold-cli",
+        poolSize: 1,
+        maxOverflow: 3,
+        connectRetry: Schedule.spaced("500 millis").pipe(Schedule.upTo("5 seconds")),
+        ...defaults
+      })
+    ),
+    Layer.mapError(
+      (error) => new errors.CliError({ exitCode: errors.ExitCode.unavailable, message: error.message, cause: error })
+    )
+  )
+
+/**
+ * Runs `command` on the arguments (`process.argv`: the first two are skipped). Prints
+ * what a failure means as one line on stderr and returns the exit code; it never fails.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const run =
+  <R, E>(
+    command: Command.Command<string, R, E, Parsed>,
+    options: { readonly name?: string | undefined; readonly version?: string | undefined } = {}
+  ) =>
+  (argv: ReadonlyArray<string>): Effect.Effect<number, never, R | CliApp.CliApp.Environment> =>
+    Command.run(command, { name: options.name ?? "eventfold", version: options.version ?? version })(
+      // With no command, the usage: a bare `eventfold` would otherwise do nothing.
+      argv.length <= 2 ? [...argv, "--help"] : argv
+    ).pipe(
+      Effect.as(errors.ExitCode.ok as number),
+      Effect.catchAllCause((cause) => {
+        const { exitCode, line } = errors.explain(cause)
+        return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
+      })
+    )
+
+/** Log lines on stderr, so that stdout holds only the result (`--json` stays parseable). */
+const stderrLogger = Logger.replace(
+  Logger.defaultLogger,
+  Logger.make(({ logLevel, message }) => {
+    const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+    globalThis.console.error(`eventfold: ${logLevel.label.toLowerCase()}: ${text}`)
+  })
+)
+
+const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g")
+
+/** Whether `stream` shows colors: a terminal, and no NO_COLOR (https://no-color.org). */
+const colors = (stream: NodeJS.WriteStream) => stream.isTTY === true && process.env.NO_COLOR === undefined
+
+const plain = (args: ReadonlyArray<unknown>) =>
+  args.map((arg) => (typeof arg === "string" ? arg.replace(ansi, "") : arg))
+
+/**
+ * @effect/cli colors its help and usage errors whatever the output is: outside a
+ * terminal (a pipe, a file, a test) they are written without the escape codes.
+ */
+const plainWhenPiped = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Console.consoleWith((console) =>
+    Console.withConsole(effect, {
+      ...console,
+      log: (...args) => console.log(...(colors(process.stdout) ? args : plain(args))),
+      error: (...args) => console.error(...(colors(process.stderr) ? args : plain(args)))
+    })
+  )
+
+/** LOG_LEVEL, Warning by default: a command prints its result, not the library's progress. */
+const logLevel = Layer.unwrapEffect(
+  Config.logLevel("LOG_LEVEL").pipe(
+    Config.withDefault(LogLevel.Warning),
+    Effect.orElseSucceed(() => LogLevel.Warning),
+    Effect.map(Logger.minimumLogLevel)
+  )
+)
+
+/**
+ * Runs `command` as this process's main program: its services from `layer`, built only
+ * when a command runs; telemetry from the `OTEL_*` variables (nothing without them); logs
+ * on stderr at `LOG_LEVEL` (default Warning); and the process exits with the command's
+ * {@link ExitCode}.
+ *
+ * ```ts
+ * // bin/orders-admin.ts: the eventfold commands, with this application's projections
+ * Cli.runMain(Cli.make({ name: "orders-admin", projections: [orderSummary] }), {
+ *   layer: Layer.mergeAll(Cli.layer, PgEventStore.layer({ registry }), PgProjection.layer()).pipe(
+ *     Layer.provideMerge(PgPool.layerFromEnv())
+ *   )
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const runMain = <R, E, LE>(
+  command: Command.Command<string, R, E, Parsed>,
+  options: {
+    readonly layer: Layer.Layer<R, LE>
+    readonly name?: string | undefined
+    readonly version?: string | undefined
+    readonly telemetry?: Layer.Layer<Telemetry.Telemetry, unknown> | undefined
+  }
+): void => {
+  const name = options.name ?? "eventfold"
+  const telemetry = options.telemetry ?? OtelTelemetry.layerConfig({ serviceName: name })
+  const program = Effect.flatMap(
+    Effect.sync(() => process.argv),
+    (argv) => run(Command.provide(command, options.layer), { name, version: options.version })(argv)
+  ).pipe(
+    // A telemetry configuration that does not parse is reported as any failure is.
+    Effect.provide(Layer.orDie(telemetry)),
+    Effect.catchAllCause((cause) => {
+      const { exitCode, line } = errors.explain(cause)
+      return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
+    }),
+    plainWhenPiped,
+    Effect.provide(Layer.mergeAll(NodeContext.layer, stderrLogger, logLevel))
+  )
+  NodeRuntime.runMain(program, {
+    disableErrorReporting: true,
+    teardown: (exit, onExit) =>
+      onExit(
+        Exit.isSuccess(exit)
+          ? // The program's value is its exit code (runMain's teardown is typed for any program).
+            typeof exit.value === "number"
+            ? exit.value
+            : errors.ExitCode.ok
+          : Exit.isInterrupted(exit)
+            ? errors.ExitCode.interrupted
+            : errors.ExitCode.failure
+      )
+  })
+}

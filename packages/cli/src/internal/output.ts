@@ -1,0 +1,116 @@
+/**
+ * What the commands print: aligned tables for people, one JSON document for scripts.
+ */
+import * as Console from "effect/Console"
+import * as Duration from "effect/Duration"
+import type * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+
+/** A column of a table: its header, how to show a row's value, numbers aligned right. */
+export interface Column<A> {
+  readonly header: string
+  readonly value: (row: A) => string
+  readonly align?: "left" | "right"
+}
+
+/**
+ * Rows as a table with a header line, each column as wide as its widest cell; the
+ * last column is not padded. No rows: `empty`, so that nothing looks like a silent failure.
+ */
+export const table = <A>(rows: ReadonlyArray<A>, columns: ReadonlyArray<Column<A>>, empty = "(none)"): string => {
+  if (rows.length === 0) return empty
+  const cells = rows.map((row) => columns.map((column) => oneLine(column.value(row))))
+  const widths = columns.map((column, i) => Math.max(column.header.length, ...cells.map((row) => row[i]!.length)))
+  const line = (values: ReadonlyArray<string>) =>
+    values
+      .map((value, i) => {
+        const last = i === values.length - 1
+        if (columns[i]!.align === "right") return value.padStart(widths[i]!)
+        return last ? value : value.padEnd(widths[i]!)
+      })
+      .join("  ")
+      .trimEnd()
+  return [line(columns.map((column) => column.header)), ...cells.map(line)].join("\n")
+}
+
+/** `label   value` lines with the labels aligned. */
+export const fields = (entries: ReadonlyArray<readonly [label: string, value: string]>): string => {
+  const width = Math.max(...entries.map(([label]) => label.length))
+  return entries.map(([label, value]) => `${label.padEnd(width)}  ${value}`).join("\n")
+}
+
+/** A heading over an indented block. */
+export const section = (title: string, body: string): string =>
+  `${title}\n${body
+    .split("\n")
+    .map((line) => `  ${line}`)
+    .join("\n")}`
+
+/** Control characters (a newline in an error or a query) would break a table's lines. */
+const oneLine = (text: string): string => text.replace(/[\r\n\t]+/g, " ")
+
+/** An integer with thousands separators, in every locale the same. */
+export const count = (n: number | bigint): string => n.toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",")
+
+const units = ["B", "kB", "MB", "GB", "TB"] as const
+
+/** Bytes as PostgreSQL's pg_size_pretty shows them (1024-based, whole numbers). */
+export const bytes = (n: bigint): string => {
+  let value = Number(n)
+  let unit = 0
+  while (value >= 10 * 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit++
+  }
+  return `${Math.round(value)} ${units[unit]}`
+}
+
+/** A span of time as people read it: `850ms`, `12.3s`, `4m 05s`, `2h 10m`, `3d 4h`. */
+export const age = (millis: number): string => {
+  if (millis < 1000) return `${Math.round(millis)}ms`
+  const seconds = millis / 1000
+  if (seconds < 60) return `${seconds.toFixed(1)}s`
+  const s = Math.floor(seconds)
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`
+  if (s < 86_400) return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`
+  return `${Math.floor(s / 86_400)}d ${Math.floor((s % 86_400) / 3600)}h`
+}
+
+/** A timestamp in UTC, to the second. */
+export const time = (date: Date | null): string => (date === null ? "-" : `${date.toISOString().slice(0, 19)}Z`)
+
+/** A nullable text, `-` for null. */
+export const text = (value: string | null | undefined): string => (value == null ? "-" : value)
+
+/** Shortens a long cell (a query, an error) to `max` characters. */
+export const clip = (value: string, max: number): string => {
+  const line = oneLine(value)
+  return line.length <= max ? line : `${line.slice(0, max - 1)}…`
+}
+
+const bigintMarker = "\u0000bigint:"
+
+/**
+ * The value as plain JSON data: bigints stay exact (written as JSON numbers with all
+ * their digits, which JSON allows and jq keeps), Options become their value or null,
+ * Durations their milliseconds, Dates ISO strings.
+ */
+const plain = (value: unknown): unknown => {
+  if (typeof value === "bigint") return `${bigintMarker}${value}`
+  if (value instanceof Date) return value.toISOString()
+  if (Option.isOption(value)) return Option.isSome(value) ? plain(value.value) : null
+  if (Duration.isDuration(value)) return Duration.toMillis(value)
+  if (Array.isArray(value)) return value.map(plain)
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([key, v]) => [key, plain(v)]))
+  }
+  return value
+}
+
+/** One JSON document, as {@link plain} makes it. */
+export const json = (value: unknown): string =>
+  JSON.stringify(plain(value), null, 2).replace(/"\\u0000bigint:(-?\d+)"/g, "$1")
+
+/** Prints `value` as JSON with `--json`, otherwise as `human` renders it. */
+export const print = <A>(value: A, asJson: boolean, human: (value: A) => string): Effect.Effect<void> =>
+  Console.log(asJson ? json(value) : human(value))

@@ -39,7 +39,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import type * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
-import { tree } from "./internal/commands.js"
+import { type ProjectionSource, tree } from "./internal/commands.js"
 import * as errors from "./internal/errors.js"
 
 /**
@@ -88,8 +88,8 @@ export type Environment =
   | SqlClient.SqlClient
 
 /**
- * The command tree, named `name` (default `eventfold`). With `projections`, the
- * commands that run their code are added, and need what a projection runner needs
+ * The command tree, named `name` (default `eventfold`). With `projections` (each a
+ * projection, or an effect that makes one), the commands that run their code are added, and need what a projection runner needs
  * (the application's `EventStore`, `ProjectionRuntime`, and the projections' own services).
  *
  * Mount it in an application's own @effect/cli tree, or run it with {@link run} /
@@ -103,11 +103,11 @@ export const make: {
   (options?: { readonly name?: string | undefined }): Command.Command<string, Environment, unknown, Parsed>
   <R>(options: {
     readonly name?: string | undefined
-    readonly projections: ReadonlyArray<Projection.Projection<R>>
+    readonly projections: ReadonlyArray<Projection.Projection<R> | Effect.Effect<Projection.Projection<R>, unknown, R>>
   }): Command.Command<string, Environment | Projection.Requirements | R, unknown, Parsed>
 } = (options?: {
   readonly name?: string | undefined
-  readonly projections?: ReadonlyArray<Projection.Projection<unknown>> | undefined
+  readonly projections?: ReadonlyArray<ProjectionSource<unknown>> | undefined
 }) =>
   // One implementation for both signatures: the trees differ by the commands that run projections.
   tree(options?.name ?? "eventfold", options?.projections) as unknown as Command.Command<
@@ -186,19 +186,20 @@ export const run =
     ).pipe(
       Effect.as(errors.ExitCode.ok as number),
       Effect.catchAllCause((cause) => {
-        const { exitCode, line } = errors.explain(cause)
+        const { exitCode, line } = errors.explain(cause, options.name ?? "eventfold")
         return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
       })
     )
 
 /** Log lines on stderr, so that stdout holds only the result (`--json` stays parseable). */
-const stderrLogger = Logger.replace(
-  Logger.defaultLogger,
-  Logger.make(({ logLevel, message }) => {
-    const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
-    globalThis.console.error(`eventfold: ${logLevel.label.toLowerCase()}: ${text}`)
-  })
-)
+const stderrLogger = (name: string) =>
+  Logger.replace(
+    Logger.defaultLogger,
+    Logger.make(({ logLevel, message }) => {
+      const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
+      globalThis.console.error(`${name}: ${logLevel.label.toLowerCase()}: ${text}`)
+    })
+  )
 
 const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g")
 
@@ -266,11 +267,11 @@ export const runMain = <R, E, LE>(
     // A telemetry configuration that does not parse is reported as any failure is.
     Effect.provide(Layer.orDie(telemetry)),
     Effect.catchAllCause((cause) => {
-      const { exitCode, line } = errors.explain(cause)
+      const { exitCode, line } = errors.explain(cause, name)
       return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
     }),
     plainWhenPiped,
-    Effect.provide(Layer.mergeAll(NodeContext.layer, stderrLogger, logLevel))
+    Effect.provide(Layer.mergeAll(NodeContext.layer, stderrLogger(name), logLevel))
   )
   NodeRuntime.runMain(program, {
     disableErrorReporting: true,

@@ -730,19 +730,21 @@ const resetCheckpoint = Command.make(
 )
 
 /** The commands that run a projection's own code, for the application's tree. */
-const withProjections = <R>(projections: ReadonlyArray<Projection.Projection<R>>) => {
-  const byName = new Map(projections.map((p) => [p.name, p]))
-  const names = projections.map((p) => p.name)
+/** A projection, or an effect that makes one (with the application's services). */
+export type ProjectionSource<R> = Projection.Projection<R> | Effect.Effect<Projection.Projection<R>, unknown, R>
+
+const withProjections = <R>(sources: ReadonlyArray<ProjectionSource<R>>) => {
   const known = (name: string) =>
-    Option.match(Option.fromNullable(byName.get(name)), {
-      onNone: () =>
-        Effect.fail(
-          new CliError({
-            exitCode: ExitCode.notFound,
-            message: `no projection ${name} in this application (known: ${names.join(", ") || "none"})`
-          })
-        ),
-      onSome: Effect.succeed
+    Effect.gen(function* () {
+      const projections = yield* Effect.forEach(sources, (source) =>
+        Effect.isEffect(source) ? source : Effect.succeed(source)
+      )
+      const found = projections.find((p) => p.name === name)
+      if (found !== undefined) return found
+      return yield* new CliError({
+        exitCode: ExitCode.notFound,
+        message: `no projection ${name} in this application (known: ${projections.map((p) => p.name).join(", ") || "none"})`
+      })
     })
 
   const reset = Command.make("reset", { name: projectionName, json }, ({ json, name }) =>
@@ -798,7 +800,7 @@ const withProjections = <R>(projections: ReadonlyArray<Projection.Projection<R>>
 }
 
 /** The `eventfold` tree: the standalone commands, and those of `projections` when given. */
-export const tree = <R>(name: string, projections: ReadonlyArray<Projection.Projection<R>> | undefined) => {
+export const tree = <R>(name: string, projections: ReadonlyArray<ProjectionSource<R>> | undefined) => {
   const app = projections === undefined ? undefined : withProjections(projections)
   const projectionCommands = Command.make("projections").pipe(
     Command.withDescription(

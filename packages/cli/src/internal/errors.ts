@@ -81,19 +81,22 @@ const messageOf = (error: unknown): string => {
  * What a failed command prints (nothing for a usage error: @effect/cli has printed it
  * with the usage) and the code it exits with.
  */
-export const explain = (cause: Cause.Cause<unknown>): { readonly exitCode: number; readonly line: string | null } => {
-  if (Cause.isInterruptedOnly(cause)) return { exitCode: ExitCode.interrupted, line: "eventfold: interrupted" }
+export const explain = (
+  cause: Cause.Cause<unknown>,
+  name: string
+): { readonly exitCode: number; readonly line: string | null } => {
+  if (Cause.isInterruptedOnly(cause)) return { exitCode: ExitCode.interrupted, line: `${name}: interrupted` }
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) {
     const error = failure.value
     const exitCode = exitCodeOf(error)
     if (ValidationError.isValidationError(error)) return { exitCode, line: null }
     if (error instanceof CliError && error.printed) return { exitCode, line: null }
-    return { exitCode, line: `eventfold: ${line(messageOf(error))}` }
+    return { exitCode, line: `${name}: ${line(messageOf(error))}` }
   }
   const defect = Cause.dieOption(cause)
   return {
     exitCode: ExitCode.failure,
-    line: `eventfold: unexpected error: ${line(Option.match(defect, { onNone: () => "unknown", onSome: messageOf }))}`
+    line: `${name}: unexpected error: ${line(Option.match(defect, { onNone: () => "unknown", onSome: messageOf }))}`
   }
 }

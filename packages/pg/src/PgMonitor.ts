@@ -5,8 +5,10 @@
  * who holds it back, the outbox, projection lag, dead letters, connections). The
  * `eventfold` command (`@eventfold/cli`) prints these; an application may serve them too.
  *
- * `overview` is cheap at any size (estimates, heads and indexes); the spec's breakdowns
- * (`eventsByAggregateType`, `largestStreams`, ...) scan the log, as the spec's queries do.
+ * `overview` reads no more of the log than the projections lag behind (estimates, heads,
+ * and each projection's events after its checkpoint); the outbox and dead letters are
+ * counted. The spec's breakdowns (`eventsByAggregateType`, `largestStreams`, ...) scan the
+ * log, as the spec's queries do.
  *
  * @since 0.1.0
  */
@@ -131,8 +133,10 @@ export interface Connections {
  */
 export interface TableSize {
   readonly table: string
+  /** The table, its indexes and its TOAST (large values kept out of line, such as big payloads). */
   readonly totalBytes: bigint
   readonly tableBytes: bigint
+  /** Its indexes only (the spec's `total - table` would count TOAST as index). */
   readonly indexBytes: bigint
   /** PostgreSQL's estimate of the rows, from the last ANALYZE; null before any. */
   readonly estimatedRows: bigint | null
@@ -195,9 +199,10 @@ export interface StreamEventsOptions {
 }
 
 /**
- * The store at a glance: what `eventfold status` prints. Computed from estimates,
- * heads and indexes, so it stays cheap on a log of any size. `store` is none while
- * migrations are pending (the tables it reads may not be there yet).
+ * The store at a glance: what `eventfold status` prints. Computed from estimates, heads
+ * and indexes, so the size of the log does not matter, only how far projections lag
+ * behind (their events behind are counted). `store` is none while migrations are pending
+ * (the tables it reads may not be there yet).
  *
  * @since 0.1.0
  * @category models
@@ -280,7 +285,19 @@ const tables = [
   "snapshots"
 ] as const
 
-const Count = Schema.Union(Schema.Number, Schema.NumberFromString)
+/**
+ * A count or an int4: a number, or int8 as pg gives it (a string, or a bigint when the
+ * application's client parses int8 so).
+ */
+const Count = Schema.Union(
+  Schema.Number,
+  Schema.NumberFromString,
+  Schema.transform(Schema.BigIntFromSelf, Schema.Number, {
+    strict: true,
+    decode: (n) => Number(n),
+    encode: (n) => BigInt(n)
+  })
+)
 const Millis = Schema.NullOr(Count)
 const decode = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Schema.Array(schema))
 
@@ -298,6 +315,7 @@ const SizeRow = Schema.Struct({
   table_name: Schema.String,
   total_bytes: Int8,
   table_bytes: Int8,
+  index_bytes: Int8,
   estimated_rows: Schema.NullOr(Int8)
 })
 const IndexRow = Schema.Struct({
@@ -330,12 +348,17 @@ const StreamRow = Schema.Struct({
   updated_at: Schema.DateFromSelf
 })
 
-const fail = (method: string) => (cause: unknown) =>
-  new MonitorError({
-    method,
-    message: `PgMonitor.${method} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
-    cause
-  })
+/** Wraps a failure of `method`, keeping its cause; one already of `method` is kept as it is. */
+const fail =
+  (method: string) =>
+  (cause: unknown): MonitorError =>
+    cause instanceof MonitorError && cause.method === method
+      ? cause
+      : new MonitorError({
+          method,
+          message: `PgMonitor.${method} failed: ${cause instanceof Error ? cause.message : String(cause)}`,
+          cause
+        })
 
 /**
  * The monitor over the `SqlClient` and `PgClient` in context (and the `PgPool`, when
@@ -418,7 +441,7 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
         sql`SELECT aggregate_id::text, aggregate_type, count(*) AS event_count
               FROM events
              GROUP BY aggregate_id, aggregate_type
-             ORDER BY event_count DESC, aggregate_id
+             ORDER BY event_count DESC, aggregate_id, aggregate_type
              LIMIT ${options?.limit ?? 10}`
       ).pipe(
         Effect.map((rows) =>
@@ -430,8 +453,10 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
         )
       )
 
-    // pg_partition_tree covers a partitioned table's partitions, and a plain table itself.
-    // reltuples is -1 before the first ANALYZE (PostgreSQL 14+), 0 on 12 and 13.
+    // A table and, when it is partitioned, its partitions: pg_partition_tree lists a
+    // partitioned table with its partitions, and nothing at all for a plain table.
+    // reltuples is -1 before the first ANALYZE (PostgreSQL 14+), 0 on 12 and 13; a
+    // partitioned table's own (ANALYZE sets it too) would count its rows twice.
     const tableSizes: Service["tableSizes"] = query(
       "tableSizes",
       SizeRow
@@ -439,12 +464,14 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
       sql`SELECT t.name AS table_name,
                  coalesce(sum(pg_total_relation_size(p.relid)), 0)::int8 AS total_bytes,
                  coalesce(sum(pg_relation_size(p.relid)), 0)::int8 AS table_bytes,
-                 CASE WHEN bool_and(c.reltuples < 0) THEN NULL
-                      ELSE sum(greatest(c.reltuples, 0))::int8 END AS estimated_rows
+                 coalesce(sum(pg_indexes_size(p.relid)), 0)::int8 AS index_bytes,
+                 CASE WHEN bool_and(c.reltuples < 0) FILTER (WHERE c.relkind <> 'p') THEN NULL
+                      ELSE (sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind <> 'p'))::int8 END AS estimated_rows
             FROM unnest(${sql.literal(`ARRAY[${tables.map((t) => `'${t}'`).join(", ")}]`)}::text[]) WITH ORDINALITY AS t(name, n)
-            CROSS JOIN LATERAL pg_partition_tree(to_regclass(t.name)) p
+            CROSS JOIN LATERAL (SELECT to_regclass(t.name) AS oid) r
+            CROSS JOIN LATERAL (SELECT relid FROM pg_partition_tree(r.oid) UNION SELECT r.oid) p
             JOIN pg_class c ON c.oid = p.relid
-           WHERE to_regclass(t.name) IS NOT NULL
+           WHERE r.oid IS NOT NULL
            GROUP BY t.name, t.n
            ORDER BY t.n`
     ).pipe(
@@ -453,7 +480,7 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
           table: row.table_name,
           totalBytes: row.total_bytes,
           tableBytes: row.table_bytes,
-          indexBytes: row.total_bytes - row.table_bytes,
+          indexBytes: row.index_bytes,
           estimatedRows: row.estimated_rows
         }))
       )
@@ -467,7 +494,7 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
                  idx_tup_read AS tuples_read, idx_tup_fetch AS tuples_fetched,
                  pg_relation_size(indexrelid) AS bytes
             FROM pg_stat_user_indexes
-           WHERE relid IN (SELECT relid FROM pg_partition_tree('events'))
+           WHERE relid IN (SELECT relid FROM pg_partition_tree('events') UNION SELECT 'events'::regclass)
            ORDER BY idx_scan DESC, indexrelname`
     ).pipe(
       Effect.map((rows) =>
@@ -492,7 +519,8 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
         "horizon",
         WriterRow
       )(
-        sql`SELECT pid, application_name, usename, state, xact_start,
+        // A prepared transaction (two-phase commit) has no session: pid 0, as in eventfold_log_horizon().
+        sql`SELECT coalesce(pid, 0) AS pid, application_name, usename, state, xact_start,
                    (extract(epoch FROM xact_age) * 1000)::float8 AS xact_age_ms, query
               FROM eventfold_log_writers
              ORDER BY xact_start NULLS LAST, pid`
@@ -585,7 +613,7 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
         sql`SELECT aggregate_id::text, aggregate_type, tenant_id::text, version, created_at, updated_at
               FROM event_streams
              WHERE ${sql.and(filters)}
-             ORDER BY updated_at DESC, aggregate_id
+             ORDER BY updated_at DESC, aggregate_id, aggregate_type
              LIMIT ${options?.limit ?? 50}`
       ).pipe(
         Effect.map((rows) =>
@@ -625,15 +653,30 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
       }))
     )
 
+    // current_schema() is null while no schema of the search_path exists (a pool's `schema`
+    // before the migrations create it): the schema named is then the pool's, or the path.
     const database = query(
       "overview",
-      Schema.Struct({ name: Schema.String, schema: Schema.String, server_version: Schema.String })
+      Schema.Struct({
+        name: Schema.String,
+        schema: Schema.NullOr(Schema.String),
+        search_path: Schema.String,
+        server_version: Schema.String
+      })
     )(
-      sql`SELECT current_database() AS name, current_schema() AS schema, current_setting('server_version') AS server_version`
-    ).pipe(Effect.map(([row]) => ({ name: row!.name, schema: row!.schema, serverVersion: row!.server_version })))
+      sql`SELECT current_database() AS name, current_schema() AS schema, current_setting('search_path') AS search_path,
+                 current_setting('server_version') AS server_version`
+    ).pipe(
+      Effect.map(([row]) => ({
+        name: row!.name,
+        schema: row!.schema ?? Option.getOrUndefined(pool)?.options.schema ?? row!.search_path,
+        serverVersion: row!.server_version
+      }))
+    )
 
+    // Any part's failure is the overview's, with the part's own error as its cause.
     const overview: Service["overview"] = Effect.gen(function* () {
-      const applied = yield* Effect.mapError(migrations, fail("overview"))
+      const applied = yield* migrations
       return {
         database: yield* database,
         migrations: applied,
@@ -641,7 +684,7 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
         connections: yield* connections,
         pool: Option.isSome(pool) ? Option.some(yield* pool.value.stats) : Option.none()
       }
-    })
+    }).pipe(Effect.mapError(fail("overview")))
 
     return PgMonitor.of({
       overview,

@@ -29,6 +29,7 @@ interface Manifest {
   readonly dependencies?: Record<string, string>
   readonly peerDependencies?: Record<string, string>
   readonly devDependencies?: Record<string, string>
+  readonly bin?: Record<string, string>
 }
 
 const readJson = (file: string): Manifest => JSON.parse(Fs.readFileSync(file, "utf8")) as Manifest
@@ -95,8 +96,9 @@ const peersOf = (dir: string, dependency: string): Array<string> => {
 }
 
 describe("package manifests", () => {
-  it("the publishable packages are the six of the monorepo", () => {
+  it("the publishable packages are the seven of the monorepo", () => {
     assert.deepStrictEqual(packages.map(({ manifest }) => manifest.name).sort(), [
+      "@eventfold/cli",
       "@eventfold/core",
       "@eventfold/nats",
       "@eventfold/opentelemetry",
@@ -194,6 +196,17 @@ describe("package manifests", () => {
       })
     })
   }
+
+  it("@eventfold/cli installs the eventfold command: an executable node script it ships", () => {
+    const { dir, manifest } = packages.find(({ manifest }) => manifest.name === "@eventfold/cli")!
+    assert.deepStrictEqual(manifest.bin, { eventfold: "./bin/eventfold.js" })
+    assert.include([...(manifest.files ?? [])], "bin")
+    const bin = Path.join(dir, "bin", "eventfold.js")
+    assert.match(Fs.readFileSync(bin, "utf8"), /^#!\/usr\/bin\/env node\n/)
+    assert.notStrictEqual(Fs.statSync(bin).mode & 0o111, 0, "bin/eventfold.js is not executable")
+    // Installed, the launcher runs the build: the entry it imports is one of the package's sources.
+    assert.isTrue(Fs.existsSync(Path.join(dir, "src", "internal", "main.ts")))
+  })
 
   it("@eventfold/pg does not carry the embedded server", () => {
     const pg = packages.find(({ manifest }) => manifest.name === "@eventfold/pg")!.manifest

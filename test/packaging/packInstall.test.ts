@@ -14,6 +14,8 @@
  *   finds the internal modules closed;
  * - the public declarations reach only declared packages that ship their own types
  *   (no `pg`, whose types would force `@types/pg` on users);
+ * - the `eventfold` command runs from node_modules/.bin: its usage, then `migrate` and
+ *   `status` on a fresh database;
  * - a TypeScript file (`consumer/consumer.ts`) type-checks with moduleResolution
  *   node16, bundler and node10, without `@types/pg`.
  *
@@ -274,7 +276,12 @@ const checkContents = (project: string, packages: Packed["packages"]) =>
     Effect.gen(function* () {
       const at = yield* installed(project, manifest.name)
       const actual = (yield* Effect.promise(() => walk(at))).sort()
-      const extra = manifest.name === "@eventfold/pg" ? ["sql/schema.sql"] : []
+      const extra =
+        manifest.name === "@eventfold/pg"
+          ? ["sql/schema.sql"]
+          : manifest.name === "@eventfold/cli"
+            ? ["bin/eventfold.js"]
+            : []
       assert.deepStrictEqual(actual, yield* Effect.promise(() => expectedFiles(dir, extra)), manifest.name)
     })
   )
@@ -401,6 +408,27 @@ const checkProgram = (project: string) =>
     )
   })
 
+/**
+ * The installed `eventfold` command, as a user runs it from the project (node_modules/.bin,
+ * which npm links and pnpm shims): it lists its commands without a database, then migrates
+ * a fresh database from DATABASE_URL and reports it up to date.
+ */
+const checkBinary = (project: string) =>
+  Effect.gen(function* () {
+    const bin = Path.join(project, "node_modules", ".bin", "eventfold")
+    const help = yield* runOk("eventfold --help", bin, ["--help"], { cwd: project, env: outsideEnvironment() })
+    for (const command of ["migrate", "status", "stats", "streams", "outbox", "projections", "dead-letters"]) {
+      assert.include(help.stdout, `- ${command}`, help.stdout)
+    }
+    const env = outsideEnvironment({ DATABASE_URL: yield* TestDatabase.fresh })
+    const migrated = yield* runOk("eventfold migrate", bin, ["migrate"], { cwd: project, env })
+    assert.match(migrated.stdout, /^Applied \d+ migrations/, migrated.stdout)
+    const status = yield* runOk("eventfold status --json", bin, ["status", "--json"], { cwd: project, env })
+    const overview = JSON.parse(status.stdout) as { migrations: { pending: ReadonlyArray<unknown> }; store: unknown }
+    assert.deepStrictEqual(overview.migrations.pending, [])
+    assert.isNotNull(overview.store)
+  })
+
 /** Installs the tarballs into a new project with `install`, then runs every check there. */
 const inProject = (
   manager: string,
@@ -419,6 +447,7 @@ const inProject = (
     yield* checkContents(project, packed.packages)
     yield* checkDeclarations(project, packed.packages)
     yield* checkProgram(project)
+    yield* checkBinary(project)
     yield* checkTypes(project)
   })
 

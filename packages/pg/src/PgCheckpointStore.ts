@@ -27,7 +27,7 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
-import { Int8 } from "./internal/eventRows.js"
+import { Count, Int8 } from "./internal/eventRows.js"
 import * as Driver from "./internal/pgDriver.js"
 
 /** The channel each save notifies, with the checkpoint's name. */
@@ -49,7 +49,7 @@ const LagRow = Schema.Struct({
   position: Int8,
   head: Int8,
   behind: Int8,
-  behind_millis: Schema.NullOr(Schema.Union(Schema.Number, Schema.NumberFromString))
+  behind_millis: Schema.NullOr(Count)
 })
 const decodeLag = Schema.decodeUnknown(Schema.Array(LagRow))
 

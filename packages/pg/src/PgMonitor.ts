@@ -24,7 +24,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
-import { COLUMNS, decodeRow, Int8 } from "./internal/eventRows.js"
+import { COLUMNS, Count, decodeRow, Int8 } from "./internal/eventRows.js"
 import { migrations as knownMigrations, migrationsTable } from "./internal/migrations.js"
 import * as PgCheckpointStore from "./PgCheckpointStore.js"
 import * as PgOutbox from "./PgOutbox.js"
@@ -285,19 +285,6 @@ const tables = [
   "snapshots"
 ] as const
 
-/**
- * A count or an int4: a number, or int8 as pg gives it (a string, or a bigint when the
- * application's client parses int8 so).
- */
-const Count = Schema.Union(
-  Schema.Number,
-  Schema.NumberFromString,
-  Schema.transform(Schema.BigIntFromSelf, Schema.Number, {
-    strict: true,
-    decode: (n) => Number(n),
-    encode: (n) => BigInt(n)
-  })
-)
 const Millis = Schema.NullOr(Count)
 const decode = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Schema.Array(schema))
 

@@ -39,7 +39,7 @@ import type { ParseError } from "effect/ParseResult"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
-import { Int8 } from "./internal/eventRows.js"
+import { Count, Int8 } from "./internal/eventRows.js"
 import * as Driver from "./internal/pgDriver.js"
 
 /**
@@ -64,8 +64,6 @@ export interface Options {
    */
   readonly heartbeat?: Duration.DurationInput | undefined
 }
-
-const Count = Schema.Union(Schema.Number, Schema.NumberFromString)
 
 const EntryRow = Schema.Struct({
   id: Schema.String,

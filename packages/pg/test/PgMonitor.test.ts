@@ -914,7 +914,6 @@ describe("PgMonitor", () => {
         yield* same((m) => m.streams())
         yield* same((m) => m.streamEvents(streams[0]!.aggregateId))
         assert.isTrue((yield* monitor.connections).some((c) => c.applicationName === applicationName))
-        if ("types" in setup) continue
         yield* same((m) => Effect.map(m.outbox, ({ oldestPendingAge, ...counts }) => counts))
         const overview = yield* monitor.overview
         assert.isTrue(Option.isNone(overview.pool), "no PgPool, no pool figures")

@@ -9,6 +9,20 @@ import * as Schema from "effect/Schema"
 export const Int8 = Schema.Union(Schema.BigIntFromSelf, Schema.BigInt)
 
 /**
+ * A count, an int4 or a float8 as a number: pg gives int8 (`count(*)`) as a string, or a
+ * bigint when the application's client parses int8 so.
+ */
+export const Count = Schema.Union(
+  Schema.Number,
+  Schema.NumberFromString,
+  Schema.transform(Schema.BigIntFromSelf, Schema.Number, {
+    strict: true,
+    decode: (n) => Number(n),
+    encode: (n) => BigInt(n)
+  })
+)
+
+/**
  * The columns of `events` a stored event is read from, in the order {@link decodeRow}
  * reads them. The two timestamps come as epoch milliseconds: building a Date from a
  * number costs a fraction of parsing pg's timestamptz text (the largest share of

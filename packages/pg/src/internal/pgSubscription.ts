@@ -70,7 +70,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SubscriptionRef from "effect/SubscriptionRef"
 import type { WatchOptions } from "../PgEventStore.js"
-import { Int8 } from "./eventRows.js"
+import { Count, Int8 } from "./eventRows.js"
 import { initialState, nextDelay, observe, type Pending, type Settings, waitsForNotifications } from "./horizon.js"
 import * as Driver from "./pgDriver.js"
 
@@ -98,7 +98,7 @@ const HolderRow = Schema.Struct({
   state: Schema.NullOr(Schema.String),
   query: Schema.NullOr(Schema.String),
   application_name: Schema.NullOr(Schema.String),
-  age_ms: Schema.NullOr(Schema.Union(Schema.Number, Schema.NumberFromString))
+  age_ms: Schema.NullOr(Count)
 })
 const decodeHolders = Schema.decodeUnknown(Schema.Array(HolderRow))
 

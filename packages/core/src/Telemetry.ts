@@ -83,6 +83,8 @@ export const Spans = {
   repositoryLoad: "AggregateRepository.load",
   repositorySave: "AggregateRepository.save",
   migrate: "PgMigrations.run",
+  /** The prefix of the monitor's spans: `PgMonitor.overview`, `PgMonitor.horizon`, ... */
+  monitor: "PgMonitor",
   checkpointSave: "CheckpointStore.save",
   checkpointGet: "CheckpointStore.get",
   checkpointLag: "CheckpointStore.lag",

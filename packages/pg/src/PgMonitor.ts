@@ -18,6 +18,7 @@ import type * as CheckpointStore from "@eventfold/core/CheckpointStore"
 import type * as DeadLetterQueue from "@eventfold/core/DeadLetterQueue"
 import type { StoredEvent } from "@eventfold/core/EventStore"
 import type * as Outbox from "@eventfold/core/Outbox"
+import { Spans } from "@eventfold/core/Telemetry"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -631,7 +632,37 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
         return yield* Effect.try(() => rows.map(decodeRow))
       }).pipe(Effect.mapError(fail("streamEvents")))
 
-    const store = Effect.all({ sizes: tableSizes, horizon, outbox, projections, deadLetters }).pipe(
+    // A span per query, named PgMonitor.<method>; the overview's parts are its children.
+    const span = (method: string) => Effect.withSpan(`${Spans.monitor}.${method}`)
+    const traced =
+      <A extends ReadonlyArray<unknown>, B>(method: string, f: (...args: A) => Effect.Effect<B, MonitorError>) =>
+      (...args: A) =>
+        span(method)(f(...args))
+    const parts = {
+      migrations: span("migrations")(migrations),
+      totalEvents: span("totalEvents")(totalEvents),
+      eventsPerDay: traced("eventsPerDay", eventsPerDay),
+      eventsByAggregateType: span("eventsByAggregateType")(eventsByAggregateType),
+      eventsByEventType: span("eventsByEventType")(eventsByEventType),
+      largestStreams: traced("largestStreams", largestStreams),
+      tableSizes: span("tableSizes")(tableSizes),
+      indexUsage: span("indexUsage")(indexUsage),
+      horizon: span("horizon")(horizon),
+      outbox: span("outbox")(outbox),
+      projections: span("projections")(projections),
+      deadLetters: span("deadLetters")(deadLetters),
+      connections: span("connections")(connections),
+      streams: traced("streams", streams),
+      streamEvents: traced("streamEvents", streamEvents)
+    } satisfies Omit<Service, "overview">
+
+    const store = Effect.all({
+      sizes: parts.tableSizes,
+      horizon: parts.horizon,
+      outbox: parts.outbox,
+      projections: parts.projections,
+      deadLetters: parts.deadLetters
+    }).pipe(
       Effect.map(({ sizes, ...rest }) => ({
         ...rest,
         sizes,
@@ -663,34 +694,17 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
 
     // Any part's failure is the overview's, with the part's own error as its cause.
     const overview: Service["overview"] = Effect.gen(function* () {
-      const applied = yield* migrations
+      const applied = yield* parts.migrations
       return {
         database: yield* database,
         migrations: applied,
         store: applied.pending.length > 0 ? Option.none() : Option.some(yield* store),
-        connections: yield* connections,
+        connections: yield* parts.connections,
         pool: Option.isSome(pool) ? Option.some(yield* pool.value.stats) : Option.none()
       }
-    }).pipe(Effect.mapError(fail("overview")))
+    }).pipe(Effect.mapError(fail("overview")), span("overview"))
 
-    return PgMonitor.of({
-      overview,
-      migrations,
-      totalEvents,
-      eventsPerDay,
-      eventsByAggregateType,
-      eventsByEventType,
-      largestStreams,
-      tableSizes,
-      indexUsage,
-      horizon,
-      outbox,
-      projections,
-      deadLetters,
-      connections,
-      streams,
-      streamEvents
-    })
+    return PgMonitor.of({ overview, ...parts })
   }
 )
 

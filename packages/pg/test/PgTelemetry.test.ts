@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Event, EventRegistry, ExpectedVersion, Telemetry } from "@eventfold/core"
-import { PgEventStore, PgMigrations, PgOutbox, PgPool } from "@eventfold/pg"
+import { PgEventStore, PgMigrations, PgMonitor, PgOutbox, PgPool } from "@eventfold/pg"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -40,6 +40,40 @@ describe("PgTelemetry", () => {
       const names = new Set(spans.map((s) => s.name))
       for (const name of [Telemetry.Spans.migrate, Telemetry.Spans.outboxClaim, Telemetry.Spans.outboxSettle]) {
         assert.isTrue(names.has(name), `missing span ${name}`)
+      }
+    })
+  )
+
+  it.scopedLive("the monitor makes a span per query, the overview's parts under its own", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.fresh
+      const context = yield* Layer.build(PgPool.layer({ url: Redacted.make(url), poolSize: 2 }))
+      const [, spans] = yield* recordingSpans(
+        Effect.gen(function* () {
+          yield* PgMigrations.run
+          const monitor = yield* PgMonitor.make
+          yield* monitor.overview
+          yield* monitor.streams({ limit: 1 })
+        }).pipe(Effect.provide(context))
+      )
+      const named = (method: string) => spans.filter((s) => s.name === `${Telemetry.Spans.monitor}.${method}`)
+      const [overview] = named("overview")
+      assert.isDefined(overview)
+      assert.strictEqual(named("streams").length, 1)
+      for (const part of [
+        "migrations",
+        "tableSizes",
+        "horizon",
+        "outbox",
+        "projections",
+        "deadLetters",
+        "connections"
+      ]) {
+        assert.deepStrictEqual(
+          named(part).map((s) => s.parentSpanId),
+          [overview!.spanId],
+          `${part} is a child of the overview`
+        )
       }
     })
   )

@@ -88,28 +88,32 @@ export const clip = (value: string, max: number): string => {
   return line.length <= max ? line : `${line.slice(0, max - 1)}…`
 }
 
-const bigintMarker = "\u0000bigint:"
-
 /**
  * The value as plain JSON data: bigints stay exact (written as JSON numbers with all
  * their digits, which JSON allows and jq keeps), Options become their value or null,
- * Durations their milliseconds, Dates ISO strings.
+ * Durations their milliseconds, Dates ISO strings. A bigint is first a string holding
+ * `marker` (which no string of the value holds), then its digits replace that string.
  */
-const plain = (value: unknown): unknown => {
-  if (typeof value === "bigint") return `${bigintMarker}${value}`
+const plain = (value: unknown, marker: string): unknown => {
+  if (typeof value === "bigint") return `${marker}${value}`
   if (value instanceof Date) return value.toISOString()
-  if (Option.isOption(value)) return Option.isSome(value) ? plain(value.value) : null
+  if (Option.isOption(value)) return Option.isSome(value) ? plain(value.value, marker) : null
   if (Duration.isDuration(value)) return Duration.toMillis(value)
-  if (Array.isArray(value)) return value.map(plain)
+  if (Array.isArray(value)) return value.map((item) => plain(item, marker))
   if (value !== null && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([key, v]) => [key, plain(v)]))
+    return Object.fromEntries(Object.entries(value).map(([key, v]) => [key, plain(v, marker)]))
   }
   return value
 }
 
 /** One JSON document, as {@link plain} makes it. */
-export const json = (value: unknown): string =>
-  JSON.stringify(plain(value), null, 2).replace(/"\\u0000bigint:(-?\d+)"/g, "$1")
+export const json = (value: unknown): string => {
+  const marker = `bigint-${crypto.randomUUID()}:`
+  return JSON.stringify(plain(value, marker), null, 2).replace(
+    new RegExp(`"${marker}(-?\\d+)"`, "g"),
+    (_, digits: string) => digits
+  )
+}
 
 /** Prints `value` as JSON with `--json`, otherwise as `human` renders it. */
 export const print = <A>(value: A, asJson: boolean, human: (value: A) => string): Effect.Effect<void> =>

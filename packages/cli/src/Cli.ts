@@ -39,7 +39,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import type * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
-import { type ProjectionSource, tree } from "./internal/commands.js"
+import { groups, type ProjectionSource, tree } from "./internal/commands.js"
 import * as errors from "./internal/errors.js"
 
 /**
@@ -163,7 +163,8 @@ export const layerFromEnv = (
       })
     ),
     Layer.mapError(
-      (error) => new errors.CliError({ exitCode: errors.ExitCode.unavailable, message: error.message, cause: error })
+      (error) =>
+        new errors.CliError({ exitCode: errors.ExitCode.unavailable, message: errors.describe(error), cause: error })
     )
   )
 
@@ -180,15 +181,24 @@ export const run =
     options: { readonly name?: string | undefined; readonly version?: string | undefined } = {}
   ) =>
   (argv: ReadonlyArray<string>): Effect.Effect<number, never, R | CliApp.CliApp.Environment> =>
-    Command.run(command, { name: options.name ?? "eventfold", version: options.version ?? version })(
-      // With no command, the usage: a bare `eventfold` would otherwise do nothing.
-      argv.length <= 2 ? [...argv, "--help"] : argv
-    ).pipe(
-      Effect.as(errors.ExitCode.ok as number),
-      Effect.catchAllCause((cause) => {
-        const { exitCode, line } = errors.explain(cause, options.name ?? "eventfold")
-        return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
-      })
+    Console.consoleWith((console) =>
+      Command.run(
+        // The commands write to the console as it is (only @effect/cli's own printing is quieted, below).
+        Command.transformHandler(command, (effect) => Console.withConsole(effect, console)),
+        { name: options.name ?? "eventfold", version: options.version ?? version }
+      )(
+        // With no command, the usage: a bare `eventfold` would otherwise do nothing; a bare group, its own.
+        argv.length <= 2 || (argv.length === 3 && groups.has(argv[2]!)) ? [...argv, "--help"] : argv
+      ).pipe(
+        // @effect/cli prints a usage error itself, over two lines and without the program's name:
+        // it is printed below, as every failure is, on one line.
+        (effect) => Console.withConsole(effect, { ...console, error: () => Effect.void }),
+        Effect.as(errors.ExitCode.ok as number),
+        Effect.catchAllCause((cause) => {
+          const { exitCode, line } = errors.explain(cause, options.name ?? "eventfold")
+          return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
+        })
+      )
     )
 
 /** Log lines on stderr, so that stdout holds only the result (`--json` stays parseable). */
@@ -270,11 +280,15 @@ export const runMain = <R, E, LE>(
       const { exitCode, line } = errors.explain(cause, name)
       return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
     }),
+    // A signal interrupts the program from outside, where no catch recovers: the line is said here.
+    Effect.onInterrupt(() => Console.error(`${name}: interrupted`)),
     plainWhenPiped,
     Effect.provide(Layer.mergeAll(NodeContext.layer, stderrLogger(name), logLevel))
   )
   NodeRuntime.runMain(program, {
     disableErrorReporting: true,
+    // runMain would add its pretty logger, which writes to stdout beside ours on stderr.
+    disablePrettyLogger: true,
     teardown: (exit, onExit) =>
       onExit(
         Exit.isSuccess(exit)

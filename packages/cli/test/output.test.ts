@@ -10,6 +10,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { DeadLetterQueue } from "@eventfold/core"
 import { PgPool } from "@eventfold/pg"
 import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
 import * as FastCheck from "effect/FastCheck"
 import * as FiberId from "effect/FiberId"
@@ -135,15 +136,27 @@ describe("how a command ends", () => {
     )
   })
 
-  it("says nothing more after a usage error (@effect/cli printed it) or a result that said it", () => {
+  it("says a usage error on one line as every failure (Cli.run keeps @effect/cli from printing it), nothing more after a result that said it", () => {
     assert.deepStrictEqual(fail(ValidationError.invalidValue(HelpDoc.p("bad"))), {
       exitCode: ExitCode.usage,
-      line: null
+      line: "eventfold: bad"
     })
     assert.deepStrictEqual(fail(new CliError({ exitCode: 1, message: "failed again", printed: true })), {
       exitCode: 1,
       line: null
     })
+  })
+
+  it("adds what the causes say beyond the message, and names a configuration's variable", () => {
+    const statement = new Error("Failed to execute statement", { cause: new Error("LIMIT must not be negative") })
+    assert.strictEqual(
+      fail(new DeadLetterQueue.DeadLetterError({ method: "list", message: statement.message, cause: statement })).line,
+      "eventfold: Failed to execute statement: LIMIT must not be negative"
+    )
+    assert.strictEqual(
+      fail(ConfigError.InvalidData(["DATABASE_URL"], "Expected a PostgreSQL URL")).line,
+      "eventfold: DATABASE_URL: Expected a PostgreSQL URL"
+    )
   })
 
   it("never prints a stack, a second line or a password", () => {

@@ -24,15 +24,27 @@ import { progressReporter } from "./progress.js"
 
 const json = Options.boolean("json").pipe(Options.withDescription("Print one JSON document instead of a table"))
 
-const limit = (fallback: number) =>
-  Options.integer("limit").pipe(
-    Options.withDefault(fallback),
-    Options.withDescription(`At most this many rows (default ${fallback})`)
-  )
-
 /** A value the command line cannot take: @effect/cli prints it with the command's usage. */
 const invalid = (message: string) => HelpDoc.p(message)
 const invalidOption = (message: string) => ValidationError.invalidValue(invalid(message))
+
+/**
+ * An integer option of at least `min`, `fallback` when absent. Checked here: a negative
+ * LIMIT or position would otherwise reach the database and fail there, as an operation
+ * failure (exit 1) instead of a usage error (exit 2).
+ */
+const integerAtLeast = (name: string, min: number, fallback: number, description: string) =>
+  Options.integer(name).pipe(
+    Options.withDefault(fallback),
+    Options.withDescription(description),
+    Options.mapEffect((value) =>
+      value >= min
+        ? Effect.succeed(value)
+        : Effect.fail(invalidOption(`--${name} must be at least ${min}, not ${value}`))
+    )
+  )
+
+const limit = (fallback: number) => integerAtLeast("limit", 1, fallback, `At most this many rows (default ${fallback})`)
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
@@ -257,14 +269,8 @@ const status = Command.make("status", { json }, ({ json }) =>
 const stats = Command.make(
   "stats",
   {
-    days: Options.integer("days").pipe(
-      Options.withDefault(7),
-      Options.withDescription("Days of events per day (default 7)")
-    ),
-    top: Options.integer("top").pipe(
-      Options.withDefault(10),
-      Options.withDescription("How many of the largest streams (default 10)")
-    ),
+    days: integerAtLeast("days", 1, 7, "Days of events per day (default 7)"),
+    top: integerAtLeast("top", 1, 10, "How many of the largest streams (default 10)"),
     json
   },
   ({ days, json, top }) =>
@@ -381,42 +387,42 @@ const streamsShow = Command.make(
       Options.optional,
       Options.withDescription("The aggregate type, if the id has streams of several")
     ),
-    from: Options.integer("from").pipe(
-      Options.withDefault(1),
-      Options.withDescription("First version to show (default 1)")
-    ),
+    from: integerAtLeast("from", 1, 1, "First version to show (default 1)"),
     limit: limit(100),
     json
   },
   ({ aggregateId, from, json, limit, type }) =>
     Effect.gen(function* () {
       const monitor = yield* PgMonitor.PgMonitor
-      const events = yield* monitor.streamEvents(aggregateId, {
-        aggregateType: Option.getOrUndefined(type),
-        fromVersion: from,
-        limit
-      })
-      if (events.length === 0 && from <= 1) {
+      const aggregateType = Option.getOrUndefined(type)
+      const events = yield* monitor.streamEvents(aggregateId, { aggregateType, fromVersion: from, limit })
+      // None from a later version: the stream may exist (then it has no events there) or not (not found).
+      const exists =
+        events.length > 0 ||
+        (from > 1 && (yield* monitor.streamEvents(aggregateId, { aggregateType, limit: 1 })).length > 0)
+      if (!exists) {
         return yield* new CliError({
           exitCode: ExitCode.notFound,
           message: `no events in stream ${aggregateId}${Option.match(type, { onNone: () => "", onSome: (t) => ` (${t})` })}`
         })
       }
       yield* Out.print(events, json, (rows) =>
-        rows
-          .map((e) =>
-            [
-              `${e.aggregateType} ${e.aggregateId} v${e.version}  ${e.eventType}  position ${e.globalPosition}  ${Out.time(e.timestamp)}`,
-              ...(e.tenantId === null ? [] : [`  tenant ${e.tenantId}`]),
-              ...(e.actorId === null ? [] : [`  actor ${e.actorId}`]),
-              ...(e.metadata.correlationId === null ? [] : [`  correlation ${e.metadata.correlationId}`]),
-              ...(e.metadata.causationId === null ? [] : [`  causation ${e.metadata.causationId}`]),
-              ...JSON.stringify(e.payload, null, 2)
-                .split("\n")
-                .map((line) => `  ${line}`)
-            ].join("\n")
-          )
-          .join("\n\n")
+        rows.length === 0
+          ? `(no events from version ${from})`
+          : rows
+              .map((e) =>
+                [
+                  `${e.aggregateType} ${e.aggregateId} v${e.version}  ${e.eventType}  position ${e.globalPosition}  ${Out.time(e.timestamp)}`,
+                  ...(e.tenantId === null ? [] : [`  tenant ${e.tenantId}`]),
+                  ...(e.actorId === null ? [] : [`  actor ${e.actorId}`]),
+                  ...(e.metadata.correlationId === null ? [] : [`  correlation ${e.metadata.correlationId}`]),
+                  ...(e.metadata.causationId === null ? [] : [`  causation ${e.metadata.causationId}`]),
+                  ...JSON.stringify(e.payload, null, 2)
+                    .split("\n")
+                    .map((line) => `  ${line}`)
+                ].join("\n")
+              )
+              .join("\n\n")
       )
     })
 ).pipe(Command.withDescription("A stream's events as stored, with their payloads as JSON"))
@@ -706,10 +712,7 @@ const resetCheckpoint = Command.make(
   "reset",
   {
     name: projectionName,
-    to: Options.integer("to").pipe(
-      Options.withDefault(0),
-      Options.withDescription("Position to restart after (default 0: the start)")
-    ),
+    to: integerAtLeast("to", 0, 0, "Position to restart after (default 0: the start)"),
     json
   },
   ({ json, name, to }) =>
@@ -781,23 +784,27 @@ const withProjections = <R>(sources: ReadonlyArray<ProjectionSource<R>>) => {
       const letter = yield* findDeadLetter(id)
       const projection = yield* known(letter.projection)
       const after = yield* Projection.retryDeadLetter(projection, id)
-      yield* Out.print(after, json, (d) =>
-        d.status === "resolved"
-          ? `Dead letter ${d.id} handled by ${d.projection}: resolved.`
-          : `Dead letter ${d.id} failed again: ${d.errorMessage}`
-      )
-      if (after.status !== "resolved") {
-        return yield* new CliError({
-          exitCode: ExitCode.failure,
-          message: `dead letter ${id} failed again`,
-          printed: true
-        })
+      if (after.status === "resolved") {
+        return yield* Out.print(after, json, (d) => `Dead letter ${d.id} handled by ${d.projection}: resolved.`)
       }
+      // Failed again: the dead letter as it is now for scripts, and the failure as every failure is, on stderr.
+      if (json) yield* Out.print(after, json, () => "")
+      return yield* new CliError({
+        exitCode: ExitCode.failure,
+        message: `dead letter ${id} failed again: ${after.errorMessage}`
+      })
     })
   ).pipe(Command.withDescription("Run a dead letter's event through its projection's handler again"))
 
   return { reset, rebuild, retry }
 }
+
+/**
+ * The commands that only group others. Named alone they print their help (as `--help`
+ * does, with no database): their default handler would too, but only after the
+ * services, and so the database, were set up for it.
+ */
+export const groups: ReadonlySet<string> = new Set(["streams", "outbox", "projections", "dead-letters"])
 
 /** The `eventfold` tree: the standalone commands, and those of `projections` when given. */
 export const tree = <R>(name: string, projections: ReadonlyArray<ProjectionSource<R>> | undefined) => {

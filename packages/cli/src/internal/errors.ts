@@ -1,9 +1,11 @@
 /**
  * How a command ends: the exit codes scripts rely on, and the one line that says why.
  */
+import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as ValidationError from "@effect/cli/ValidationError"
 import { redactCredentials } from "@eventfold/core/Settings"
 import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 
@@ -68,7 +70,11 @@ const line = (text: string): string =>
     .replace(/\s*[\r\n]+\s*/g, " ")
     .trim()
 
-const messageOf = (error: unknown): string => {
+/** An error's own message; a configuration error's names the variable (`DATABASE_URL: ...`). */
+export const describe = (error: unknown): string => {
+  if (ConfigError.isConfigError(error)) {
+    return "path" in error && error.path.length > 0 ? `${error.path.join(".")}: ${error.message}` : error.message
+  }
   if (error instanceof Error || (typeof error === "object" && error !== null && "message" in error)) {
     const message = String((error as { readonly message: unknown }).message)
     if (message !== "") return message
@@ -77,10 +83,35 @@ const messageOf = (error: unknown): string => {
   return String(error)
 }
 
+const causeOf = (error: unknown): unknown =>
+  typeof error === "object" && error !== null && "cause" in error ? error.cause : undefined
+
+const isErrorLike = (value: unknown): boolean =>
+  value instanceof Error ||
+  (typeof value === "object" && value !== null && "message" in value && typeof value.message === "string")
+
 /**
- * What a failed command prints (nothing for a usage error: @effect/cli has printed it
- * with the usage) and the code it exits with.
+ * The message, followed by those of its causes that add to it: a wrapper's "Failed to
+ * execute statement" says less than the server's "LIMIT must not be negative" under it.
  */
+const messageOf = (error: unknown): string => {
+  const parts = [describe(error)]
+  let cause = causeOf(error)
+  for (let depth = 0; depth < 8 && isErrorLike(cause); depth++) {
+    const message = describe(cause)
+    if (!parts.some((part) => part.includes(message))) parts.push(message)
+    cause = causeOf(cause)
+  }
+  return parts.join(": ")
+}
+
+const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g")
+
+/** What @effect/cli says of a usage error (it is kept from printing it itself: see `Cli.run`). */
+const usageMessage = (error: ValidationError.ValidationError): string =>
+  HelpDoc.toAnsiText(error.error).replace(ansi, "")
+
+/** What a failed command prints (nothing when the command has printed it) and the code it exits with. */
 export const explain = (
   cause: Cause.Cause<unknown>,
   name: string
@@ -90,7 +121,7 @@ export const explain = (
   if (Option.isSome(failure)) {
     const error = failure.value
     const exitCode = exitCodeOf(error)
-    if (ValidationError.isValidationError(error)) return { exitCode, line: null }
+    if (ValidationError.isValidationError(error)) return { exitCode, line: `${name}: ${line(usageMessage(error))}` }
     if (error instanceof CliError && error.printed) return { exitCode, line: null }
     return { exitCode, line: `${name}: ${line(messageOf(error))}` }
   }

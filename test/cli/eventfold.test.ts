@@ -460,12 +460,16 @@ describe("eventfold", () => {
           [c2, "1 day"]
         )
 
-        const [stats, failed, retryNothing, purgeNumber] = yield* all([
+        const [stats, failed, retryNothing, purgeNumber, parkPublished] = yield* all([
           eventfold(["outbox", "stats", "--json"], env),
           eventfold(["outbox", "failed"], env),
           eventfold(["outbox", "retry"], env),
-          eventfold(["outbox", "purge", "--older-than", "7"], env)
+          eventfold(["outbox", "purge", "--older-than", "7"], env),
+          // c2 is published: naming only entries the command cannot act on is "not found".
+          eventfold(["outbox", "park", "--event-id", c2, "--reason", "x"], env)
         ])
+        assertExit(parkPublished, 4)
+        assert.strictEqual(errorLine(parkPublished), `eventfold: no failed outbox entry has event id ${c2}`)
         assertExit(stats, 0)
         const figures = json<Record<string, unknown>>(stats)
         assert.deepStrictEqual(

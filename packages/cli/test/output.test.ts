@@ -136,14 +136,10 @@ describe("how a command ends", () => {
     )
   })
 
-  it("says a usage error on one line as every failure (Cli.run keeps @effect/cli from printing it), nothing more after a result that said it", () => {
+  it("says a usage error on one line as every failure (Cli.run keeps @effect/cli from printing it)", () => {
     assert.deepStrictEqual(fail(ValidationError.invalidValue(HelpDoc.p("bad"))), {
       exitCode: ExitCode.usage,
       line: "eventfold: bad"
-    })
-    assert.deepStrictEqual(fail(new CliError({ exitCode: 1, message: "failed again", printed: true })), {
-      exitCode: 1,
-      line: null
     })
   })
 

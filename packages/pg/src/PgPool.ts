@@ -38,8 +38,10 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
@@ -316,11 +318,21 @@ export const make = (
       echo: options.echo === true
     })
     const server = `${target.host}:${target.port ?? 5432}${target.sslMode === "disable" ? "" : ` (sslmode ${target.sslMode})`}`
+    // Said once as a warning (a command line or a log would otherwise repeat it at every
+    // attempt), then at Debug.
+    const attempts = yield* Ref.make(0)
     yield* check.pipe(
       Effect.tapError((error) =>
         Driver.isSettingsFailure(error)
           ? Effect.void
-          : Effect.logWarning(`PgPool: PostgreSQL at ${server} cannot be reached yet (${error.message}); trying again`)
+          : Effect.flatMap(
+              Ref.getAndUpdate(attempts, (n) => n + 1),
+              (n) =>
+                Effect.logWithLevel(
+                  n === 0 ? LogLevel.Warning : LogLevel.Debug,
+                  `PgPool: PostgreSQL at ${server} cannot be reached yet (${error.message}); trying again`
+                )
+            )
       ),
       // A certificate that does not verify or a login the server refuses stays so: no retry.
       Effect.retry({

@@ -238,18 +238,8 @@ const renderOverview = (o: PgMonitor.Overview) => {
       Out.section("Tables", sizesTable(s.sizes))
     ]
   })
-  const pool = Option.match(o.pool, {
-    onNone: () => [],
-    onSome: (p) => [
-      Out.section(
-        "This command's pool",
-        `${p.open} open of ${p.max} (${p.checkedOut} in use, ${p.idle} idle, ${p.waiting} waiting)`
-      )
-    ]
-  })
-  return [head, ...store, Out.section("Connections to this database", connectionsTable(o.connections)), ...pool].join(
-    "\n\n"
-  )
+  // The pool is the command's own (in the JSON): what matters here are the database's sessions.
+  return [head, ...store, Out.section("Connections to this database", connectionsTable(o.connections))].join("\n\n")
 }
 
 const status = Command.make("status", { json }, ({ json }) =>
@@ -505,6 +495,13 @@ const eventIds = Options.text("event-id").pipe(
   })
 )
 
+/** Entries named by event id, none of which is in a state the command acts on: not found. */
+const noneNamed = (eventIds: ReadonlyArray<string>, state: string) =>
+  new CliError({
+    exitCode: ExitCode.notFound,
+    message: `no ${state} outbox entry has event id ${eventIds.join(", ")}`
+  })
+
 const outboxRetry = Command.make(
   "retry",
   {
@@ -521,6 +518,7 @@ const outboxRetry = Command.make(
         })
       }
       const retried = yield* Effect.flatMap(Outbox.Outbox, (outbox) => outbox.retryFailed(all ? {} : { eventIds }))
+      if (!all && retried === 0) return yield* noneNamed(eventIds, "failed or parked")
       yield* Out.print(
         { retried },
         json,
@@ -546,6 +544,7 @@ const outboxPark = Command.make(
         return yield* new CliError({ exitCode: ExitCode.usage, message: "name the entries to park with --event-id" })
       }
       const parked = yield* Effect.flatMap(Outbox.Outbox, (outbox) => outbox.park({ eventIds, by, reason }))
+      if (parked === 0) return yield* noneNamed(eventIds, "failed")
       yield* Out.print({ parked }, json, () => `${Out.count(parked)} entr${parked === 1 ? "y" : "ies"} parked.`)
     })
 ).pipe(Command.withDescription("Set failed entries aside for good, so their aggregates' later entries flow on"))

@@ -41,8 +41,6 @@ export const ExitCode = {
 export class CliError extends Schema.TaggedError<CliError>()("CliError", {
   exitCode: Schema.Number,
   message: Schema.String,
-  /** The command already printed what went wrong: no further line. */
-  printed: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   cause: Schema.optional(Schema.Defect)
 }) {}
 
@@ -111,7 +109,7 @@ const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g")
 const usageMessage = (error: ValidationError.ValidationError): string =>
   HelpDoc.toAnsiText(error.error).replace(ansi, "")
 
-/** What a failed command prints (nothing when the command has printed it) and the code it exits with. */
+/** What a failed command prints and the code it exits with. */
 export const explain = (
   cause: Cause.Cause<unknown>,
   name: string
@@ -122,7 +120,6 @@ export const explain = (
     const error = failure.value
     const exitCode = exitCodeOf(error)
     if (ValidationError.isValidationError(error)) return { exitCode, line: `${name}: ${line(usageMessage(error))}` }
-    if (error instanceof CliError && error.printed) return { exitCode, line: null }
     return { exitCode, line: `${name}: ${line(messageOf(error))}` }
   }
   const defect = Cause.dieOption(cause)

@@ -212,8 +212,12 @@ export interface Overview {
   readonly database: { readonly name: string; readonly schema: string; readonly serverVersion: string }
   readonly migrations: Migrations
   readonly store: Option.Option<{
-    /** PostgreSQL's estimate of the events stored; null before the first ANALYZE. */
+    /**
+     * The events stored: PostgreSQL's estimate from the last ANALYZE; before any, an exact
+     * count while the table is small (under 16 MB), else null.
+     */
     readonly estimatedEvents: bigint | null
+    /** The streams, estimated as the events are. */
     readonly streams: bigint | null
     readonly horizon: Horizon
     readonly outbox: Outbox.Stats
@@ -275,6 +279,9 @@ export interface Service {
  * @category models
  */
 export class PgMonitor extends Context.Tag("@eventfold/pg/PgMonitor")<PgMonitor, Service>() {}
+
+/** Below this size, a table never analyzed is counted for the overview (a count is quick there). */
+const smallTable = 16n * 1024n * 1024n
 
 /** The Eventfold tables whose sizes the overview shows. */
 const tables = [
@@ -656,6 +663,18 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
       streamEvents: traced("streamEvents", streamEvents)
     } satisfies Omit<Service, "overview">
 
+    // A table no ANALYZE has seen yet has no estimate: a small one is counted instead
+    // (a new store's tables, until autovacuum analyzes them).
+    const estimated = (sizes: ReadonlyArray<TableSize>, table: "events" | "event_streams") => {
+      const size = sizes.find((s) => s.table === table)
+      if (size === undefined) return Effect.succeed(null)
+      if (size.estimatedRows !== null || size.tableBytes > smallTable) return Effect.succeed(size.estimatedRows)
+      return query(
+        "overview",
+        Schema.Struct({ n: Int8 })
+      )(sql`SELECT count(*) AS n FROM ${sql(table)}`).pipe(Effect.map(([row]) => row!.n))
+    }
+
     const store = Effect.all({
       sizes: parts.tableSizes,
       horizon: parts.horizon,
@@ -663,12 +682,12 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
       projections: parts.projections,
       deadLetters: parts.deadLetters
     }).pipe(
-      Effect.map(({ sizes, ...rest }) => ({
-        ...rest,
-        sizes,
-        estimatedEvents: sizes.find((s) => s.table === "events")?.estimatedRows ?? null,
-        streams: sizes.find((s) => s.table === "event_streams")?.estimatedRows ?? null
-      }))
+      Effect.flatMap(({ sizes, ...rest }) =>
+        Effect.map(
+          Effect.all({ estimatedEvents: estimated(sizes, "events"), streams: estimated(sizes, "event_streams") }),
+          (counts) => ({ ...rest, sizes, ...counts })
+        )
+      )
     )
 
     // current_schema() is null while no schema of the search_path exists (a pool's `schema`

@@ -226,6 +226,10 @@ describe("PgMonitor", () => {
       assert.deepStrictEqual(store.projections, [])
       assert.deepStrictEqual(store.deadLetters, [])
       assert.strictEqual(store.sizes.length, 6)
+      // Never analyzed, and small: counted rather than unknown.
+      assert.isNull(store.sizes[0]!.estimatedRows)
+      assert.strictEqual(store.estimatedEvents, 0n)
+      assert.strictEqual(store.streams, 0n)
 
       // Migrated by a newer Eventfold: nothing pending, the newer migration unknown.
       const newest = known.at(-1)!.id + 1

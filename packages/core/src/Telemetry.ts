@@ -83,8 +83,6 @@ export const Spans = {
   repositoryLoad: "AggregateRepository.load",
   repositorySave: "AggregateRepository.save",
   migrate: "PgMigrations.run",
-  /** The prefix of the monitor's spans: `PgMonitor.overview`, `PgMonitor.horizon`, ... */
-  monitor: "PgMonitor",
   checkpointSave: "CheckpointStore.save",
   checkpointGet: "CheckpointStore.get",
   checkpointLag: "CheckpointStore.lag",
@@ -98,10 +96,22 @@ export const Spans = {
   deadLetterRetry: "DeadLetterQueue.retry",
   projectionBatch: "Projection.handleBatch",
   projectionRebuild: "Projection.rebuild",
+  projectionReset: "Projection.reset",
   publish: "Publisher.publish",
   outboxClaim: "Outbox.claim",
   outboxSettle: "Outbox.settle",
   relayBatch: "OutboxRelay.runOnce"
+} as const
+
+/**
+ * Span names made of a prefix and the method: `PgMonitor.overview`, `PgMonitor.horizon`,
+ * ... (one span per query of the monitor).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const spanOf = {
+  monitor: (method: string): string => `PgMonitor.${method}`
 } as const
 
 /**

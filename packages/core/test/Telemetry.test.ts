@@ -99,6 +99,7 @@ const everyOperation = Effect.gen(function* () {
   yield* checkpoints.save("vault-telemetry-manual", { position: 1n })
   yield* checkpoints.awaitPosition("vault-telemetry-manual", 1n)
   yield* checkpoints.reset("vault-telemetry-manual")
+  yield* Projection.reset(projection)
 
   // The relay publishes the outbox entries of the appends.
   const relay = yield* OutboxRelay.make({ start: false })

@@ -18,7 +18,7 @@ import type * as CheckpointStore from "@eventfold/core/CheckpointStore"
 import type * as DeadLetterQueue from "@eventfold/core/DeadLetterQueue"
 import type { StoredEvent } from "@eventfold/core/EventStore"
 import type * as Outbox from "@eventfold/core/Outbox"
-import { Spans } from "@eventfold/core/Telemetry"
+import { spanOf } from "@eventfold/core/Telemetry"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -640,7 +640,7 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
       }).pipe(Effect.mapError(fail("streamEvents")))
 
     // A span per query, named PgMonitor.<method>; the overview's parts are its children.
-    const span = (method: string) => Effect.withSpan(`${Spans.monitor}.${method}`)
+    const span = (method: string) => Effect.withSpan(spanOf.monitor(method))
     const traced =
       <A extends ReadonlyArray<unknown>, B>(method: string, f: (...args: A) => Effect.Effect<B, MonitorError>) =>
       (...args: A) =>

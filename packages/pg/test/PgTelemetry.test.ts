@@ -56,7 +56,7 @@ describe("PgTelemetry", () => {
           yield* monitor.streams({ limit: 1 })
         }).pipe(Effect.provide(context))
       )
-      const named = (method: string) => spans.filter((s) => s.name === `${Telemetry.Spans.monitor}.${method}`)
+      const named = (method: string) => spans.filter((s) => s.name === Telemetry.spanOf.monitor(method))
       const [overview] = named("overview")
       assert.isDefined(overview)
       assert.strictEqual(named("streams").length, 1)

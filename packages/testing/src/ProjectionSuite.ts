@@ -2,7 +2,7 @@
  * The projection runner, run against every backend: handlers for decoded event
  * types, checkpoints, retries and the dead-letter queue (continue and stop
  * policies, retry, resolve), progress on sparse matches, one active runner with
- * takeover, rebuild with progress.
+ * takeover, rebuild with progress, reset.
  *
  * @since 0.1.0
  */
@@ -511,6 +511,45 @@ export const suite = (label: string, backend: Layer.Layer<ConformanceBackend>) =
               [...(yield* Ref.get(model))].sort(),
               Arr.makeBy(5, (i) => [`sku${i}`, 10])
             )
+          })
+        )
+      )
+
+      it.effect("reset clears the read model and moves the checkpoint to the start; a runner then replays", () =>
+        withRunner((store) =>
+          Effect.gen(function* () {
+            const aggregateType = `Reset${uuid().slice(0, 8)}`
+            const name = `reset-${uuid()}`
+            const { projection, model, calls } = yield* quantities(name, aggregateType)
+            const s = { aggregateId: uuid(), aggregateType }
+            const appended = yield* store.append(s, [item("a", 2), item("b", 3)], {
+              expectedVersion: ExpectedVersion.noStream
+            })
+            const checkpoints = yield* CheckpointStore.CheckpointStore
+            yield* Effect.scoped(
+              Effect.gen(function* () {
+                yield* Projection.start(projection, fast)
+                yield* eventually(checkpoints.get(name), (c) =>
+                  Option.exists(c, (c) => c.position >= appended.lastPosition)
+                )
+              })
+            )
+            yield* Projection.reset(projection)
+            assert.deepStrictEqual([...(yield* Ref.get(model))], [])
+            assert.deepInclude(Option.getOrThrow(yield* checkpoints.get(name)), {
+              position: 0n,
+              eventsProcessed: 0n,
+              eventId: null
+            })
+            yield* Ref.set(calls, 0)
+            yield* Effect.scoped(
+              Effect.gen(function* () {
+                yield* Projection.start(projection, fast)
+                yield* eventually(Ref.get(model), (m) => m.get("a") === 2 && m.get("b") === 3)
+              })
+            )
+            // Each event once more: the replay started from the start, not from the old checkpoint.
+            assert.strictEqual(yield* Ref.get(calls), 2)
           })
         )
       )

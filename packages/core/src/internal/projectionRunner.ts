@@ -422,7 +422,10 @@ const resetWith = <R>(projection: Projection<R>, method: string) =>
       )
   })
 
-export const reset = <R>(projection: Projection<R>) => resetWith(projection, "reset")
+export const reset = <R>(projection: Projection<R>) =>
+  resetWith(projection, "reset").pipe(
+    Effect.withSpan(Spans.projectionReset, { attributes: { [Attributes.projection]: projection.name } })
+  )
 
 export const rebuild = <R>(
   projection: Projection<R>,

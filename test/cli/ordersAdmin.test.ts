@@ -68,11 +68,15 @@ describe("orders-admin (the eventfold commands mounted with the application's pr
             "SELECT order_id::text, customer_id, total::text, status, tracking_number FROM order_summary ORDER BY customer_id"
           )
 
-        const [rebuild, help, unknown] = yield* all([
+        const [rebuild, help, unknown, unreachable] = yield* all([
           ordersAdmin(["projections", "rebuild", "order-summary"], env),
           ordersAdmin(["--help"]),
-          ordersAdmin(["projections", "rebuild", "no-such-projection"], env)
+          ordersAdmin(["projections", "rebuild", "no-such-projection"], env),
+          // The application's own pool, on a port nothing listens on: "no database", as standalone.
+          ordersAdmin(["projections", "list"], { DATABASE_URL: "postgres://postgres@127.0.0.1:1/orders" })
         ])
+        assertExit(unreachable, 3)
+        assert.match(errorLine(unreachable), /^orders-admin: PgPool: cannot connect to PostgreSQL at 127\.0\.0\.1:1: /)
         assertExit(rebuild, 0)
         assertPlain(rebuild)
         // Four events handled (the fifth went to the dead letters) up to the end of the log.

@@ -19,10 +19,14 @@ const PoolLive = EmbeddedPostgres.layerPoolConfig(
   PgPool.config({ applicationName: "orders-admin", poolSize: 2 })
 )
 
-Cli.runMain(Cli.make({ name: "orders-admin", projections: [orderSummary] }), {
-  name: "orders-admin",
-  // The standalone commands' services, and what running the projection needs.
-  layer: Layer.mergeAll(Cli.layer, PgEventStore.layer({ registry }), PgProjection.layer()).pipe(
-    Layer.provideMerge(PoolLive)
-  )
-})
+Cli.runMain(
+  Cli.make({
+    name: "orders-admin",
+    projections: [orderSummary],
+    // The standalone commands' services, and what running the projection needs: built
+    // only for the command that runs (help needs no database).
+    layer: Layer.mergeAll(Cli.layer, PgEventStore.layer({ registry }), PgProjection.layer()).pipe(
+      Layer.provideMerge(PoolLive)
+    )
+  })
+)

@@ -23,24 +23,27 @@ import type * as CheckpointStore from "@eventfold/core/CheckpointStore"
 import type * as DeadLetterQueue from "@eventfold/core/DeadLetterQueue"
 import type * as Outbox from "@eventfold/core/Outbox"
 import type * as Projection from "@eventfold/core/Projection"
-import type * as Telemetry from "@eventfold/core/Telemetry"
+import * as Telemetry from "@eventfold/core/Telemetry"
 import * as OtelTelemetry from "@eventfold/opentelemetry/OtelTelemetry"
 import * as PgCheckpointStore from "@eventfold/pg/PgCheckpointStore"
 import * as PgDeadLetterQueue from "@eventfold/pg/PgDeadLetterQueue"
 import * as PgMonitor from "@eventfold/pg/PgMonitor"
 import * as PgOutbox from "@eventfold/pg/PgOutbox"
 import * as PgPool from "@eventfold/pg/PgPool"
+import * as Cause from "effect/Cause"
 import * as Config from "effect/Config"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as HashSet from "effect/HashSet"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import type * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
-import { groups, type ProjectionSource, tree } from "./internal/commands.js"
+import { type ProjectionSource, tree } from "./internal/commands.js"
 import * as errors from "./internal/errors.js"
+import { stripAnsi } from "./internal/output.js"
 
 /**
  * The exit codes, the same for every command: 0 done, 1 the operation failed, 2 the
@@ -89,33 +92,50 @@ export type Environment =
 
 /**
  * The command tree, named `name` (default `eventfold`). With `projections` (each a
- * projection, or an effect that makes one), the commands that run their code are added, and need what a projection runner needs
- * (the application's `EventStore`, `ProjectionRuntime`, and the projections' own services).
+ * projection, or an effect that makes one), the commands that run their code are added,
+ * and need what a projection runner needs (the application's `EventStore`,
+ * `ProjectionRuntime`, and the projections' own services).
  *
- * Mount it in an application's own @effect/cli tree, or run it with {@link run} /
- * {@link runMain}. Provide the services with `Command.provide` so that they are built
- * only when a command runs (`--help` then needs no database).
+ * With `layer`, each command gets its services from it, built only when that command
+ * runs: `--help`, and a group named alone, need no database. A failure to build it (no
+ * server configured, none reachable) ends the command with `ExitCode.unavailable`.
+ *
+ * Mount the tree in an application's own @effect/cli command line, or run it with
+ * {@link runMain}.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make: {
-  (options?: { readonly name?: string | undefined }): Command.Command<string, Environment, unknown, Parsed>
-  <R>(options: {
+  <LA = never, LE = never, LR = never>(options?: {
+    readonly name?: string | undefined
+    readonly layer?: Layer.Layer<LA, LE, LR> | undefined
+  }): Command.Command<string, Exclude<Environment, LA> | LR, unknown, Parsed>
+  <R, LA = never, LE = never, LR = never>(options: {
     readonly name?: string | undefined
     readonly projections: ReadonlyArray<Projection.Projection<R> | Effect.Effect<Projection.Projection<R>, unknown, R>>
-  }): Command.Command<string, Environment | Projection.Requirements | R, unknown, Parsed>
+    readonly layer?: Layer.Layer<LA, LE, LR> | undefined
+  }): Command.Command<string, Exclude<Environment | Projection.Requirements | R, LA> | LR, unknown, Parsed>
 } = (options?: {
   readonly name?: string | undefined
   readonly projections?: ReadonlyArray<ProjectionSource<unknown>> | undefined
-}) =>
-  // One implementation for both signatures: the trees differ by the commands that run projections.
-  tree(options?.name ?? "eventfold", options?.projections) as unknown as Command.Command<
-    string,
-    Environment,
-    unknown,
-    Parsed
-  >
+  readonly layer?: Layer.Layer<unknown, unknown, unknown> | undefined
+}) => {
+  const layer = options?.layer === undefined ? undefined : unavailableWhenUnbuilt(options.layer)
+  // One implementation for both signatures (the trees differ by the commands that run
+  // projections); test/types.test.ts keeps the declared requirements true.
+  return tree(options?.name ?? "eventfold", options?.projections, (command) =>
+    layer === undefined ? command : (Command.provide(command, layer) as typeof command)
+  ) as unknown as Command.Command<string, never, unknown, Parsed>
+}
+
+/** A layer whose failure to build ends the command as "no database" (exit 3), naming why. */
+const unavailableWhenUnbuilt = <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, CliError, R> =>
+  Layer.mapError(layer, (error) =>
+    error instanceof errors.CliError
+      ? error
+      : new errors.CliError({ exitCode: errors.ExitCode.unavailable, message: errors.describe(error), cause: error })
+  )
 
 /**
  * What the tree parses a command line into (its subcommand, chosen and parsed).
@@ -162,11 +182,18 @@ export const layerFromEnv = (
         ...defaults
       })
     ),
-    Layer.mapError(
-      (error) =>
-        new errors.CliError({ exitCode: errors.ExitCode.unavailable, message: errors.describe(error), cause: error })
-    )
+    unavailableWhenUnbuilt
   )
+
+/** Prints what ends a command as one line on stderr, and gives its exit code. */
+const report = (cause: Cause.Cause<unknown>, name: string): Effect.Effect<number> => {
+  const { exitCode, line } = errors.explain(cause, name)
+  return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
+}
+
+/** The command's first name: `eventfold`, or the name the application gave its tree. */
+const nameOf = <R, E, A>(command: Command.Command<string, R, E, A>): string =>
+  HashSet.values(Command.getNames(command)).next().value ?? "eventfold"
 
 /**
  * Runs `command` on the arguments (`process.argv`: the first two are skipped). Prints
@@ -176,48 +203,43 @@ export const layerFromEnv = (
  * @category constructors
  */
 export const run =
-  <R, E>(
-    command: Command.Command<string, R, E, Parsed>,
+  <R, E, A>(
+    command: Command.Command<string, R, E, A>,
     options: { readonly name?: string | undefined; readonly version?: string | undefined } = {}
   ) =>
-  (argv: ReadonlyArray<string>): Effect.Effect<number, never, R | CliApp.CliApp.Environment> =>
-    Console.consoleWith((console) =>
+  (argv: ReadonlyArray<string>): Effect.Effect<number, never, R | CliApp.CliApp.Environment> => {
+    const name = options.name ?? nameOf(command)
+    return Console.consoleWith((console) =>
       Command.run(
         // The commands write to the console as it is (only @effect/cli's own printing is quieted, below).
         Command.transformHandler(command, (effect) => Console.withConsole(effect, console)),
-        { name: options.name ?? "eventfold", version: options.version ?? version }
-      )(
-        // With no command, the usage: a bare `eventfold` would otherwise do nothing; a bare group, its own.
-        argv.length <= 2 || (argv.length === 3 && groups.has(argv[2]!)) ? [...argv, "--help"] : argv
-      ).pipe(
+        { name, version: options.version ?? version }
+      )(argv).pipe(
         // @effect/cli prints a usage error itself, over two lines and without the program's name:
         // it is printed below, as every failure is, on one line.
         (effect) => Console.withConsole(effect, { ...console, error: () => Effect.void }),
         Effect.as(errors.ExitCode.ok as number),
-        Effect.catchAllCause((cause) => {
-          const { exitCode, line } = errors.explain(cause, options.name ?? "eventfold")
-          return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
-        })
+        Effect.catchAllCause((cause) => report(cause, name))
       )
     )
+  }
 
 /** Log lines on stderr, so that stdout holds only the result (`--json` stays parseable). */
 const stderrLogger = (name: string) =>
   Logger.replace(
     Logger.defaultLogger,
-    Logger.make(({ logLevel, message }) => {
+    Logger.make(({ cause, logLevel, message }) => {
       const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
-      globalThis.console.error(`${name}: ${logLevel.label.toLowerCase()}: ${text}`)
+      // The cause, if any, on the same line: its failures' messages, never a stack.
+      const why = Cause.isEmpty(cause) ? "" : `: ${errors.explain(cause, name).line?.slice(name.length + 2) ?? ""}`
+      globalThis.console.error(errors.oneLine(`${name}: ${logLevel.label.toLowerCase()}: ${text}${why}`))
     })
   )
-
-const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g")
 
 /** Whether `stream` shows colors: a terminal, and no NO_COLOR (https://no-color.org). */
 const colors = (stream: NodeJS.WriteStream) => stream.isTTY === true && process.env.NO_COLOR === undefined
 
-const plain = (args: ReadonlyArray<unknown>) =>
-  args.map((arg) => (typeof arg === "string" ? arg.replace(ansi, "") : arg))
+const plain = (args: ReadonlyArray<unknown>) => args.map((arg) => (typeof arg === "string" ? stripAnsi(arg) : arg))
 
 /**
  * @effect/cli colors its help and usage errors whatever the output is: outside a
@@ -242,44 +264,46 @@ const logLevel = Layer.unwrapEffect(
 )
 
 /**
- * Runs `command` as this process's main program: its services from `layer`, built only
- * when a command runs; telemetry from the `OTEL_*` variables (nothing without them); logs
- * on stderr at `LOG_LEVEL` (default Warning); and the process exits with the command's
- * {@link ExitCode}.
+ * Runs `command` as this process's main program: telemetry from the `OTEL_*` variables
+ * (nothing without them; a malformed one is a warning), logs on stderr at `LOG_LEVEL`
+ * (default Warning), and the process exits with the command's {@link ExitCode}. Give the
+ * command its services with {@link make}'s `layer`, which builds them only for the
+ * command that runs.
  *
  * ```ts
  * // bin/orders-admin.ts: the eventfold commands, with this application's projections
- * Cli.runMain(Cli.make({ name: "orders-admin", projections: [orderSummary] }), {
- *   layer: Layer.mergeAll(Cli.layer, PgEventStore.layer({ registry }), PgProjection.layer()).pipe(
- *     Layer.provideMerge(PgPool.layerFromEnv())
- *   )
- * })
+ * Cli.runMain(
+ *   Cli.make({
+ *     name: "orders-admin",
+ *     projections: [orderSummary],
+ *     layer: Layer.mergeAll(Cli.layer, PgEventStore.layer({ registry }), PgProjection.layer()).pipe(
+ *       Layer.provideMerge(PgPool.layerFromEnv())
+ *     )
+ *   })
+ * )
  * ```
  *
  * @since 0.1.0
  * @category constructors
  */
-export const runMain = <R, E, LE>(
-  command: Command.Command<string, R, E, Parsed>,
+export const runMain = <E, A>(
+  command: Command.Command<string, never, E, A>,
   options: {
-    readonly layer: Layer.Layer<R, LE>
-    readonly name?: string | undefined
     readonly version?: string | undefined
     readonly telemetry?: Layer.Layer<Telemetry.Telemetry, unknown> | undefined
-  }
+  } = {}
 ): void => {
-  const name = options.name ?? "eventfold"
-  const telemetry = options.telemetry ?? OtelTelemetry.layerConfig({ serviceName: name })
+  const name = nameOf(command)
+  const telemetry = Layer.catchAll(options.telemetry ?? OtelTelemetry.layerConfig({ serviceName: name }), (error) =>
+    Layer.effectDiscard(Effect.logWarning(`telemetry is off: ${errors.describe(error)}`)).pipe(
+      Layer.provideMerge(Telemetry.layerNone)
+    )
+  )
   const program = Effect.flatMap(
     Effect.sync(() => process.argv),
-    (argv) => run(Command.provide(command, options.layer), { name, version: options.version })(argv)
+    run(command, { name, version: options.version })
   ).pipe(
-    // A telemetry configuration that does not parse is reported as any failure is.
-    Effect.provide(Layer.orDie(telemetry)),
-    Effect.catchAllCause((cause) => {
-      const { exitCode, line } = errors.explain(cause, name)
-      return Effect.as(line === null ? Effect.void : Console.error(line), exitCode)
-    }),
+    Effect.provide(telemetry),
     // A signal interrupts the program from outside, where no catch recovers: the line is said here.
     Effect.onInterrupt(() => Console.error(`${name}: interrupted`)),
     plainWhenPiped,

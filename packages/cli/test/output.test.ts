@@ -96,6 +96,20 @@ describe("tables", () => {
     )
   })
 
+  it("never pass a terminal's control sequences through: what they show comes from the database", () => {
+    const esc = String.fromCharCode(27)
+    const hostile = `app${esc}]0;pwned${String.fromCharCode(7)}${esc}[2J`
+    const shown = [
+      Out.table([{ name: hostile, n: 1 }], columns),
+      Out.fields([["application", hostile]]),
+      Out.section("Stack", `line 1\n${hostile}`)
+    ].join("\n")
+    assert.notInclude(shown, esc)
+    assert.notInclude(shown, String.fromCharCode(7))
+    assert.include(shown, "app\\u001b]0;pwned\\u0007\\u001b[2J")
+    assert.strictEqual(Out.section("Stack", "a\n\tb"), "Stack\n  a\n  \tb")
+  })
+
   it("say so when there are no rows, and keep a cell on its line", () => {
     assert.strictEqual(Out.table([], columns, "(none)"), "(none)")
     assert.strictEqual(Out.table([{ name: "a\nb\tc", n: 1 }], columns), "NAME   N\na b c  1")

@@ -5,6 +5,7 @@
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
+import type * as Descriptor from "@effect/cli/CommandDescriptor"
 import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
@@ -417,11 +418,6 @@ const streamsShow = Command.make(
     })
 ).pipe(Command.withDescription("A stream's events as stored, with their payloads as JSON"))
 
-const streams = Command.make("streams").pipe(
-  Command.withDescription("List streams, or show one stream's events"),
-  Command.withSubcommands([streamsList, streamsShow])
-)
-
 // --- outbox ----------------------------------------------------------------------
 
 const outboxStats = Command.make("stats", { json }, ({ json }) =>
@@ -580,11 +576,6 @@ const outboxPurge = Command.make(
       )
     })
 ).pipe(Command.withDescription("Delete published entries older than a duration"))
-
-const outbox = Command.make("outbox").pipe(
-  Command.withDescription("The transactional outbox: stats, failed entries, retry, park, purge"),
-  Command.withSubcommands([outboxStats, outboxFailed, outboxRetry, outboxPark, outboxPurge])
-)
 
 // --- dead letters ---------------------------------------------------------------
 
@@ -798,40 +789,71 @@ const withProjections = <R>(sources: ReadonlyArray<ProjectionSource<R>>) => {
   return { reset, rebuild, retry }
 }
 
-/**
- * The commands that only group others. Named alone they print their help (as `--help`
- * does, with no database): their default handler would too, but only after the
- * services, and so the database, were set up for it.
- */
-export const groups: ReadonlySet<string> = new Set(["streams", "outbox", "projections", "dead-letters"])
+// biome-ignore lint/suspicious/noExplicitAny: @effect/cli's own bound for a subcommand
+type AnyCommand = Command.Command<any, any, any, any>
 
-/** The `eventfold` tree: the standalone commands, and those of `projections` when given. */
-export const tree = <R>(name: string, projections: ReadonlyArray<ProjectionSource<R>> | undefined) => {
+/** A command that only groups others: named alone, it prints its help, as `--help` does. */
+const group = <const Subcommands extends readonly [AnyCommand, ...Array<AnyCommand>]>(
+  name: string,
+  description: string,
+  subcommands: Subcommands
+) => {
+  // The group as it is once its subcommands are added, whose help lists them.
+  const complete: { descriptor?: Descriptor.Command<unknown> } = {}
+  const grouped = Command.make(name, {}, () =>
+    Effect.suspend(() =>
+      complete.descriptor === undefined ? Effect.void : Effect.fail(ValidationError.helpRequested(complete.descriptor))
+    )
+  ).pipe(Command.withDescription(description), Command.withSubcommands(subcommands))
+  complete.descriptor = grouped.descriptor
+  return grouped
+}
+
+/**
+ * The `eventfold` tree: the standalone commands, and those of `projections` when given.
+ * `leaf` is applied to each command that does something (not to the groups), so that
+ * the services a leaf gets are built only when it runs: help needs no database.
+ */
+export const tree = <R>(
+  name: string,
+  projections: ReadonlyArray<ProjectionSource<R>> | undefined,
+  leaf: <C extends AnyCommand>(command: C) => C
+) => {
   const app = projections === undefined ? undefined : withProjections(projections)
-  const projectionCommands = Command.make("projections").pipe(
-    Command.withDescription(
-      app === undefined
-        ? "Projections' checkpoints: list with lag, reset (rebuild runs from the application's own command)"
-        : "Projections: list with lag, reset, rebuild"
-    ),
-    Command.withSubcommands(
-      app === undefined ? [projectionsList, resetCheckpoint] : [projectionsList, app.reset, app.rebuild]
-    )
-  )
-  const deadLetters = Command.make("dead-letters").pipe(
-    Command.withDescription(
-      app === undefined
-        ? "Dead letters: list, show, resolve (retry runs from the application's own command)"
-        : "Dead letters: list, show, retry, resolve"
-    ),
-    Command.withSubcommands(
-      app === undefined
-        ? [deadLettersList, deadLettersShow, deadLettersResolve]
-        : [deadLettersList, deadLettersShow, app.retry, deadLettersResolve]
-    )
-  )
-  return Command.make(name).pipe(
-    Command.withDescription("Operate an Eventfold event store on PostgreSQL"),
-    Command.withSubcommands([migrate, status, stats, streams, outbox, projectionCommands, deadLetters])
-  )
+  return group(name, "Operate an Eventfold event store on PostgreSQL", [
+    leaf(migrate),
+    leaf(status),
+    leaf(stats),
+    group("streams", "List streams, or show one stream's events", [leaf(streamsList), leaf(streamsShow)]),
+    group("outbox", "The transactional outbox: stats, failed entries, retry, park, purge", [
+      leaf(outboxStats),
+      leaf(outboxFailed),
+      leaf(outboxRetry),
+      leaf(outboxPark),
+      leaf(outboxPurge)
+    ]),
+    app === undefined
+      ? group(
+          "projections",
+          "Projections' checkpoints: list with lag, reset (rebuild runs from the application's own command)",
+          [leaf(projectionsList), leaf(resetCheckpoint)]
+        )
+      : group("projections", "Projections: list with lag, reset, rebuild", [
+          leaf(projectionsList),
+          leaf(app.reset),
+          leaf(app.rebuild)
+        ]),
+    app === undefined
+      ? group("dead-letters", "Dead letters: list, show, resolve (retry runs from the application's own command)", [
+          leaf(deadLettersList),
+          leaf(deadLettersShow),
+          leaf(deadLettersResolve)
+        ])
+      : group("dead-letters", "Dead letters: list, show, retry, resolve", [
+          leaf(deadLettersList),
+          leaf(deadLettersShow),
+          leaf(app.retry),
+          leaf(deadLettersResolve)
+        ])
+  ])
 }

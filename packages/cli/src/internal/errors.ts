@@ -8,6 +8,7 @@ import * as Cause from "effect/Cause"
 import * as ConfigError from "effect/ConfigError"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
+import { escapeControls, stripAnsi } from "./output.js"
 
 /**
  * The exit codes of `eventfold`, the same for every command.
@@ -62,11 +63,13 @@ const exitCodeOf = (error: unknown): number => {
   }
 }
 
-/** One line: no stack, no newline, no credentials. */
-const line = (text: string): string =>
-  redactCredentials(text)
-    .replace(/\s*[\r\n]+\s*/g, " ")
-    .trim()
+/** One line: no stack, no newline, no credentials, no control character. */
+export const oneLine = (text: string): string =>
+  escapeControls(
+    redactCredentials(text)
+      .replace(/\s*[\r\n]+\s*/g, " ")
+      .trim()
+  )
 
 /** An error's own message; a configuration error's names the variable (`DATABASE_URL: ...`). */
 export const describe = (error: unknown): string => {
@@ -103,11 +106,8 @@ const messageOf = (error: unknown): string => {
   return parts.join(": ")
 }
 
-const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g")
-
 /** What @effect/cli says of a usage error (it is kept from printing it itself: see `Cli.run`). */
-const usageMessage = (error: ValidationError.ValidationError): string =>
-  HelpDoc.toAnsiText(error.error).replace(ansi, "")
+const usageMessage = (error: ValidationError.ValidationError): string => stripAnsi(HelpDoc.toAnsiText(error.error))
 
 /** What a failed command prints and the code it exits with. */
 export const explain = (
@@ -119,12 +119,12 @@ export const explain = (
   if (Option.isSome(failure)) {
     const error = failure.value
     const exitCode = exitCodeOf(error)
-    if (ValidationError.isValidationError(error)) return { exitCode, line: `${name}: ${line(usageMessage(error))}` }
-    return { exitCode, line: `${name}: ${line(messageOf(error))}` }
+    if (ValidationError.isValidationError(error)) return { exitCode, line: `${name}: ${oneLine(usageMessage(error))}` }
+    return { exitCode, line: `${name}: ${oneLine(messageOf(error))}` }
   }
   const defect = Cause.dieOption(cause)
   return {
     exitCode: ExitCode.failure,
-    line: `${name}: unexpected error: ${line(Option.match(defect, { onNone: () => "unknown", onSome: messageOf }))}`
+    line: `${name}: unexpected error: ${oneLine(Option.match(defect, { onNone: () => "unknown", onSome: messageOf }))}`
   }
 }

@@ -4,4 +4,4 @@
  */
 import * as Cli from "../Cli.js"
 
-Cli.runMain(Cli.make(), { layer: Cli.layerFromEnv() })
+Cli.runMain(Cli.make({ layer: Cli.layerFromEnv() }))

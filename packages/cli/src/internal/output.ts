@@ -33,21 +33,41 @@ export const table = <A>(rows: ReadonlyArray<A>, columns: ReadonlyArray<Column<A
   return [line(columns.map((column) => column.header)), ...cells.map(line)].join("\n")
 }
 
-/** `label   value` lines with the labels aligned. */
+/** `label   value` lines with the labels aligned (a value of several lines keeps them). */
 export const fields = (entries: ReadonlyArray<readonly [label: string, value: string]>): string => {
   const width = Math.max(...entries.map(([label]) => label.length))
-  return entries.map(([label, value]) => `${label.padEnd(width)}  ${value}`).join("\n")
+  return entries.map(([label, value]) => `${label.padEnd(width)}  ${escapeControls(value, "\n")}`).join("\n")
 }
 
 /** A heading over an indented block. */
 export const section = (title: string, body: string): string =>
-  `${title}\n${body
+  `${title}\n${escapeControls(body, "\n\t")
     .split("\n")
     .map((line) => `  ${line}`)
     .join("\n")}`
 
-/** Control characters (a newline in an error or a query) would break a table's lines. */
-const oneLine = (text: string): string => text.replace(/[\r\n\t]+/g, " ")
+/**
+ * Text with its control characters (but those in `keep`) written as `\uXXXX`: what the
+ * commands print comes from the database (application names, errors, event types), and an
+ * escape sequence in it must not drive the operator's terminal.
+ */
+export const escapeControls = (text: string, keep = ""): string => {
+  let escaped = ""
+  for (const char of text) {
+    const code = char.codePointAt(0)!
+    const control = code < 0x20 || (code >= 0x7f && code <= 0x9f)
+    escaped += control && !keep.includes(char) ? `\\u${code.toString(16).padStart(4, "0")}` : char
+  }
+  return escaped
+}
+
+/** A cell on one line: line breaks and tabs become spaces, other control characters escapes. */
+export const oneLine = (text: string): string => escapeControls(text.replace(/[\r\n\t]+/g, " "))
+
+const ansi = new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g")
+
+/** Text without the color codes @effect/cli writes into its help and errors. */
+export const stripAnsi = (text: string): string => text.replace(ansi, "")
 
 /** An integer with thousands separators, in every locale the same. */
 export const count = (n: number | bigint): string => n.toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",")

@@ -1,0 +1,21 @@
+/**
+ * `Cli.make` declares the services its commands need in its signatures, over one
+ * implementation: this file fails to type-check (`npm run check`) when a command comes to
+ * need a service the signatures do not declare.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import type { Projection } from "@eventfold/core"
+import type * as Effect from "effect/Effect"
+import type { Environment } from "../src/Cli.js"
+import type { tree } from "../src/internal/commands.js"
+
+/** The services the tree's commands need, as its type says (projections' own: none). */
+type TreeRequirements = Effect.Effect.Context<ReturnType<ReturnType<typeof tree<never>>["handler"]>>
+
+const declared: [TreeRequirements] extends [Environment | Projection.Requirements] ? true : never = true
+
+describe("Cli.make's signatures", () => {
+  it("declare every service the commands need", () => {
+    assert.isTrue(declared)
+  })
+})

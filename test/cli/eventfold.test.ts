@@ -14,6 +14,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
+import pg from "pg"
 import * as TestDatabase from "../support/TestDatabase.js"
 import * as TempDir from "../support/tempDir.js"
 import { all, assertExit, assertPlain, errorLine, eventfold, field, interruptedEventfold, json, table } from "./run.js"
@@ -125,6 +126,54 @@ describe("eventfold", () => {
         )
       }),
     60_000
+  )
+
+  it.scopedLive(
+    "status shows an open writer holding subscribers back, and its statement (which may hold data) only with --queries",
+    () =>
+      Effect.gen(function* () {
+        const url = yield* TestDatabase.fresh
+        const env = { DATABASE_URL: url }
+        assertExit(yield* eventfold(["migrate"], env), 0)
+        // A transaction that wrote to the log and stays open, its statement holding a literal.
+        const secret = "4111-1111-1111-1111"
+        const writer = yield* Effect.acquireRelease(
+          Effect.promise(async () => {
+            const client = new pg.Client({ connectionString: url, application_name: "checkout-service" })
+            await client.connect()
+            const pid = (await client.query("SELECT pg_backend_pid() AS pid")).rows[0].pid as number
+            await client.query("BEGIN")
+            await client.query(
+              `INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
+               VALUES (gen_random_uuid(), gen_random_uuid(), 'Card', 'CardAdded', 1, now(), '{"number": "${secret}"}')`
+            )
+            return { client, pid }
+          }),
+          ({ client }) => Effect.promise(() => client.query("ROLLBACK").then(() => client.end()))
+        )
+        const pid = writer.pid
+        const [plain, asJson, withQueries] = yield* all([
+          eventfold(["status"], env),
+          eventfold(["status", "--json"], env),
+          eventfold(["status", "--queries"], env)
+        ])
+        for (const run of [plain, asJson]) {
+          assertExit(run, 0)
+          assert.notInclude(run.stdout + run.stderr, secret)
+        }
+        const writers = table(plain.stdout, "PID")
+        assert.deepStrictEqual(writers[0], ["PID", "APPLICATION", "STATE", "OPEN FOR"])
+        assert.deepStrictEqual(writers[1]!.slice(0, 3), [String(pid), "checkout-service", "idle in transaction"])
+        const o = json<{ store: { horizon: { writers: Array<{ pid: number; query: string | null }> } } }>(asJson)
+        assert.deepStrictEqual(
+          o.store.horizon.writers.map((w) => [w.pid, w.query]),
+          [[pid, null]]
+        )
+        assertExit(withQueries, 0)
+        assert.isTrue(table(withQueries.stdout, "PID")[0]!.includes("LAST STATEMENT"))
+        assert.include(withQueries.stdout, "INSERT INTO events")
+      }),
+    120_000
   )
 
   it.scopedLive(

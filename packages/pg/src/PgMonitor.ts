@@ -71,7 +71,11 @@ export interface Writer {
   readonly state: string | null
   readonly transactionStart: Date | null
   readonly transactionAgeMillis: number
-  /** The session's last statement, as `pg_stat_activity` shows it. */
+  /**
+   * The session's last statement, as `pg_stat_activity` shows it (to a role allowed to see
+   * it): it may hold literal values, the application's data among them; show it only to
+   * whoever may see that data.
+   */
   readonly query: string | null
 }
 

@@ -176,7 +176,7 @@ const deadLetterCounts = (rows: ReadonlyArray<PgMonitor.DeadLetterCount>) =>
     "(none)"
   )
 
-const writersTable = (writers: ReadonlyArray<PgMonitor.Writer>) =>
+const writersTable = (writers: ReadonlyArray<PgMonitor.Writer>, queries: boolean) =>
   Out.table(
     writers,
     [
@@ -184,7 +184,7 @@ const writersTable = (writers: ReadonlyArray<PgMonitor.Writer>) =>
       { header: "APPLICATION", value: (w) => Out.text(w.applicationName) },
       { header: "STATE", value: (w) => Out.text(w.state) },
       { header: "OPEN FOR", value: (w) => Out.age(w.transactionAgeMillis), align: "right" },
-      { header: "LAST STATEMENT", value: (w) => Out.clip(Out.text(w.query), 60) }
+      ...(queries ? [{ header: "LAST STATEMENT", value: (w: PgMonitor.Writer) => Out.clip(Out.text(w.query), 60) }] : [])
     ],
     "(none: subscribers see everything committed)"
   )
@@ -214,7 +214,7 @@ const connectionsTable = (rows: ReadonlyArray<PgMonitor.Connections>) =>
     }
   ])
 
-const renderOverview = (o: PgMonitor.Overview) => {
+const renderOverview = (o: PgMonitor.Overview, queries: boolean) => {
   const head = Out.fields([
     ["Database", `${o.database.name} (schema ${o.database.schema}), PostgreSQL ${o.database.serverVersion}`],
     ["Migrations", migrationsSummary(o.migrations)],
@@ -233,7 +233,7 @@ const renderOverview = (o: PgMonitor.Overview) => {
   const store = Option.match(o.store, {
     onNone: () => [],
     onSome: (s) => [
-      Out.section("Open writers (subscribers wait for them)", writersTable(s.horizon.writers)),
+      Out.section("Open writers (subscribers wait for them)", writersTable(s.horizon.writers, queries)),
       Out.section("Projections", projectionsTable(s.projections)),
       Out.section("Dead letters", deadLetterCounts(s.deadLetters)),
       Out.section("Tables", sizesTable(s.sizes))
@@ -243,12 +243,31 @@ const renderOverview = (o: PgMonitor.Overview) => {
   return [head, ...store, Out.section("Connections to this database", connectionsTable(o.connections))].join("\n\n")
 }
 
-const status = Command.make("status", { json }, ({ json }) =>
-  Effect.gen(function* () {
-    const overview = yield* Effect.flatMap(PgMonitor.PgMonitor, (monitor) => monitor.overview)
-    yield* Out.print(overview, json, renderOverview)
-    yield* requireUpToDate(overview.migrations)
-  })
+/** The writers without their statements, which may hold the application's data as literals. */
+const withoutQueries = (overview: PgMonitor.Overview): PgMonitor.Overview => ({
+  ...overview,
+  store: Option.map(overview.store, (store) => ({
+    ...store,
+    horizon: { ...store.horizon, writers: store.horizon.writers.map((w) => ({ ...w, query: null })) }
+  }))
+})
+
+const status = Command.make(
+  "status",
+  {
+    queries: Options.boolean("queries").pipe(
+      Options.withDescription(
+        "Show the open writers' last statements (they may hold the application's data as literals)"
+      )
+    ),
+    json
+  },
+  ({ json, queries }) =>
+    Effect.gen(function* () {
+      const overview = yield* Effect.flatMap(PgMonitor.PgMonitor, (monitor) => monitor.overview)
+      yield* Out.print(queries ? overview : withoutQueries(overview), json, (o) => renderOverview(o, queries))
+      yield* requireUpToDate(overview.migrations)
+    })
 ).pipe(
   Command.withDescription(
     "The store at a glance: migrations, events, the outbox, projection lag, dead letters, open writers, sizes, connections; exit 5 if migrations are pending"

@@ -709,10 +709,17 @@ describe("eventfold", () => {
         )
         assert.isAtLeast(orderView!.timeBehindMillis, 0)
 
-        const [reset, unknown] = yield* all([
-          eventfold(["projections", "reset", "order-view", "--to", "0"], env),
+        const [forward, unknown] = yield* all([
+          eventfold(["projections", "reset", "order-view", "--to", String(second.position + 1n)], env),
           eventfold(["projections", "reset", "no-such-view"], env)
         ])
+        // Forward would skip events unhandled: refused, the checkpoint left where it is.
+        assertExit(forward, 2)
+        assert.strictEqual(
+          errorLine(forward),
+          `eventfold: --to ${second.position + 1n} is past the checkpoint of order-view (${second.position}): a reset only moves it back`
+        )
+        const reset = yield* eventfold(["projections", "reset", "order-view", "--to", "0"], env)
         assertExit(reset, 0)
         assert.match(reset.stdout, /^Checkpoint of order-view reset to 0\. Its read model was not cleared/)
         assertExit(unknown, 4)

@@ -726,7 +726,14 @@ const resetCheckpoint = Command.make(
   },
   ({ json, name, to }) =>
     Effect.gen(function* () {
-      yield* requireCheckpoint(name)
+      const checkpoint = yield* requireCheckpoint(name)
+      // Forward would skip events without handling them: that is not a reset.
+      if (BigInt(to) > checkpoint.position) {
+        return yield* new CliError({
+          exitCode: ExitCode.usage,
+          message: `--to ${to} is past the checkpoint of ${name} (${checkpoint.position}): a reset only moves it back`
+        })
+      }
       yield* Effect.flatMap(CheckpointStore.CheckpointStore, (checkpoints) =>
         checkpoints.reset(name, { to: BigInt(to) })
       )
@@ -741,10 +748,10 @@ const resetCheckpoint = Command.make(
   Command.withDescription("Move a projection's checkpoint back, so that it replays the log (the read model is kept)")
 )
 
-/** The commands that run a projection's own code, for the application's tree. */
 /** A projection, or an effect that makes one (with the application's services). */
 export type ProjectionSource<R> = Projection.Projection<R> | Effect.Effect<Projection.Projection<R>, unknown, R>
 
+/** The commands that run a projection's own code, for the application's tree. */
 const withProjections = <R>(sources: ReadonlyArray<ProjectionSource<R>>) => {
   const known = (name: string) =>
     Effect.gen(function* () {

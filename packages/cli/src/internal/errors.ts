@@ -48,10 +48,9 @@ export class CliError extends Schema.TaggedError<CliError>()("CliError", {
 /** The exit code a failure ends with. */
 const exitCodeOf = (error: unknown): number => {
   if (ValidationError.isValidationError(error)) return ExitCode.usage
+  if (error instanceof CliError) return error.exitCode
   if (typeof error !== "object" || error === null || !("_tag" in error)) return ExitCode.failure
   switch (error._tag) {
-    case "CliError":
-      return (error as CliError).exitCode
     case "ServerNotConfiguredError":
     case "ConfigError":
     case "EmbeddedPostgresError":

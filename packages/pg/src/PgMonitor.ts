@@ -5,9 +5,9 @@
  * who holds it back, the outbox, projection lag, dead letters, connections). The
  * `eventfold` command (`@eventfold/cli`) prints these; an application may serve them too.
  *
- * `overview` reads no more of the log than the projections lag behind (estimates, heads,
- * and each projection's events after its checkpoint); the outbox and dead letters are
- * counted. The spec's breakdowns (`eventsByAggregateType`, `largestStreams`, ...) scan the
+ * `overview` reads little of the log: estimates, heads, and each projection's events
+ * after its checkpoint, counted up to {@link lagCountLimit}; the outbox and dead letters
+ * are counted. The spec's breakdowns (`eventsByAggregateType`, `largestStreams`, ...) scan the
  * log, as the spec's queries do.
  *
  * @since 0.1.0
@@ -24,10 +24,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
-import type * as Scope from "effect/Scope"
 import { COLUMNS, Count, decodeRow, Int8 } from "./internal/eventRows.js"
 import { migrations as knownMigrations, migrationsTable } from "./internal/migrations.js"
-import * as PgCheckpointStore from "./PgCheckpointStore.js"
 import * as PgOutbox from "./PgOutbox.js"
 import * as PgPool from "./PgPool.js"
 
@@ -99,9 +97,23 @@ export interface Horizon {
  */
 export interface ProjectionLag extends CheckpointStore.Checkpoint {
   readonly headPosition: bigint
+  /** The events after the checkpoint, counted up to {@link lagCountLimit}. */
   readonly eventsBehind: number
+  /** False when the count stopped at {@link lagCountLimit}: the projection is at least that far behind. */
+  readonly eventsBehindExact: boolean
+  /** Age of the oldest event not yet processed; 0 when caught up. */
   readonly timeBehindMillis: number
 }
+
+/**
+ * How many events behind a projection's lag is counted to: beyond, the count would
+ * read the log far back (a projection just reset to the start), and "at least this
+ * many" says enough.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const lagCountLimit = 100_000
 
 /**
  * Dead letters of one projection in one status.
@@ -205,9 +217,9 @@ export interface StreamEventsOptions {
 
 /**
  * The store at a glance: what `eventfold status` prints. Computed from estimates, heads
- * and indexes, so the size of the log does not matter, only how far projections lag
- * behind (their events behind are counted). `store` is none while migrations are pending
- * (the tables it reads may not be there yet).
+ * and indexes, and projections' lag counted up to {@link lagCountLimit}, so the size of
+ * the log does not matter. `store` is none while migrations are pending (the tables it
+ * reads may not be there yet).
  *
  * @since 0.1.0
  * @category models
@@ -326,6 +338,19 @@ const IndexRow = Schema.Struct({
   tuples_fetched: Int8,
   bytes: Int8
 })
+const LagRow = Schema.Struct({
+  projection_name: Schema.String,
+  global_position: Int8,
+  last_event_id: Schema.NullOr(Schema.String),
+  last_event_type: Schema.NullOr(Schema.String),
+  events_processed: Int8,
+  last_processed_at: Schema.NullOr(Schema.DateFromSelf),
+  created_at: Schema.DateFromSelf,
+  updated_at: Schema.DateFromSelf,
+  head: Int8,
+  behind: Count,
+  behind_ms: Millis
+})
 const DeadLetterRow = Schema.Struct({
   projection_name: Schema.String,
   status: Schema.Literal("failed", "retrying", "resolved"),
@@ -366,101 +391,99 @@ const fail =
  * @since 0.1.0
  * @category constructors
  */
-export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.PgClient | Scope.Scope> = Effect.gen(
-  function* () {
-    // Column names exactly as written, whatever name transforms the application's client has.
-    const sql = (yield* SqlClient.SqlClient).withoutTransforms()
-    const pool = yield* Effect.serviceOption(PgPool.PgPool)
-    const outboxService = yield* PgOutbox.make()
-    const checkpoints = yield* PgCheckpointStore.make
+export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.PgClient> = Effect.gen(function* () {
+  // Column names exactly as written, whatever name transforms the application's client has.
+  const sql = (yield* SqlClient.SqlClient).withoutTransforms()
+  const pool = yield* Effect.serviceOption(PgPool.PgPool)
+  const outboxService = yield* PgOutbox.make()
 
-    const query =
-      <A, I>(method: string, schema: Schema.Schema<A, I>) =>
-      (statement: Effect.Effect<ReadonlyArray<unknown>, unknown>) =>
-        statement.pipe(Effect.flatMap(decode(schema)), Effect.mapError(fail(method)))
+  const query =
+    <A, I>(method: string, schema: Schema.Schema<A, I>) =>
+    (statement: Effect.Effect<ReadonlyArray<unknown>, unknown>) =>
+      statement.pipe(Effect.flatMap(decode(schema)), Effect.mapError(fail(method)))
 
-    const migrations: Service["migrations"] = Effect.gen(function* () {
-      const [found] = yield* sql<{
-        readonly table: string | null
-      }>`SELECT to_regclass(${migrationsTable})::text AS table`
-      const rows =
-        found?.table == null
-          ? []
-          : yield* query(
-              "migrations",
-              MigrationRow
-            )(sql`SELECT migration_id, name, created_at FROM ${sql(migrationsTable)} ORDER BY migration_id`)
-      const applied = rows.map((row) => ({ id: row.migration_id, name: row.name, appliedAt: row.created_at }))
-      const highest = applied.reduce((max, m) => Math.max(max, m.id), 0)
-      const known = new Set(knownMigrations.map((m) => m.id))
-      return {
-        applied,
-        // The Migrator only runs migrations above the highest applied one.
-        pending: knownMigrations.filter((m) => m.id > highest).map(({ id, name }) => ({ id, name })),
-        unknown: applied.filter((m) => !known.has(m.id)).map(({ id, name }) => ({ id, name }))
-      }
-    }).pipe(Effect.mapError(fail("migrations")))
+  const migrations: Service["migrations"] = Effect.gen(function* () {
+    const [found] = yield* sql<{
+      readonly table: string | null
+    }>`SELECT to_regclass(${migrationsTable})::text AS table`
+    const rows =
+      found?.table == null
+        ? []
+        : yield* query(
+            "migrations",
+            MigrationRow
+          )(sql`SELECT migration_id, name, created_at FROM ${sql(migrationsTable)} ORDER BY migration_id`)
+    const applied = rows.map((row) => ({ id: row.migration_id, name: row.name, appliedAt: row.created_at }))
+    const highest = applied.reduce((max, m) => Math.max(max, m.id), 0)
+    const known = new Set(knownMigrations.map((m) => m.id))
+    return {
+      applied,
+      // The Migrator only runs migrations above the highest applied one.
+      pending: knownMigrations.filter((m) => m.id > highest).map(({ id, name }) => ({ id, name })),
+      unknown: applied.filter((m) => !known.has(m.id)).map(({ id, name }) => ({ id, name }))
+    }
+  }).pipe(Effect.mapError(fail("migrations")))
 
-    const totalEvents = query(
-      "totalEvents",
-      Schema.Struct({ total_events: Int8 })
-    )(sql`SELECT count(*) AS total_events FROM events`).pipe(Effect.map(([row]) => row!.total_events))
+  const totalEvents = query(
+    "totalEvents",
+    Schema.Struct({ total_events: Int8 })
+  )(sql`SELECT count(*) AS total_events FROM events`).pipe(Effect.map(([row]) => row!.total_events))
 
-    const eventsPerDay: Service["eventsPerDay"] = (options) =>
-      query(
-        "eventsPerDay",
-        Schema.Struct({ date: Schema.String, events: Int8 })
-      )(
-        sql`SELECT to_char(date(timestamp), 'YYYY-MM-DD') AS date, count(*) AS events
+  const eventsPerDay: Service["eventsPerDay"] = (options) =>
+    query(
+      "eventsPerDay",
+      Schema.Struct({ date: Schema.String, events: Int8 })
+    )(
+      sql`SELECT to_char(date(timestamp), 'YYYY-MM-DD') AS date, count(*) AS events
               FROM events
              WHERE timestamp >= current_date - make_interval(days => ${options?.days ?? 7})
              GROUP BY date(timestamp)
              ORDER BY date(timestamp) DESC`
-      ).pipe(Effect.map((rows) => rows.map(({ date, events }) => ({ date, events }))))
+    ).pipe(Effect.map((rows) => rows.map(({ date, events }) => ({ date, events }))))
 
-    const eventsByAggregateType: Service["eventsByAggregateType"] = query(
-      "eventsByAggregateType",
-      Schema.Struct({ aggregate_type: Schema.String, count: Int8 })
+  const eventsByAggregateType: Service["eventsByAggregateType"] = query(
+    "eventsByAggregateType",
+    Schema.Struct({ aggregate_type: Schema.String, count: Int8 })
+  )(
+    sql`SELECT aggregate_type, count(*) AS count FROM events GROUP BY aggregate_type ORDER BY count DESC, aggregate_type`
+  ).pipe(Effect.map((rows) => rows.map((row) => ({ aggregateType: row.aggregate_type, events: row.count }))))
+
+  const eventsByEventType: Service["eventsByEventType"] = query(
+    "eventsByEventType",
+    Schema.Struct({ event_type: Schema.String, count: Int8 })
+  )(sql`SELECT event_type, count(*) AS count FROM events GROUP BY event_type ORDER BY count DESC, event_type`).pipe(
+    Effect.map((rows) => rows.map((row) => ({ eventType: row.event_type, events: row.count })))
+  )
+
+  const largestStreams: Service["largestStreams"] = (options) =>
+    query(
+      "largestStreams",
+      Schema.Struct({ aggregate_id: Schema.String, aggregate_type: Schema.String, event_count: Int8 })
     )(
-      sql`SELECT aggregate_type, count(*) AS count FROM events GROUP BY aggregate_type ORDER BY count DESC, aggregate_type`
-    ).pipe(Effect.map((rows) => rows.map((row) => ({ aggregateType: row.aggregate_type, events: row.count }))))
-
-    const eventsByEventType: Service["eventsByEventType"] = query(
-      "eventsByEventType",
-      Schema.Struct({ event_type: Schema.String, count: Int8 })
-    )(sql`SELECT event_type, count(*) AS count FROM events GROUP BY event_type ORDER BY count DESC, event_type`).pipe(
-      Effect.map((rows) => rows.map((row) => ({ eventType: row.event_type, events: row.count })))
-    )
-
-    const largestStreams: Service["largestStreams"] = (options) =>
-      query(
-        "largestStreams",
-        Schema.Struct({ aggregate_id: Schema.String, aggregate_type: Schema.String, event_count: Int8 })
-      )(
-        sql`SELECT aggregate_id::text, aggregate_type, count(*) AS event_count
+      sql`SELECT aggregate_id::text, aggregate_type, count(*) AS event_count
               FROM events
              GROUP BY aggregate_id, aggregate_type
              ORDER BY event_count DESC, aggregate_id, aggregate_type
              LIMIT ${options?.limit ?? 10}`
-      ).pipe(
-        Effect.map((rows) =>
-          rows.map((row) => ({
-            aggregateId: row.aggregate_id,
-            aggregateType: row.aggregate_type,
-            events: row.event_count
-          }))
-        )
+    ).pipe(
+      Effect.map((rows) =>
+        rows.map((row) => ({
+          aggregateId: row.aggregate_id,
+          aggregateType: row.aggregate_type,
+          events: row.event_count
+        }))
       )
+    )
 
-    // A table and, when it is partitioned, its partitions: pg_partition_tree lists a
-    // partitioned table with its partitions, and nothing at all for a plain table.
-    // reltuples is -1 before the first ANALYZE (PostgreSQL 14+), 0 on 12 and 13; a
-    // partitioned table's own (ANALYZE sets it too) would count its rows twice.
-    const tableSizes: Service["tableSizes"] = query(
-      "tableSizes",
-      SizeRow
-    )(
-      sql`SELECT t.name AS table_name,
+  // A table and, when it is partitioned, its partitions: pg_partition_tree lists a
+  // partitioned table with its partitions, and nothing at all for a plain table.
+  // reltuples is -1 before the first ANALYZE (PostgreSQL 14+), 0 on 12 and 13; a
+  // partitioned table's own (ANALYZE sets it too) would count its rows twice.
+  const tableSizes: Service["tableSizes"] = query(
+    "tableSizes",
+    SizeRow
+  )(
+    sql`SELECT t.name AS table_name,
                  coalesce(sum(pg_total_relation_size(p.relid)), 0)::int8 AS total_bytes,
                  coalesce(sum(pg_relation_size(p.relid)), 0)::int8 AS table_bytes,
                  coalesce(sum(pg_indexes_size(p.relid)), 0)::int8 AS index_bytes,
@@ -473,165 +496,184 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
            WHERE r.oid IS NOT NULL
            GROUP BY t.name, t.n
            ORDER BY t.n`
-    ).pipe(
-      Effect.map((rows) =>
-        rows.map((row) => ({
-          table: row.table_name,
-          totalBytes: row.total_bytes,
-          tableBytes: row.table_bytes,
-          indexBytes: row.index_bytes,
-          estimatedRows: row.estimated_rows
-        }))
-      )
+  ).pipe(
+    Effect.map((rows) =>
+      rows.map((row) => ({
+        table: row.table_name,
+        totalBytes: row.total_bytes,
+        tableBytes: row.table_bytes,
+        indexBytes: row.index_bytes,
+        estimatedRows: row.estimated_rows
+      }))
     )
+  )
 
-    const indexUsage: Service["indexUsage"] = query(
-      "indexUsage",
-      IndexRow
-    )(
-      sql`SELECT schemaname, relname AS tablename, indexrelname AS indexname, idx_scan AS scans,
+  const indexUsage: Service["indexUsage"] = query(
+    "indexUsage",
+    IndexRow
+  )(
+    sql`SELECT schemaname, relname AS tablename, indexrelname AS indexname, idx_scan AS scans,
                  idx_tup_read AS tuples_read, idx_tup_fetch AS tuples_fetched,
                  pg_relation_size(indexrelid) AS bytes
             FROM pg_stat_user_indexes
            WHERE relid IN (SELECT relid FROM pg_partition_tree('events') UNION SELECT 'events'::regclass)
            ORDER BY idx_scan DESC, indexrelname`
-    ).pipe(
-      Effect.map((rows) =>
-        rows.map((row) => ({
-          schema: row.schemaname,
-          table: row.tablename,
-          index: row.indexname,
-          scans: row.scans,
-          tuplesRead: row.tuples_read,
-          tuplesFetched: row.tuples_fetched,
-          bytes: row.bytes
-        }))
-      )
+  ).pipe(
+    Effect.map((rows) =>
+      rows.map((row) => ({
+        schema: row.schemaname,
+        table: row.tablename,
+        index: row.indexname,
+        scans: row.scans,
+        tuplesRead: row.tuples_read,
+        tuplesFetched: row.tuples_fetched,
+        bytes: row.bytes
+      }))
     )
+  )
 
-    const horizon: Service["horizon"] = Effect.all({
-      lastPosition: query(
-        "horizon",
-        Schema.Struct({ last_position: Int8 })
-      )(sql`SELECT last_position FROM eventfold_log_horizon()`).pipe(Effect.map(([row]) => row!.last_position)),
-      writers: query(
-        "horizon",
-        WriterRow
-      )(
-        // A prepared transaction (two-phase commit) has no session: pid 0, as in eventfold_log_horizon().
-        sql`SELECT coalesce(pid, 0) AS pid, application_name, usename, state, xact_start,
+  const horizon: Service["horizon"] = Effect.all({
+    lastPosition: query(
+      "horizon",
+      Schema.Struct({ last_position: Int8 })
+    )(sql`SELECT last_position FROM eventfold_log_horizon()`).pipe(Effect.map(([row]) => row!.last_position)),
+    writers: query(
+      "horizon",
+      WriterRow
+    )(
+      // A prepared transaction (two-phase commit) has no session: pid 0, as in eventfold_log_horizon().
+      sql`SELECT coalesce(pid, 0) AS pid, application_name, usename, state, xact_start,
                    (extract(epoch FROM xact_age) * 1000)::float8 AS xact_age_ms, query
               FROM eventfold_log_writers
              ORDER BY xact_start NULLS LAST, pid`
-      ).pipe(
-        Effect.map((rows) =>
-          rows.map(
-            (row): Writer => ({
-              pid: row.pid,
-              applicationName: row.application_name,
-              user: row.usename,
-              state: row.state,
-              transactionStart: row.xact_start,
-              transactionAgeMillis: Math.max(0, row.xact_age_ms ?? 0),
-              query: row.query
-            })
-          )
+    ).pipe(
+      Effect.map((rows) =>
+        rows.map(
+          (row): Writer => ({
+            pid: row.pid,
+            applicationName: row.application_name,
+            user: row.usename,
+            state: row.state,
+            transactionStart: row.xact_start,
+            transactionAgeMillis: Math.max(0, row.xact_age_ms ?? 0),
+            query: row.query
+          })
         )
       )
-    })
-
-    const outbox: Service["outbox"] = Effect.mapError(outboxService.stats, fail("outbox"))
-
-    const projections: Service["projections"] = checkpoints.list.pipe(
-      Effect.flatMap((list) =>
-        Effect.forEach(list, (checkpoint) =>
-          Effect.map(
-            checkpoints.lag(checkpoint.name),
-            (lag): ProjectionLag => ({
-              ...checkpoint,
-              headPosition: lag.headPosition,
-              eventsBehind: lag.eventsBehind,
-              timeBehindMillis: lag.timeBehindMillis
-            })
-          )
-        )
-      ),
-      Effect.mapError(fail("projections"))
     )
+  })
 
-    const deadLetters: Service["deadLetters"] = query(
-      "deadLetters",
-      DeadLetterRow
-    )(
-      sql`SELECT projection_name, status, count(*) AS n, min(first_failed_at) AS oldest
+  const outbox: Service["outbox"] = Effect.mapError(outboxService.stats, fail("outbox"))
+
+  // One statement for every checkpoint; each count stops past the limit (an index range
+  // scan of at most that many positions), the age is the first later event's.
+  const projections: Service["projections"] = query(
+    "projections",
+    LagRow
+  )(
+    sql`SELECT c.projection_name, c.global_position, c.last_event_id::text, c.last_event_type, c.events_processed,
+                 c.last_processed_at, c.created_at, c.updated_at, head.position AS head,
+                 (SELECT count(*) FROM (SELECT 1 FROM events e WHERE e.global_position > c.global_position
+                                         LIMIT ${lagCountLimit + 1}) later) AS behind,
+                 (SELECT (extract(epoch FROM now() - e.created_at) * 1000)::float8 FROM events e
+                   WHERE e.global_position > c.global_position ORDER BY e.global_position LIMIT 1) AS behind_ms
+            FROM projection_checkpoints c,
+                 (SELECT coalesce(max(global_position), 0) AS position FROM events) head
+           ORDER BY c.projection_name`
+  ).pipe(
+    Effect.map((rows) =>
+      rows.map(
+        (row): ProjectionLag => ({
+          name: row.projection_name,
+          position: row.global_position,
+          eventId: row.last_event_id,
+          eventType: row.last_event_type,
+          eventsProcessed: row.events_processed,
+          lastProcessedAt: row.last_processed_at,
+          createdAt: row.created_at,
+          updatedAt: row.updated_at,
+          headPosition: row.head,
+          eventsBehind: Math.min(row.behind, lagCountLimit),
+          eventsBehindExact: row.behind <= lagCountLimit,
+          timeBehindMillis: Math.max(0, row.behind_ms ?? 0)
+        })
+      )
+    )
+  )
+
+  const deadLetters: Service["deadLetters"] = query(
+    "deadLetters",
+    DeadLetterRow
+  )(
+    sql`SELECT projection_name, status, count(*) AS n, min(first_failed_at) AS oldest
             FROM dead_letter_queue
            GROUP BY projection_name, status
            ORDER BY projection_name, status`
-    ).pipe(
-      Effect.map((rows) =>
-        rows.map((row) => ({
-          projection: row.projection_name,
-          status: row.status,
-          count: row.n,
-          oldestFailedAt: row.oldest
-        }))
-      )
+  ).pipe(
+    Effect.map((rows) =>
+      rows.map((row) => ({
+        projection: row.projection_name,
+        status: row.status,
+        count: row.n,
+        oldestFailedAt: row.oldest
+      }))
     )
+  )
 
-    const connections: Service["connections"] = query(
-      "connections",
-      ConnectionRow
-    )(
-      sql`SELECT coalesce(nullif(application_name, ''), '(none)') AS application_name,
+  const connections: Service["connections"] = query(
+    "connections",
+    ConnectionRow
+  )(
+    sql`SELECT coalesce(nullif(application_name, ''), '(none)') AS application_name,
                  coalesce(state, '(unknown)') AS state, count(*) AS n,
                  coalesce(max(extract(epoch FROM now() - xact_start) * 1000), 0)::float8 AS oldest_xact_ms
             FROM pg_stat_activity
            WHERE datname = current_database() AND backend_type = 'client backend'
            GROUP BY 1, 2
            ORDER BY 1, 2`
-    ).pipe(
-      Effect.map((rows) =>
-        rows.map((row) => ({
-          applicationName: row.application_name,
-          state: row.state,
-          count: row.n,
-          oldestTransactionAgeMillis: Math.max(0, row.oldest_xact_ms ?? 0)
-        }))
-      )
+  ).pipe(
+    Effect.map((rows) =>
+      rows.map((row) => ({
+        applicationName: row.application_name,
+        state: row.state,
+        count: row.n,
+        oldestTransactionAgeMillis: Math.max(0, row.oldest_xact_ms ?? 0)
+      }))
     )
+  )
 
-    const streams: Service["streams"] = (options) => {
-      const filters = [
-        ...(options?.aggregateType === undefined ? [] : [sql`aggregate_type = ${options.aggregateType}`]),
-        ...(options?.tenantId === undefined ? [] : [sql`tenant_id = ${options.tenantId.toLowerCase()}::uuid`])
-      ]
-      return query(
-        "streams",
-        StreamRow
-      )(
-        sql`SELECT aggregate_id::text, aggregate_type, tenant_id::text, version, created_at, updated_at
+  const streams: Service["streams"] = (options) => {
+    const filters = [
+      ...(options?.aggregateType === undefined ? [] : [sql`aggregate_type = ${options.aggregateType}`]),
+      ...(options?.tenantId === undefined ? [] : [sql`tenant_id = ${options.tenantId.toLowerCase()}::uuid`])
+    ]
+    return query(
+      "streams",
+      StreamRow
+    )(
+      sql`SELECT aggregate_id::text, aggregate_type, tenant_id::text, version, created_at, updated_at
               FROM event_streams
              WHERE ${sql.and(filters)}
              ORDER BY updated_at DESC, aggregate_id, aggregate_type
              LIMIT ${options?.limit ?? 50}`
-      ).pipe(
-        Effect.map((rows) =>
-          rows.map((row) => ({
-            aggregateId: row.aggregate_id,
-            aggregateType: row.aggregate_type,
-            tenantId: row.tenant_id,
-            version: row.version,
-            createdAt: row.created_at,
-            updatedAt: row.updated_at
-          }))
-        )
+    ).pipe(
+      Effect.map((rows) =>
+        rows.map((row) => ({
+          aggregateId: row.aggregate_id,
+          aggregateType: row.aggregate_type,
+          tenantId: row.tenant_id,
+          version: row.version,
+          createdAt: row.created_at,
+          updatedAt: row.updated_at
+        }))
       )
-    }
+    )
+  }
 
-    const streamEvents: Service["streamEvents"] = (aggregateId, options) =>
-      Effect.gen(function* () {
-        const id = aggregateId.toLowerCase()
-        const rows = yield* sql`SELECT ${sql.literal(COLUMNS)}
+  const streamEvents: Service["streamEvents"] = (aggregateId, options) =>
+    Effect.gen(function* () {
+      const id = aggregateId.toLowerCase()
+      const rows = yield* sql`SELECT ${sql.literal(COLUMNS)}
               FROM events
              WHERE ${sql.and([
                sql`aggregate_id = ${id}::uuid`,
@@ -640,102 +682,101 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
              ])}
              ORDER BY aggregate_type, version
              LIMIT ${options?.limit ?? 100}`.values
-        return yield* Effect.try(() => rows.map(decodeRow))
-      }).pipe(Effect.mapError(fail("streamEvents")))
+      return yield* Effect.try(() => rows.map(decodeRow))
+    }).pipe(Effect.mapError(fail("streamEvents")))
 
-    // A span per query, named PgMonitor.<method>; the overview's parts are its children.
-    const span = (method: string) => Effect.withSpan(spanOf.monitor(method))
-    const traced =
-      <A extends ReadonlyArray<unknown>, B>(method: string, f: (...args: A) => Effect.Effect<B, MonitorError>) =>
-      (...args: A) =>
-        span(method)(f(...args))
-    const parts = {
-      migrations: span("migrations")(migrations),
-      totalEvents: span("totalEvents")(totalEvents),
-      eventsPerDay: traced("eventsPerDay", eventsPerDay),
-      eventsByAggregateType: span("eventsByAggregateType")(eventsByAggregateType),
-      eventsByEventType: span("eventsByEventType")(eventsByEventType),
-      largestStreams: traced("largestStreams", largestStreams),
-      tableSizes: span("tableSizes")(tableSizes),
-      indexUsage: span("indexUsage")(indexUsage),
-      horizon: span("horizon")(horizon),
-      outbox: span("outbox")(outbox),
-      projections: span("projections")(projections),
-      deadLetters: span("deadLetters")(deadLetters),
-      connections: span("connections")(connections),
-      streams: traced("streams", streams),
-      streamEvents: traced("streamEvents", streamEvents)
-    } satisfies Omit<Service, "overview">
+  // A span per query, named PgMonitor.<method>; the overview's parts are its children.
+  const span = (method: string) => Effect.withSpan(spanOf.monitor(method))
+  const traced =
+    <A extends ReadonlyArray<unknown>, B>(method: string, f: (...args: A) => Effect.Effect<B, MonitorError>) =>
+    (...args: A) =>
+      span(method)(f(...args))
+  const parts = {
+    migrations: span("migrations")(migrations),
+    totalEvents: span("totalEvents")(totalEvents),
+    eventsPerDay: traced("eventsPerDay", eventsPerDay),
+    eventsByAggregateType: span("eventsByAggregateType")(eventsByAggregateType),
+    eventsByEventType: span("eventsByEventType")(eventsByEventType),
+    largestStreams: traced("largestStreams", largestStreams),
+    tableSizes: span("tableSizes")(tableSizes),
+    indexUsage: span("indexUsage")(indexUsage),
+    horizon: span("horizon")(horizon),
+    outbox: span("outbox")(outbox),
+    projections: span("projections")(projections),
+    deadLetters: span("deadLetters")(deadLetters),
+    connections: span("connections")(connections),
+    streams: traced("streams", streams),
+    streamEvents: traced("streamEvents", streamEvents)
+  } satisfies Omit<Service, "overview">
 
-    // A table no ANALYZE has seen yet has no estimate: a small one is counted instead
-    // (a new store's tables, until autovacuum analyzes them).
-    const estimated = (sizes: ReadonlyArray<TableSize>, table: "events" | "event_streams") => {
-      const size = sizes.find((s) => s.table === table)
-      if (size === undefined) return Effect.succeed(null)
-      if (size.estimatedRows !== null || size.tableBytes > smallTable) return Effect.succeed(size.estimatedRows)
-      return query(
-        "overview",
-        Schema.Struct({ n: Int8 })
-      )(sql`SELECT count(*) AS n FROM ${sql(table)}`).pipe(Effect.map(([row]) => row!.n))
-    }
+  // A table no ANALYZE has seen yet has no estimate: a small one is counted instead
+  // (a new store's tables, until autovacuum analyzes them).
+  const estimated = (sizes: ReadonlyArray<TableSize>, table: "events" | "event_streams") => {
+    const size = sizes.find((s) => s.table === table)
+    if (size === undefined) return Effect.succeed(null)
+    if (size.estimatedRows !== null || size.tableBytes > smallTable) return Effect.succeed(size.estimatedRows)
+    return query(
+      "overview",
+      Schema.Struct({ n: Int8 })
+    )(sql`SELECT count(*) AS n FROM ${sql(table)}`).pipe(Effect.map(([row]) => row!.n))
+  }
 
-    const store = Effect.all({
-      sizes: parts.tableSizes,
-      horizon: parts.horizon,
-      outbox: parts.outbox,
-      projections: parts.projections,
-      deadLetters: parts.deadLetters
-    }).pipe(
-      Effect.flatMap(({ sizes, ...rest }) =>
-        Effect.map(
-          Effect.all({ estimatedEvents: estimated(sizes, "events"), streams: estimated(sizes, "event_streams") }),
-          (counts) => ({ ...rest, sizes, ...counts })
-        )
+  const store = Effect.all({
+    sizes: parts.tableSizes,
+    horizon: parts.horizon,
+    outbox: parts.outbox,
+    projections: parts.projections,
+    deadLetters: parts.deadLetters
+  }).pipe(
+    Effect.flatMap(({ sizes, ...rest }) =>
+      Effect.map(
+        Effect.all({ estimatedEvents: estimated(sizes, "events"), streams: estimated(sizes, "event_streams") }),
+        (counts) => ({ ...rest, sizes, ...counts })
       )
     )
+  )
 
-    // current_schema() is null while no schema of the search_path exists (a pool's `schema`
-    // before the migrations create it): the schema named is then the pool's, or the path.
-    const database = query(
-      "overview",
-      Schema.Struct({
-        name: Schema.String,
-        schema: Schema.NullOr(Schema.String),
-        search_path: Schema.String,
-        server_version: Schema.String
-      })
-    )(
-      sql`SELECT current_database() AS name, current_schema() AS schema, current_setting('search_path') AS search_path,
+  // current_schema() is null while no schema of the search_path exists (a pool's `schema`
+  // before the migrations create it): the schema named is then the pool's, or the path.
+  const database = query(
+    "overview",
+    Schema.Struct({
+      name: Schema.String,
+      schema: Schema.NullOr(Schema.String),
+      search_path: Schema.String,
+      server_version: Schema.String
+    })
+  )(
+    sql`SELECT current_database() AS name, current_schema() AS schema, current_setting('search_path') AS search_path,
                  current_setting('server_version') AS server_version`
-    ).pipe(
-      Effect.map(([row]) => ({
-        name: row!.name,
-        schema: row!.schema ?? Option.getOrUndefined(pool)?.options.schema ?? row!.search_path,
-        serverVersion: row!.server_version
-      }))
-    )
+  ).pipe(
+    Effect.map(([row]) => ({
+      name: row!.name,
+      schema: row!.schema ?? Option.getOrUndefined(pool)?.options.schema ?? row!.search_path,
+      serverVersion: row!.server_version
+    }))
+  )
 
-    // Any part's failure is the overview's, with the part's own error as its cause.
-    const overview: Service["overview"] = Effect.gen(function* () {
-      const applied = yield* parts.migrations
-      return {
-        database: yield* database,
-        migrations: applied,
-        store: applied.pending.length > 0 ? Option.none() : Option.some(yield* store),
-        connections: yield* parts.connections,
-        pool: Option.isSome(pool) ? Option.some(yield* pool.value.stats) : Option.none()
-      }
-    }).pipe(Effect.mapError(fail("overview")), span("overview"))
+  // Any part's failure is the overview's, with the part's own error as its cause.
+  const overview: Service["overview"] = Effect.gen(function* () {
+    const applied = yield* parts.migrations
+    return {
+      database: yield* database,
+      migrations: applied,
+      store: applied.pending.length > 0 ? Option.none() : Option.some(yield* store),
+      connections: yield* parts.connections,
+      pool: Option.isSome(pool) ? Option.some(yield* pool.value.stats) : Option.none()
+    }
+  }).pipe(Effect.mapError(fail("overview")), span("overview"))
 
-    return PgMonitor.of({ overview, ...parts })
-  }
-)
+  return PgMonitor.of({ overview, ...parts })
+})
 
 /**
  * @since 0.1.0
  * @category layers
  */
-export const layer: Layer.Layer<PgMonitor, never, SqlClient.SqlClient | PgClient.PgClient> = Layer.scoped(
+export const layer: Layer.Layer<PgMonitor, never, SqlClient.SqlClient | PgClient.PgClient> = Layer.effect(
   PgMonitor,
   make
 )

@@ -588,6 +588,29 @@ describe("PgMonitor", () => {
     })
   )
 
+  it.scopedLive("a projection far behind: its lag is counted up to lagCountLimit, and says it is a lower bound", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.fresh
+      const { migrate, monitor, sql } = yield* connect(url)
+      yield* migrate
+      const total = PgMonitor.lagCountLimit + 2
+      yield* sql.unsafe(
+        `INSERT INTO events (event_id, aggregate_id, aggregate_type, event_type, version, timestamp, payload)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'Bulk', 'Loaded', 1, now(), '{}'::jsonb
+           FROM generate_series(1, ${total})`
+      )
+      yield* sql`INSERT INTO projection_checkpoints (projection_name, global_position) VALUES ('rebuilding', 0), ('near', 2)`
+      const lags = yield* monitor.projections
+      assert.deepStrictEqual(
+        lags.map((l) => [l.name, l.headPosition, l.eventsBehind, l.eventsBehindExact]),
+        [
+          ["near", BigInt(total), PgMonitor.lagCountLimit, true],
+          ["rebuilding", BigInt(total), PgMonitor.lagCountLimit, false]
+        ]
+      )
+    })
+  )
+
   it.scopedLive("outbox: pending, in flight, published, failed, held and parked as the relay leaves them", () =>
     Effect.gen(function* () {
       const connection = yield* connect(yield* TestDatabase.fresh)

@@ -155,7 +155,11 @@ const projectionsTable = (rows: ReadonlyArray<PgMonitor.ProjectionLag>) =>
     [
       { header: "PROJECTION", value: (p) => p.name },
       { header: "POSITION", value: (p) => Out.count(p.position), align: "right" },
-      { header: "BEHIND", value: (p) => Out.count(p.eventsBehind), align: "right" },
+      {
+        header: "BEHIND",
+        value: (p) => `${p.eventsBehindExact ? "" : "≥"}${Out.count(p.eventsBehind)}`,
+        align: "right"
+      },
       { header: "TIME BEHIND", value: (p) => Out.age(p.timeBehindMillis), align: "right" },
       { header: "PROCESSED", value: (p) => Out.count(p.eventsProcessed), align: "right" },
       { header: "LAST EVENT", value: (p) => Out.text(p.eventType) },
@@ -184,7 +188,9 @@ const writersTable = (writers: ReadonlyArray<PgMonitor.Writer>, queries: boolean
       { header: "APPLICATION", value: (w) => Out.text(w.applicationName) },
       { header: "STATE", value: (w) => Out.text(w.state) },
       { header: "OPEN FOR", value: (w) => Out.age(w.transactionAgeMillis), align: "right" },
-      ...(queries ? [{ header: "LAST STATEMENT", value: (w: PgMonitor.Writer) => Out.clip(Out.text(w.query), 60) }] : [])
+      ...(queries
+        ? [{ header: "LAST STATEMENT", value: (w: PgMonitor.Writer) => Out.clip(Out.text(w.query), 60) }]
+        : [])
     ],
     "(none: subscribers see everything committed)"
   )

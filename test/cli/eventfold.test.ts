@@ -926,8 +926,8 @@ describe("eventfold", () => {
             errorLine(closed),
             new RegExp(`^eventfold: PgPool: cannot connect to PostgreSQL at 127\\.0\\.0\\.1:${port}: `)
           )
-          // It tries for 5 seconds; the rest is starting node and tsx twice.
-          assert.isBelow(closed.millis, 12_000)
+          // It tries for 5 seconds and gives up (the margin is for a loaded machine).
+          assert.isBelow(closed.millis, 30_000)
 
           assertExit(unparseable, 3)
           assert.include(errorLine(unparseable), "Expected a PostgreSQL URL")

@@ -25,7 +25,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import { COLUMNS, Count, decodeRow, Int8 } from "./internal/eventRows.js"
-import { migrations as knownMigrations, migrationsTable } from "./internal/migrations.js"
+import { migrations as knownMigrations, migrationsTable, storeTables } from "./internal/migrations.js"
 import * as PgOutbox from "./PgOutbox.js"
 import * as PgPool from "./PgPool.js"
 
@@ -299,16 +299,6 @@ export class PgMonitor extends Context.Tag("@eventfold/pg/PgMonitor")<PgMonitor,
 /** Below this size, a table never analyzed is counted for the overview (a count is quick there). */
 const smallTable = 16n * 1024n * 1024n
 
-/** The Eventfold tables whose sizes the overview shows. */
-const tables = [
-  "events",
-  "event_streams",
-  "event_outbox",
-  "projection_checkpoints",
-  "dead_letter_queue",
-  "snapshots"
-] as const
-
 const Millis = Schema.NullOr(Count)
 const decode = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Schema.Array(schema))
 
@@ -403,9 +393,10 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
       statement.pipe(Effect.flatMap(decode(schema)), Effect.mapError(fail(method)))
 
   const migrations: Service["migrations"] = Effect.gen(function* () {
-    const [found] = yield* sql<{
-      readonly table: string | null
-    }>`SELECT to_regclass(${migrationsTable})::text AS table`
+    const [found] = yield* query(
+      "migrations",
+      Schema.Struct({ table: Schema.NullOr(Schema.String) })
+    )(sql`SELECT to_regclass(${migrationsTable})::text AS table`)
     const rows =
       found?.table == null
         ? []
@@ -477,7 +468,8 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
 
   // A table and, when it is partitioned, its partitions: pg_partition_tree lists a
   // partitioned table with its partitions, and nothing at all for a plain table.
-  // reltuples is -1 before the first ANALYZE (PostgreSQL 14+), 0 on 12 and 13; a
+  // reltuples is -1 before the first ANALYZE (PostgreSQL 14+); 0 on 12 and 13, where with no
+  // pages it means as much (or an empty table, whose count costs nothing). A
   // partitioned table's own (ANALYZE sets it too) would count its rows twice.
   const tableSizes: Service["tableSizes"] = query(
     "tableSizes",
@@ -487,9 +479,11 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
                  coalesce(sum(pg_total_relation_size(p.relid)), 0)::int8 AS total_bytes,
                  coalesce(sum(pg_relation_size(p.relid)), 0)::int8 AS table_bytes,
                  coalesce(sum(pg_indexes_size(p.relid)), 0)::int8 AS index_bytes,
-                 CASE WHEN bool_and(c.reltuples < 0) FILTER (WHERE c.relkind <> 'p') THEN NULL
+                 CASE WHEN bool_and(c.reltuples < 0 OR (c.reltuples = 0 AND c.relpages = 0
+                                    AND current_setting('server_version_num')::int < 140000))
+                             FILTER (WHERE c.relkind <> 'p') THEN NULL
                       ELSE (sum(greatest(c.reltuples, 0)) FILTER (WHERE c.relkind <> 'p'))::int8 END AS estimated_rows
-            FROM unnest(${sql.literal(`ARRAY[${tables.map((t) => `'${t}'`).join(", ")}]`)}::text[]) WITH ORDINALITY AS t(name, n)
+            FROM unnest(${sql.literal(`ARRAY[${storeTables.map((t) => `'${t}'`).join(", ")}]`)}::text[]) WITH ORDINALITY AS t(name, n)
             CROSS JOIN LATERAL (SELECT to_regclass(t.name) AS oid) r
             CROSS JOIN LATERAL (SELECT relid FROM pg_partition_tree(r.oid) UNION SELECT r.oid) p
             JOIN pg_class c ON c.oid = p.relid

@@ -15,8 +15,8 @@ export interface Migration {
 }
 
 /** The table where @effect/sql's Migrator records applied migrations. */
-/** The tables whose rows row-level security keeps to their tenant (migration 12). */
-export const tenantTables = [
+/** The store's tables, in the order the schema makes them. */
+export const storeTables = [
   "events",
   "event_streams",
   "event_outbox",
@@ -24,6 +24,9 @@ export const tenantTables = [
   "dead_letter_queue",
   "snapshots"
 ] as const
+
+/** The tables whose rows row-level security keeps to their tenant (migration 12): every one of the store's. */
+export const tenantTables = storeTables
 
 /** One policy per tenant table: a row is visible and writable when its tenant is the one set. */
 const tenantPolicies = tenantTables

@@ -27,22 +27,13 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
+import { CheckpointRow, toCheckpoint } from "./internal/checkpointRows.js"
 import { Count, Int8 } from "./internal/eventRows.js"
 import * as Driver from "./internal/pgDriver.js"
 
 /** The channel each save notifies, with the checkpoint's name. */
 const CHANNEL = "eventfold_checkpoints"
 
-const CheckpointRow = Schema.Struct({
-  projection_name: Schema.String,
-  global_position: Int8,
-  last_event_id: Schema.NullOr(Schema.String),
-  last_event_type: Schema.NullOr(Schema.String),
-  events_processed: Int8,
-  last_processed_at: Schema.NullOr(Schema.DateFromSelf),
-  created_at: Schema.DateFromSelf,
-  updated_at: Schema.DateFromSelf
-})
 const decodeRows = Schema.decodeUnknown(Schema.Array(CheckpointRow))
 
 const LagRow = Schema.Struct({
@@ -52,17 +43,6 @@ const LagRow = Schema.Struct({
   behind_millis: Schema.NullOr(Count)
 })
 const decodeLag = Schema.decodeUnknown(Schema.Array(LagRow))
-
-const toCheckpoint = (row: typeof CheckpointRow.Type): CheckpointStore.Checkpoint => ({
-  name: row.projection_name,
-  position: row.global_position,
-  eventId: row.last_event_id,
-  eventType: row.last_event_type,
-  eventsProcessed: row.events_processed,
-  lastProcessedAt: row.last_processed_at,
-  createdAt: row.created_at,
-  updatedAt: row.updated_at
-})
 
 const COLUMNS =
   "projection_name, global_position, last_event_id, last_event_type, events_processed, last_processed_at, created_at, updated_at"

@@ -24,6 +24,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
+import { CheckpointRow, toCheckpoint } from "./internal/checkpointRows.js"
 import { COLUMNS, Count, decodeRow, Int8 } from "./internal/eventRows.js"
 import { migrations as knownMigrations, migrationsTable, storeTables } from "./internal/migrations.js"
 import * as PgOutbox from "./PgOutbox.js"
@@ -329,14 +330,7 @@ const IndexRow = Schema.Struct({
   bytes: Int8
 })
 const LagRow = Schema.Struct({
-  projection_name: Schema.String,
-  global_position: Int8,
-  last_event_id: Schema.NullOr(Schema.String),
-  last_event_type: Schema.NullOr(Schema.String),
-  events_processed: Int8,
-  last_processed_at: Schema.NullOr(Schema.DateFromSelf),
-  created_at: Schema.DateFromSelf,
-  updated_at: Schema.DateFromSelf,
+  ...CheckpointRow.fields,
   head: Int8,
   behind: Count,
   behind_ms: Millis
@@ -578,14 +572,7 @@ export const make: Effect.Effect<Service, never, SqlClient.SqlClient | PgClient.
     Effect.map((rows) =>
       rows.map(
         (row): ProjectionLag => ({
-          name: row.projection_name,
-          position: row.global_position,
-          eventId: row.last_event_id,
-          eventType: row.last_event_type,
-          eventsProcessed: row.events_processed,
-          lastProcessedAt: row.last_processed_at,
-          createdAt: row.created_at,
-          updatedAt: row.updated_at,
+          ...toCheckpoint(row),
           headPosition: row.head,
           eventsBehind: Math.min(row.behind, lagCountLimit),
           eventsBehindExact: row.behind <= lagCountLimit,

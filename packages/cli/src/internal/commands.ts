@@ -220,6 +220,10 @@ const connectionsTable = (rows: ReadonlyArray<PgMonitor.Connections>) =>
     }
   ])
 
+/** An estimate as people read one: "about 1,200", "none", or not known yet. */
+const approximately = (estimate: bigint | null) =>
+  estimate === null ? "not analyzed yet" : estimate === 0n ? "none" : `about ${Out.count(estimate)}`
+
 const renderOverview = (o: PgMonitor.Overview, queries: boolean) => {
   const head = Out.fields([
     ["Database", `${o.database.name} (schema ${o.database.schema}), PostgreSQL ${o.database.serverVersion}`],
@@ -227,11 +231,8 @@ const renderOverview = (o: PgMonitor.Overview, queries: boolean) => {
     ...Option.match(o.store, {
       onNone: (): ReadonlyArray<readonly [string, string]> => [["Store", "not migrated: run eventfold migrate"]],
       onSome: (s): ReadonlyArray<readonly [string, string]> => [
-        [
-          "Events",
-          `${s.estimatedEvents === null ? "not analyzed yet" : `about ${Out.count(s.estimatedEvents)}`}, last position ${Out.count(s.horizon.lastPosition)}`
-        ],
-        ["Streams", s.streams === null ? "not analyzed yet" : `about ${Out.count(s.streams)}`],
+        ["Events", `${approximately(s.estimatedEvents)}, last position ${Out.count(s.horizon.lastPosition)}`],
+        ["Streams", approximately(s.streams)],
         ["Outbox", outboxLine(s.outbox)]
       ]
     })

@@ -15,7 +15,13 @@ const percent = (p: Projection.RebuildProgress): number =>
 const describe = (p: Projection.RebuildProgress) =>
   `${Out.count(p.position)}/${Out.count(p.target)} (${percent(p)}%), ${Out.count(p.eventsProcessed)} events, ${Out.age(p.elapsedMillis)}`
 
-export const progressReporter = (quiet: boolean, stream: NodeJS.WriteStream = process.stderr) =>
+/** Where progress goes: stderr, or what a test gives. */
+export interface ProgressStream {
+  readonly isTTY?: boolean | undefined
+  readonly write: (text: string) => unknown
+}
+
+export const progressReporter = (quiet: boolean, stream: ProgressStream = process.stderr) =>
   Effect.gen(function* () {
     const drawn = yield* Ref.make(false)
     const terminal = stream.isTTY === true

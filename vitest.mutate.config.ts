@@ -6,7 +6,9 @@
  *   their unit tests and the memory conformance suites (no database);
  * - `EVENTFOLD_MUTATE=pg`: the PostgreSQL modules whose SQL carries those decisions,
  *   against the PostgreSQL conformance suites and the pg package's store and pool tests
- *   (`DATABASE_URL`, or embedded).
+ *   (`DATABASE_URL`, or embedded);
+ * - `EVENTFOLD_MUTATE=cli`: what the eventfold command prints and how it ends, against
+ *   the cli package's unit tests (the binary's own tests, test/cli, take minutes).
  *
  * The fault suites are left out: they test recovery, not these decisions, and take
  * minutes.
@@ -31,9 +33,13 @@ const pg = [
   "test/conformance/Outbox.pg.test.ts"
 ]
 
+const cli = ["packages/cli/test/*.test.ts"]
+
+const suites: Record<string, ReadonlyArray<string>> = { decisions, pg, cli }
+
 const project = mergeConfig(shared, defineProject({ test: { name: "mutate", globalSetup: [databaseSetup] } }))
 // Replaced after the merge: mergeConfig would add these to the shared config's include.
-project.test = { ...project.test, include: process.env.EVENTFOLD_MUTATE === "pg" ? pg : decisions }
+project.test = { ...project.test, include: [...(suites[process.env.EVENTFOLD_MUTATE ?? "decisions"] ?? decisions)] }
 
 // One inline project: without `projects`, vitest would pick up vitest.workspace.ts and run every project.
 export default defineConfig({ test: { projects: [project] } })

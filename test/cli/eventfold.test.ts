@@ -960,5 +960,22 @@ describe("eventfold", () => {
         }),
       60_000
     )
+
+    it.live(
+      "terminated (SIGTERM, as a service manager stops it) while it waits: exit 143, and it says so",
+      () =>
+        Effect.gen(function* () {
+          const port = yield* closedPort
+          const run = yield* interruptedEventfold(
+            ["status"],
+            { DATABASE_URL: `postgres://postgres@127.0.0.1:${port}/x` },
+            (stderr) => stderr.includes("cannot be reached yet"),
+            "SIGTERM"
+          )
+          assertExit(run, 143)
+          assert.strictEqual(errorLine(run), "eventfold: terminated")
+        }),
+      60_000
+    )
   })
 })

@@ -69,13 +69,14 @@ export const ordersAdmin = (
   )
 
 /**
- * `eventfold <args>`, sent SIGINT (as Ctrl-C sends it) once `ready` holds of what it has
- * written on stderr so far.
+ * `eventfold <args>`, sent `signal` (SIGINT, as Ctrl-C sends it, by default) once `ready`
+ * holds of what it has written on stderr so far.
  */
 export const interruptedEventfold = (
   args: ReadonlyArray<string>,
   variables: Readonly<Record<string, string>>,
-  ready: (stderr: string) => boolean
+  ready: (stderr: string) => boolean,
+  signal: "SIGINT" | "SIGTERM" = "SIGINT"
 ): Effect.Effect<Run> =>
   Effect.async<Run>((resume) => {
     const started = Date.now()
@@ -94,7 +95,7 @@ export const interruptedEventfold = (
       stderr += String(chunk)
       if (!sent && ready(stderr)) {
         sent = true
-        child.kill("SIGINT")
+        child.kill(signal)
       }
     })
     child.once("close", (code) =>

@@ -48,7 +48,8 @@ import { stripAnsi } from "./internal/output.js"
 /**
  * The exit codes, the same for every command: 0 done, 1 the operation failed, 2 the
  * command line is wrong, 3 no database (not configured, invalid, unreachable), 4 what was
- * named does not exist, 5 migrations are pending, 130 interrupted.
+ * named does not exist, 5 migrations are pending, 130 interrupted (SIGINT), 143
+ * terminated (SIGTERM).
  *
  * @since 0.1.0
  * @category models
@@ -299,13 +300,20 @@ export const runMain = <E, A>(
       Layer.provideMerge(Telemetry.layerNone)
     )
   )
+  // Which signal ended the program (NodeRuntime.runMain's own listeners interrupt it): its exit code says.
+  let signal: "SIGINT" | "SIGTERM" | undefined
+  for (const received of ["SIGINT", "SIGTERM"] as const) {
+    process.once(received, () => {
+      signal ??= received
+    })
+  }
   const program = Effect.flatMap(
     Effect.sync(() => process.argv),
     run(command, { name, version: options.version })
   ).pipe(
     Effect.provide(telemetry),
     // A signal interrupts the program from outside, where no catch recovers: the line is said here.
-    Effect.onInterrupt(() => Console.error(`${name}: interrupted`)),
+    Effect.onInterrupt(() => Console.error(`${name}: ${signal === "SIGTERM" ? "terminated" : "interrupted"}`)),
     plainWhenPiped,
     Effect.provide(Layer.mergeAll(NodeContext.layer, stderrLogger(name), logLevel))
   )
@@ -321,7 +329,9 @@ export const runMain = <E, A>(
             ? exit.value
             : errors.ExitCode.ok
           : Exit.isInterrupted(exit)
-            ? errors.ExitCode.interrupted
+            ? signal === "SIGTERM"
+              ? errors.ExitCode.terminated
+              : errors.ExitCode.interrupted
             : errors.ExitCode.failure
       )
   })

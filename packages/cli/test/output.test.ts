@@ -10,8 +10,10 @@ import { assert, describe, it } from "@effect/vitest"
 import { DeadLetterQueue } from "@eventfold/core"
 import { PgPool } from "@eventfold/pg"
 import * as Cause from "effect/Cause"
+import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
 import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
@@ -77,6 +79,27 @@ describe("--json", () => {
   })
 })
 
+describe("print", () => {
+  it.effect("writes the JSON document with --json, the human rendering otherwise", () =>
+    Effect.gen(function* () {
+      const lines: Array<unknown> = []
+      const capture = Effect.consoleWith((console) =>
+        Effect.succeed({ ...console, log: (...args: ReadonlyArray<unknown>) => Effect.sync(() => lines.push(...args)) })
+      )
+      const printed = (asJson: boolean) =>
+        Effect.flatMap(capture, (console) =>
+          Effect.withConsole(
+            Out.print({ n: 1n }, asJson, (v) => `n is ${v.n}`),
+            console
+          )
+        )
+      yield* printed(true)
+      yield* printed(false)
+      assert.deepStrictEqual(lines, ['{\n  "n": 1\n}', "n is 1"])
+    })
+  )
+})
+
 describe("tables", () => {
   const columns: ReadonlyArray<Out.Column<{ name: string; n: number }>> = [
     { header: "NAME", value: (r) => r.name },
@@ -110,6 +133,38 @@ describe("tables", () => {
     assert.strictEqual(Out.section("Stack", "a\n\tb"), "Stack\n  a\n  \tb")
   })
 
+  it("pad no column at the end of a line, align labels, say (none) by default", () => {
+    const rows = [
+      { name: "a", n: 10 },
+      { name: "long-name", n: 2 }
+    ]
+    const nameLast: ReadonlyArray<Out.Column<{ name: string; n: number }>> = [
+      { header: "N", value: (r) => String(r.n), align: "right" },
+      { header: "NAME", value: (r) => r.name }
+    ]
+    assert.strictEqual(Out.table(rows, nameLast), " N  NAME\n10  a\n 2  long-name")
+    assert.strictEqual(Out.table([], nameLast), "(none)")
+    assert.strictEqual(
+      Out.fields([
+        ["a", "1"],
+        ["long label", "2"]
+      ]),
+      "a           1\nlong label  2"
+    )
+    assert.strictEqual(Out.section("Title", "x\ny"), "Title\n  x\n  y")
+    // A value of several lines (a stack) keeps them.
+    assert.strictEqual(Out.fields([["error", "a\nb"]]), "error  a\nb")
+  })
+
+  it("escape C0 and C1 controls and DEL, nothing else; a run of breaks is one space", () => {
+    const chars = [0x00, 0x1f, 0x20, 0x7e, 0x7f, 0x80, 0x9f, 0xa0].map((code) => String.fromCharCode(code)).join("")
+    assert.strictEqual(Out.escapeControls(chars), "\\u0000\\u001f ~\\u007f\\u0080\\u009f\u00a0")
+    assert.strictEqual(Out.escapeControls("a\nb\tc", "\n"), "a\nb\\u0009c")
+    assert.strictEqual(Out.oneLine("a\r\n\tb"), "a b")
+    const esc = String.fromCharCode(27)
+    assert.strictEqual(Out.stripAnsi(`${esc}[0;1mUSAGE${esc}[0m`), "USAGE")
+  })
+
   it("say so when there are no rows, and keep a cell on its line", () => {
     assert.strictEqual(Out.table([], columns, "(none)"), "(none)")
     assert.strictEqual(Out.table([{ name: "a\nb\tc", n: 1 }], columns), "NAME   N\na b c  1")
@@ -125,6 +180,17 @@ describe("tables", () => {
       "1d 3h"
     ])
     assert.deepStrictEqual([0n, 8191n, 10_240n, 5n * 1024n ** 3n].map(Out.bytes), ["0 B", "8191 B", "10 kB", "5120 MB"])
+    // TB is the largest unit: a petabyte is 1024 TB.
+    assert.strictEqual(Out.bytes(1024n ** 5n), "1024 TB")
+    assert.strictEqual(Out.bytes(1024n ** 6n), "1048576 TB")
+    // At each boundary, the larger unit.
+    assert.deepStrictEqual(
+      [999, 1000, 59_999, 60_000, 3_599_999, 3_600_000, 7_500_000, 86_399_999, 86_400_000].map(Out.age),
+      ["999ms", "1.0s", "60.0s", "1m 00s", "59m 59s", "1h 00m", "2h 05m", "23h 59m", "1d 0h"]
+    )
+    assert.strictEqual(Out.clip("xxxxx", 5), "xxxxx")
+    assert.deepStrictEqual([Out.text(null), Out.text(undefined), Out.text("x")], ["-", "-", "x"])
+    assert.strictEqual(Out.time(null), "-")
     assert.strictEqual(Out.count(-1234n), "-1,234")
     assert.strictEqual(Out.time(new Date("2026-12-06T07:08:09.123Z")), "2026-12-06T07:08:09Z")
     assert.strictEqual(Out.clip("x".repeat(10), 5), "xxxx…")
@@ -148,6 +214,52 @@ describe("how a command ends", () => {
       fail(new DeadLetterQueue.DeadLetterError({ method: "list", message: 'relation "x" does not exist' })),
       { exitCode: ExitCode.failure, line: 'eventfold: relation "x" does not exist' }
     )
+  })
+
+  it("names a configuration's variable, shows what causes add once, and survives odd failures", () => {
+    const missing = Effect.runSync(Effect.flip(Config.string("EVENTFOLD_TEST_NEVER_SET")))
+    assert.deepStrictEqual(fail(missing), {
+      exitCode: ExitCode.unavailable,
+      line: "eventfold: EVENTFOLD_TEST_NEVER_SET: Expected EVENTFOLD_TEST_NEVER_SET to exist in the process context"
+    })
+    assert.strictEqual(
+      fail(new Error("Failed to execute statement", { cause: new Error("LIMIT must not be negative") })).line,
+      "eventfold: Failed to execute statement: LIMIT must not be negative"
+    )
+    // A cause that says nothing new is left out; a loop of causes ends.
+    const looping = new Error("connection lost") as Error & { cause?: unknown }
+    looping.cause = new Error("lost")
+    ;(looping.cause as Error & { cause?: unknown }).cause = looping
+    assert.strictEqual(fail(looping).line, "eventfold: connection lost")
+    assert.strictEqual(fail(new Error("outer", { cause: "not an error" })).line, "eventfold: outer")
+    // Causes that are error-like objects count; each adds only what no earlier part says; eight at most.
+    assert.strictEqual(
+      fail(new Error("A failed: timeout", { cause: { message: "socket closed", cause: new Error("timeout") } })).line,
+      "eventfold: A failed: timeout: socket closed"
+    )
+    const deep = Array.from({ length: 10 }, (_, i) => `cause ${i + 1}`).reduceRight<unknown>(
+      (cause, message) => new Error(message, { cause }),
+      undefined
+    )
+    assert.strictEqual(
+      fail(new Error("top", { cause: deep })).line,
+      `eventfold: top: ${Array.from({ length: 8 }, (_, i) => `cause ${i + 1}`).join(": ")}`
+    )
+    // A configuration error with no variable: its message alone.
+    assert.deepStrictEqual(fail(ConfigError.InvalidData([], "PgPool: the URL does not parse")), {
+      exitCode: ExitCode.unavailable,
+      line: "eventfold: PgPool: the URL does not parse"
+    })
+    assert.deepStrictEqual(fail("boom"), { exitCode: ExitCode.failure, line: "eventfold: boom" })
+    assert.deepStrictEqual(fail(null), { exitCode: ExitCode.failure, line: "eventfold: null" })
+    assert.deepStrictEqual(fail({ _tag: "EmbeddedPostgresError", message: "port taken" }), {
+      exitCode: ExitCode.unavailable,
+      line: "eventfold: port taken"
+    })
+    assert.deepStrictEqual(fail({ _tag: "SomethingError", message: "" }), {
+      exitCode: ExitCode.failure,
+      line: "eventfold: SomethingError"
+    })
   })
 
   it("says a usage error on one line as every failure (Cli.run keeps @effect/cli from printing it)", () => {

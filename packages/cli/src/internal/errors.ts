@@ -29,8 +29,10 @@ export const ExitCode = {
   notFound: 4,
   /** The schema is not up to date: migrations are pending (or unknown to this version). */
   pending: 5,
-  /** Interrupted (Ctrl-C, SIGTERM). */
-  interrupted: 130
+  /** Interrupted (Ctrl-C, SIGINT). */
+  interrupted: 130,
+  /** Terminated (SIGTERM: a service manager, a container stopping). */
+  terminated: 143
 } as const
 
 /**

@@ -23,12 +23,9 @@ export const table = <A>(rows: ReadonlyArray<A>, columns: ReadonlyArray<Column<A
   const widths = columns.map((column, i) => Math.max(column.header.length, ...cells.map((row) => row[i]!.length)))
   const line = (values: ReadonlyArray<string>) =>
     values
-      .map((value, i) => {
-        const last = i === values.length - 1
-        if (columns[i]!.align === "right") return value.padStart(widths[i]!)
-        return last ? value : value.padEnd(widths[i]!)
-      })
+      .map((value, i) => (columns[i]!.align === "right" ? value.padStart(widths[i]!) : value.padEnd(widths[i]!)))
       .join("  ")
+      // The last column unpadded: no trailing blanks.
       .trimEnd()
   return [line(columns.map((column) => column.header)), ...cells.map(line)].join("\n")
 }

@@ -404,6 +404,58 @@ layer(postgresql({ poolSize: 8 }), { excludeTestServices: true, timeout: "240 se
         )
       )
 
+      it.effect(
+        "a reset that deadlocks with a batch in flight (its rows written, its checkpoint not yet) is retried, not failed",
+        () =>
+          withServices(
+            Effect.gen(function* () {
+              const sql = yield* SqlClient.SqlClient
+              const store = yield* EventStore.EventStore
+              const aggregateType = `Deadlock${uuid().slice(0, 8)}`
+              const table = `deadlock_${uuid().slice(0, 8)}`
+              yield* sql`CREATE TABLE ${sql(table)} (event_id uuid PRIMARY KEY)`
+              const written = yield* Deferred.make<void>()
+              const release = yield* Deferred.make<void>()
+              const projection = Projection.make({
+                name: table,
+                aggregateTypes: [aggregateType],
+                handlers: [
+                  Projection.on(Deposited, (event) =>
+                    Effect.gen(function* () {
+                      yield* sql`INSERT INTO ${sql(table)} (event_id) VALUES (${event.eventId}::uuid)`
+                      // The first batch holds its transaction open here, its row written.
+                      if (yield* Deferred.succeed(written, undefined)) yield* Deferred.await(release)
+                    })
+                  )
+                ],
+                reset: sql`TRUNCATE ${sql(table)}`
+              })
+              yield* store.append({ aggregateId: uuid(), aggregateType }, [{ event: Deposited.make({ amount: 1 }) }], {
+                expectedVersion: ExpectedVersion.noStream
+              })
+              yield* Projection.start(projection, fast)
+              yield* Deferred.await(written)
+              // The reset takes the checkpoint, then waits on the batch's table for its TRUNCATE...
+              const resetting = yield* Effect.fork(Projection.reset(projection))
+              yield* eventually(
+                sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'TRUNCATE%'`,
+                ([row]) => row!.n === 1
+              )
+              // ... and the batch goes on to save its checkpoint, which the reset holds: a deadlock,
+              // which PostgreSQL ends by failing the reset (it has waited longest).
+              yield* Deferred.succeed(release, undefined)
+              yield* Fiber.join(resetting)
+              // The batch committed first; the reset, retried, cleared it; the runner replays the event.
+              const checkpoints = yield* CheckpointStore.CheckpointStore
+              const head = (yield* checkpoints.lag(table)).headPosition
+              yield* eventually(checkpoints.get(table), (c) => Option.exists(c, (c) => c.position >= head))
+              const rows = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM ${sql(table)}`
+              assert.strictEqual(rows[0]!.n, 1)
+            })
+          )
+      )
+
       it.effect("rebuilds a SQL read model from scratch while appends go on", () =>
         withServices(
           Effect.gen(function* () {

@@ -408,7 +408,11 @@ const resetWith = <R>(projection: Projection<R>, method: string) =>
     const runtime = yield* ProjectionRuntime
     const name = projection.name
     // The checkpoint first: its row lock orders this reset after any batch in flight,
-    // whose conditional save then fails and rolls back its writes.
+    // whose conditional save then fails and rolls back its writes. A batch that wrote its
+    // read-model rows before the reset took the checkpoint waits for the checkpoint while
+    // the reset waits for those rows (TRUNCATE, DELETE): PostgreSQL ends that deadlock by
+    // failing one of them. The batch is retried by its runner; the reset, rolled back as a
+    // whole, is retried here.
     yield* checkpoints
       .reset(name)
       .pipe(
@@ -418,9 +422,13 @@ const resetWith = <R>(projection: Projection<R>, method: string) =>
             (cause) => new ProjectionError({ projection: name, method, message: `reset failed: ${cause}`, cause })
           )
         ),
-        runtime.transaction
+        runtime.transaction,
+        Effect.retry(resetRetry)
       )
   })
+
+/** Retries of a reset whose transaction failed (a deadlock with a batch in flight): ~0.75 s in all. */
+const resetRetry = Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(4)))
 
 export const reset = <R>(projection: Projection<R>) =>
   resetWith(projection, "reset").pipe(

@@ -6,7 +6,7 @@
  * wrong one (tests whose effects run after vitest moved on to the next test), and then
  * reports a mutant alive that the tests kill; what survives here survives the tests.
  *
- * `<run>` is `decisions` or `pg`, as `EVENTFOLD_MUTATE` (reports/mutation/<run>.json);
+ * `<run>` is `decisions`, `pg` or `cli`, as `EVENTFOLD_MUTATE` (reports/mutation/<run>.json);
  * any further arguments are vitest filters, to run only the tests that reach the mutated
  * module (`npm run mutate:recheck -- pg EventStore PgPool`).
  * Run it on a clean tree: it edits files in place and puts them back.
@@ -35,8 +35,8 @@ interface Report {
 }
 
 const run = process.argv[2]
-if (run !== "decisions" && run !== "pg") {
-  console.error("usage: npm run mutate:recheck -- decisions|pg [vitest filters]")
+if (run !== "decisions" && run !== "pg" && run !== "cli") {
+  console.error("usage: npm run mutate:recheck -- decisions|pg|cli [vitest filters]")
   process.exit(2)
 }
 const filters = process.argv.slice(3)

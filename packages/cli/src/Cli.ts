@@ -233,7 +233,7 @@ const stderrLogger = (name: string) =>
       const text = (Array.isArray(message) ? message : [message]).map(String).join(" ")
       // The cause, if any, on the same line: its failures' messages, never a stack.
       const why = Cause.isEmpty(cause) ? "" : `: ${errors.explain(cause, name).line?.slice(name.length + 2) ?? ""}`
-      globalThis.console.error(errors.oneLine(`${name}: ${logLevel.label.toLowerCase()}: ${text}${why}`))
+      globalThis.console.error(errors.messageLine(`${name}: ${logLevel.label.toLowerCase()}: ${text}${why}`))
     })
   )
 

@@ -64,8 +64,8 @@ const exitCodeOf = (error: unknown): number => {
   }
 }
 
-/** One line: no stack, no newline, no credentials, no control character. */
-export const oneLine = (text: string): string =>
+/** A message as one line of output: no newline, no credentials, no control character (a table cell is `Out.oneLine`). */
+export const messageLine = (text: string): string =>
   escapeControls(
     redactCredentials(text)
       .replace(/\s*[\r\n]+\s*/g, " ")
@@ -120,12 +120,13 @@ export const explain = (
   if (Option.isSome(failure)) {
     const error = failure.value
     const exitCode = exitCodeOf(error)
-    if (ValidationError.isValidationError(error)) return { exitCode, line: `${name}: ${oneLine(usageMessage(error))}` }
-    return { exitCode, line: `${name}: ${oneLine(messageOf(error))}` }
+    if (ValidationError.isValidationError(error))
+      return { exitCode, line: `${name}: ${messageLine(usageMessage(error))}` }
+    return { exitCode, line: `${name}: ${messageLine(messageOf(error))}` }
   }
   const defect = Cause.dieOption(cause)
   return {
     exitCode: ExitCode.failure,
-    line: `${name}: unexpected error: ${oneLine(Option.match(defect, { onNone: () => "unknown", onSome: messageOf }))}`
+    line: `${name}: unexpected error: ${messageLine(Option.match(defect, { onNone: () => "unknown", onSome: messageOf }))}`
   }
 }
